@@ -1,0 +1,195 @@
+"""Strict pydantic models for one grid point (a cell): YAML -> validated model -> plain arguments."""
+from __future__ import annotations
+
+import hashlib
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+Task = Literal["classification", "segmentation", "depth"]
+Norm = Literal["linf", "l2"]
+
+
+def parse_budget(value: Any) -> float:
+    """Accept a number or a fraction string such as ``"8/255"``; reject negatives."""
+    if isinstance(value, str):
+        try:
+            value = float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError) as err:
+            raise ValueError(f"expected a number or a fraction like '8/255', got {value!r}") from err
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"expected a number or a fraction like '8/255', got {value!r}")
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return float(value)
+
+
+Budget = Annotated[float, BeforeValidator(parse_budget)]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EncoderCfg(StrictModel):
+    """Which encoder: a short alias or timm name, optional fine-tuned weights."""
+
+    name: str = "dinov2_vits14"
+    pretrained: bool = True
+    checkpoint: str | None = None  # path, file://, s3://bucket/key or runs:/<run_id>/<path>
+    image_size: int | None = Field(default=None, gt=0)
+    layer: int | None = None  # block whose tokens feed dense heads; None = last (after final norm)
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_name(self) -> "EncoderCfg":
+        from ssl_robust.encoders import check_encoder_name
+
+        check_encoder_name(self.name)
+        return self
+
+
+class DataCfg(StrictModel):
+    """Which data set, where it lives, and how many images each split contributes."""
+
+    name: str = "synthetic"
+    root: Path | None = None
+    task: Task | None = None  # None = the data set's own task
+    image_size: int | None = Field(default=None, gt=0)  # None = the encoder's input size
+    download: bool = False
+    n_train: int | None = Field(default=None, gt=0)  # head-training subset (None = all)
+    n_val: int | None = Field(default=None, gt=0)
+    n_samples: int | None = Field(default=64, gt=0)  # attacked test images (None = whole test split)
+    val_fraction: float = Field(default=0.1, gt=0, lt=1)
+    eigen_crop: bool = True  # NYUv2 evaluation crop
+
+    @model_validator(mode="after")
+    def _known_dataset(self) -> "DataCfg":
+        from ssl_robust.data import DATASETS
+
+        spec = DATASETS.get(self.name)
+        if self.task is not None and self.task not in spec.infos:
+            raise ValueError(
+                f"data set {self.name!r} has no task {self.task!r}; allowed: {sorted(spec.infos)}"
+            )
+        return self
+
+    @property
+    def resolved_task(self) -> str:
+        from ssl_robust.data import DATASETS
+
+        return self.task or next(iter(DATASETS.get(self.name).infos))
+
+
+class HeadCfg(StrictModel):
+    """The linear head trained on the frozen encoder."""
+
+    epochs: int = Field(default=10, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=64, gt=0)
+    n_bins: int = Field(default=256, gt=1)  # depth head
+    min_depth: float = Field(default=1e-3, gt=0)
+    max_depth: float = Field(default=10.0, gt=0)
+    cache_features: bool = True
+    checkpoint: str | None = None  # a fitted head to reuse instead of fitting
+
+
+class AttackCfg(StrictModel):
+    """One attack: a registered objective driven by the PGD engine."""
+
+    name: str = "embed"
+    eps: Budget = 8 / 255
+    step_size: Budget | None = None  # None = 2.5 * eps / steps
+    steps: int = Field(default=10, ge=0)
+    norm: Norm = "linf"
+    restarts: int = Field(default=1, ge=1)
+    random_start: bool = True
+    stop_when_fooled: bool = True  # classification: stop attacking samples already fooled
+
+    @model_validator(mode="after")
+    def _known_attack(self) -> "AttackCfg":
+        from ssl_robust.attacks import ATTACKS
+
+        ATTACKS.get(self.name)
+        return self
+
+    @property
+    def resolved_step_size(self) -> float:
+        if self.step_size is not None:
+            return self.step_size
+        return 2.5 * self.eps / max(self.steps, 1)
+
+
+class CellCfg(StrictModel):
+    """One grid point: encoder x data set/task x attack x eps."""
+
+    encoder: EncoderCfg = Field(default_factory=EncoderCfg)
+    data: DataCfg = Field(default_factory=DataCfg)
+    head: HeadCfg = Field(default_factory=HeadCfg)
+    attack: AttackCfg = Field(default_factory=AttackCfg)
+    seed: int = 0
+    batch_size: int = Field(default=16, gt=0)
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _attack_fits_task(self) -> "CellCfg":
+        from ssl_robust.attacks import ATTACKS
+
+        spec = ATTACKS.get(self.attack.name)
+        task = self.data.resolved_task
+        if task not in spec.tasks:
+            allowed = [n for n in ATTACKS.names() if task in ATTACKS.get(n).tasks]
+            raise ValueError(
+                f"attack.name {self.attack.name!r} does not apply to task {task!r}; allowed: {allowed}"
+            )
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the result: no device, no head-checkpoint location."""
+        data = self.model_dump(mode="json", exclude={"device": True, "head": {"checkpoint"}})
+        return data
+
+    @property
+    def cell_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def head_id(self) -> str:
+        """Hash of what a fitted head depends on: encoder, data, head and seed, not the attack."""
+        ident = self.identity()
+        blob = json.dumps({k: ident[k] for k in ("encoder", "data", "head", "seed")}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    text = Path(path).read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_cell_cfg(path: str | Path, overrides: list[str] = ()) -> CellCfg:
+    return CellCfg.model_validate(apply_overrides(load_yaml(path), list(overrides)))

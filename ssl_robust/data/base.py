@@ -1,0 +1,94 @@
+"""What every data set provides: task metadata, split loading, deterministic subsets."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Literal
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from ssl_robust.registry import Registry
+
+if TYPE_CHECKING:
+    from ssl_robust.config import DataCfg
+
+Split = Literal["train", "val", "test"]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a head and a metric need to know about a task on a data set."""
+
+    task: str  # classification | segmentation | depth
+    num_classes: int = 0
+    ignore_index: int = 255
+    min_depth: float = 1e-3
+    max_depth: float = 10.0
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered data set.
+
+    ``build(cfg, split, info, image_size)`` returns a torch Dataset whose items are
+    ``(image, target)``: image float32 [3, H, W] in [0, 1]; target a class index (classification),
+    a long [H, W] mask with ``info.ignore_index`` for unlabelled pixels (segmentation) or a float32
+    [H, W] depth map in metres with 0 where invalid (depth).
+    """
+
+    infos: dict[str, TaskInfo]
+    build: Callable[["DataCfg", Split, TaskInfo, int], Dataset]
+    needs_root: bool = True
+    how_to_get: str = ""
+    extras: dict = field(default_factory=dict)
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data root that is missing or incomplete; the message says what to put where."""
+
+
+def require_files(dataset: str, root: Path | None, expected: list[str], how_to_get: str) -> Path:
+    """Fail before any work if ``root`` lacks any of ``expected`` (paths relative to root)."""
+    if root is None:
+        raise DatasetNotFoundError(
+            f"data set {dataset!r} needs data.root; expected files: {expected}. {how_to_get}"
+        )
+    root = Path(root).expanduser()
+    missing = [p for p in expected if not (root / p).exists()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"data set {dataset!r}: searched {root}, missing {missing} "
+            f"(expected {expected}). {how_to_get}"
+        )
+    return root
+
+
+def deterministic_subset(dataset: Dataset, n: int | None, seed: int) -> Dataset:
+    """The same ``n`` items for the same seed, in every cell of a sweep."""
+    total = len(dataset)  # type: ignore[arg-type]
+    if n is None or n >= total:
+        return dataset
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.randperm(total, generator=gen)[:n].sort().values.tolist()
+    return Subset(dataset, index)
+
+
+def train_val_indices(total: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Carve a validation split off an official train split, deterministically."""
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(total, generator=gen).tolist()
+    n_val = max(1, int(round(total * val_fraction)))
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+def load_split(cfg: "DataCfg", split: Split, image_size: int, seed: int = 0) -> tuple[Dataset, TaskInfo]:
+    """Build one split of the configured data set, limited to the configured number of items."""
+    spec = DATASETS.get(cfg.name)
+    info = spec.infos[cfg.resolved_task]
+    dataset = spec.build(cfg, split, info, image_size)
+    limit = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_samples}[split]
+    return deterministic_subset(dataset, limit, seed), info
