@@ -41,7 +41,7 @@ class EncoderCfg(StrictModel):
     name: str = "dinov2_vits14"
     pretrained: bool = True
     checkpoint: str | None = None  # path, file://, s3://bucket/key or runs:/<run_id>/<path>
-    image_size: int | None = Field(default=None, gt=0)
+    image_size: int | None = Field(default=None, gt=0)  # also the data's input size; None = model default
     layer: int | None = None  # block whose tokens feed dense heads; None = last (after final norm)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -59,7 +59,6 @@ class DataCfg(StrictModel):
     name: str = "synthetic"
     root: Path | None = None
     task: Task | None = None  # None = the data set's own task
-    image_size: int | None = Field(default=None, gt=0)  # None = the encoder's input size
     download: bool = False
     n_train: int | None = Field(default=None, gt=0)  # head-training subset (None = all)
     n_val: int | None = Field(default=None, gt=0)
@@ -95,7 +94,6 @@ class HeadCfg(StrictModel):
     n_bins: int = Field(default=256, gt=1)  # depth head
     min_depth: float = Field(default=1e-3, gt=0)
     max_depth: float = Field(default=10.0, gt=0)
-    cache_features: bool = True
     checkpoint: str | None = None  # a fitted head to reuse instead of fitting
 
 

@@ -1,0 +1,42 @@
+"""Sanity checks recorded with every cell: they catch weak, broken or gradient-masked attacks."""
+from __future__ import annotations
+
+import torch
+
+TOLERANCE = 1e-5
+
+
+def perturbation_checks(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> dict[str, float]:
+    """delta inside the eps-ball and x + delta inside [0, 1]; 1.0 = holds."""
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(dim=1) if norm == "linf" else delta.norm(dim=1)
+    return {
+        "check/delta_in_ball": float(bool((size <= eps * (1 + TOLERANCE) + TOLERANCE).all())),
+        "check/x_adv_in_box": float(bool(((x_adv >= 0) & (x_adv <= 1)).all())),
+        "attack/max_delta": float(size.max()) if size.numel() else 0.0,
+    }
+
+
+def gradient_checks(grad_finite: bool, grad_nonzero: float, eps: float, steps: int) -> dict[str, float]:
+    """Finite gradients, and non-zero ones whenever the attack had a budget to spend."""
+    active = eps > 0 and steps > 0
+    return {
+        "check/grad_finite": float(grad_finite),
+        "check/grad_nonzero": float(grad_nonzero > 0 or not active),
+        "attack/grad_nonzero_frac": grad_nonzero,
+    }
+
+
+def score_checks(clean: float, adv: float, higher_is_better: bool, eps0_gap: float) -> dict[str, float]:
+    """The adversarial score is no better than clean, and eps = 0 reproduces the clean output."""
+    not_better = adv <= clean + TOLERANCE if higher_is_better else adv >= clean - TOLERANCE
+    return {
+        "check/adv_not_better": float(not_better),
+        "check/eps0_equals_clean": float(eps0_gap <= 1e-4),
+        "check/eps0_max_output_gap": eps0_gap,
+    }
+
+
+def all_passed(checks: dict[str, float]) -> float:
+    return float(all(v == 1.0 for k, v in checks.items() if k.startswith("check/")
+                     and k != "check/eps0_max_output_gap"))

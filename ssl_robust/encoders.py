@@ -1,0 +1,155 @@
+"""timm-backed encoders that take images in [0, 1] and carry their own normalisation.
+
+``create_encoder(cfg)`` resolves a short alias (``dinov2_vits14``) or any timm name, loads weights
+from the hub (``pretrained=True``) or from a checkpoint (safetensors or
+``torch.load(weights_only=True)``, original DINO/DINOv2 layouts included), and wraps the model so
+that attacks see a pixel-space function.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import timm
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ssl_robust.config import EncoderCfg
+
+ALIASES: dict[str, str] = {
+    "dino_vits16": "vit_small_patch16_224.dino",
+    "dino_vits8": "vit_small_patch8_224.dino",
+    "dino_vitb16": "vit_base_patch16_224.dino",
+    "dino_vitb8": "vit_base_patch8_224.dino",
+    "dinov2_vits14": "vit_small_patch14_dinov2.lvd142m",
+    "dinov2_vitb14": "vit_base_patch14_dinov2.lvd142m",
+    "dinov2_vitl14": "vit_large_patch14_dinov2.lvd142m",
+}
+_STATE_DICT_KEYS = ("teacher", "student", "model", "state_dict", "module")
+_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+
+
+def resolve_name(name: str) -> str:
+    """Alias or timm name -> timm name (with pretrained tag where the alias has one)."""
+    return ALIASES.get(name, name)
+
+
+def check_encoder_name(name: str) -> None:
+    """Raise a ValueError with near-name suggestions for a name that is neither alias nor timm model."""
+    if name in ALIASES or timm.is_model(resolve_name(name)):
+        return
+    candidates = [*ALIASES, *timm.list_models("vit_*")]
+    near = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+    raise ValueError(f"unknown encoder {name!r}.{hint} Aliases: {sorted(ALIASES)}; or any timm ViT name")
+
+
+class Encoder(nn.Module):
+    """Pixel-space wrapper: normalises inside, exposes the CLS embedding and the patch-token grid."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
+                 layer: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        self.layer = layer
+        self.embed_dim: int = model.embed_dim
+        self.patch_size: int = model.patch_embed.patch_size[0]
+        self.image_size: int = model.patch_embed.img_size[0]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass: (CLS embedding [B, D], patch tokens [B, D, h, w]), both after the final norm."""
+        x = self.normalize(x)
+        if self.layer is not None:
+            (grid, prefix), = self.model.forward_intermediates(
+                x, indices=[self.layer], norm=True, output_fmt="NCHW", intermediates_only=True,
+                return_prefix_tokens=True)
+            return prefix[:, 0], grid
+        tokens = self.model.forward_features(x)
+        cls = self.model.forward_head(tokens, pre_logits=True)
+        patches = tokens[:, self.model.num_prefix_tokens:]
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        return cls, patches.transpose(1, 2).reshape(x.shape[0], self.embed_dim, h, w)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Global embedding [B, D]: CLS token after the final norm."""
+        return self.features(x)[0]
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch-token grid [B, D, h, w]."""
+        return self.features(x)[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
+
+
+def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Find the backbone's tensors in a DINO/DINOv2/timm/Lightning-style checkpoint."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"checkpoint holds {type(obj).__name__}, not a state dict")
+    for key in _STATE_DICT_KEYS:  # the teacher first: DINO evaluates its teacher
+        if isinstance(obj.get(key), dict):
+            return _unwrap_state_dict(obj[key])
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``module.backbone.blocks.0...`` -> ``blocks.0...``; keys outside the backbone are dropped."""
+    for prefix in _PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file or a weights-only torch checkpoint."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a DINO/DINOv2/timm checkpoint into a timm ViT; classifier/projection heads are dropped."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    state = _strip_prefixes(read_checkpoint(path))
+    state = {k: v for k, v in state.items() if not k.startswith(("head.", "dino_head", "ibot_head"))}
+    state = checkpoint_filter_fn(state, model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("head")]
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: "
+                         f"missing {missing[:8]}, unexpected {unexpected[:8]}")
+
+
+def local_checkpoint(uri: str) -> Path:
+    if uri.startswith(("s3://", "runs:/", "mlflow-artifacts:", "models:/")):
+        from ssl_robust.tracking import fetch_artifact
+
+        return fetch_artifact(uri)
+    return Path(uri.removeprefix("file://")).expanduser()
+
+
+def create_encoder(cfg: "EncoderCfg") -> Encoder:
+    """Build a frozen, eval-mode encoder from its config."""
+    name = resolve_name(cfg.name)
+    kwargs: dict[str, Any] = dict(cfg.model_kwargs)
+    if cfg.image_size is not None:
+        kwargs["img_size"] = cfg.image_size
+    pretrained = cfg.pretrained and cfg.checkpoint is None
+    model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+    if cfg.checkpoint is not None:
+        load_backbone_weights(model, local_checkpoint(cfg.checkpoint))
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    encoder = Encoder(model, data_cfg["mean"], data_cfg["std"], layer=cfg.layer)
+    encoder.eval().requires_grad_(False)
+    return encoder

@@ -1,0 +1,157 @@
+"""Linear heads on a frozen encoder, and ``fit_head`` that trains them with validation selection.
+
+Every head reads the encoder's ``features(x) -> (cls [B,D], tokens [B,D,h,w])`` and is small
+enough that features can be cached once and reused for every epoch.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from ssl_robust.data.base import TaskInfo
+from ssl_robust.metrics import depth_metrics, mean_iou
+
+Features = tuple[torch.Tensor, torch.Tensor]
+
+
+class LinearClassifier(nn.Module):
+    """Linear layer on the CLS embedding."""
+
+    def __init__(self, embed_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, cls: torch.Tensor, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        return self.linear(cls)
+
+
+class LinearSegmenter(nn.Module):
+    """BatchNorm + 1x1 conv on the patch grid, bilinearly upsampled to the label size."""
+
+    def __init__(self, embed_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(embed_dim)
+        self.conv = nn.Conv2d(embed_dim, num_classes, kernel_size=1)
+
+    def forward(self, cls: torch.Tensor, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        logits = self.conv(self.norm(tokens))
+        return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+
+
+class LinearDepthHead(nn.Module):
+    """DINOv2-style linear depth: patch tokens + CLS -> bin logits -> expected depth over bins.
+
+    Bins are uniform over [min_depth, max_depth]; a softmax over bin logits gives smooth gradients
+    everywhere (a ReLU there leaves flat regions that mask attacks). The expectation is taken per
+    patch and the depth map upsampled bilinearly, which keeps the head cheap at full resolution.
+    """
+
+    def __init__(self, embed_dim: int, n_bins: int, min_depth: float, max_depth: float) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(2 * embed_dim)
+        self.conv = nn.Conv2d(2 * embed_dim, n_bins, kernel_size=1)
+        self.register_buffer("centres", torch.linspace(min_depth, max_depth, n_bins).view(1, -1, 1, 1))
+
+    def forward(self, cls: torch.Tensor, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        cls_map = cls[:, :, None, None].expand_as(tokens)
+        logits = self.conv(self.norm(torch.cat([tokens, cls_map], dim=1)))
+        depth = (logits.softmax(dim=1) * self.centres).sum(dim=1, keepdim=True)  # [B, 1, h, w] metres
+        return F.interpolate(depth, size=out_size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def build_head(info: TaskInfo, embed_dim: int, n_bins: int = 256) -> nn.Module:
+    if info.task == "classification":
+        return LinearClassifier(embed_dim, info.num_classes)
+    if info.task == "segmentation":
+        return LinearSegmenter(embed_dim, info.num_classes)
+    return LinearDepthHead(embed_dim, n_bins, info.min_depth, info.max_depth)
+
+
+class TaskModel(nn.Module):
+    """encoder + head as one pixel-space function x in [0,1] -> task output."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls, tokens = self.encoder.features(x)
+        return self.head(cls, tokens, tuple(x.shape[-2:]))
+
+
+def task_loss(info: TaskInfo) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Training loss of each head: CE, pixel CE with ignore index, or scale-invariant log."""
+    if info.task == "classification":
+        return F.cross_entropy
+    if info.task == "segmentation":
+        return lambda out, y: F.cross_entropy(out, y, ignore_index=info.ignore_index)
+    from ssl_robust.objectives import silog
+
+    return lambda out, y: silog(out, y, min_depth=info.min_depth).mean()
+
+
+def score(info: TaskInfo, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Validation score, higher is better: accuracy, mIoU, or minus RMSE."""
+    if info.task == "classification":
+        return float((outputs.argmax(1) == targets).float().mean())
+    if info.task == "segmentation":
+        return mean_iou(outputs.argmax(1), targets, info.num_classes, info.ignore_index)
+    return -depth_metrics(outputs, targets, info.min_depth, info.max_depth)["rmse"]
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, loader: DataLoader, device: torch.device,
+                     desc: str = "features") -> TensorDataset:
+    """Run the frozen encoder once over a loader; keep (cls, tokens, target) on the CPU."""
+    cls_all, tok_all, tgt_all = [], [], []
+    for images, targets in tqdm(loader, desc=desc, leave=False):
+        cls, tokens = encoder.features(images.to(device))
+        cls_all.append(cls.cpu()), tok_all.append(tokens.cpu()), tgt_all.append(torch.as_tensor(targets))
+    return TensorDataset(torch.cat(cls_all), torch.cat(tok_all), torch.cat(tgt_all))
+
+
+@torch.no_grad()
+def _predict(head: nn.Module, features: TensorDataset, batch_size: int, device: torch.device) -> torch.Tensor:
+    head.eval()
+    outs = []
+    for cls, tokens, target in DataLoader(features, batch_size=batch_size):
+        outs.append(head(cls.to(device), tokens.to(device), tuple(target.shape[-2:])).cpu())
+    return torch.cat(outs)
+
+
+def fit_head(head: nn.Module, train: TensorDataset, val: TensorDataset, info: TaskInfo, *,
+             epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int,
+             device: torch.device) -> tuple[nn.Module, dict[str, float]]:
+    """Train on cached train features; keep the epoch that scores best on the validation split."""
+    torch.manual_seed(seed)
+    head.to(device)
+    loss_fn = task_loss(info)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(train) / batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    generator = torch.Generator().manual_seed(seed)
+    best_state, best_score, best_epoch = None, -float("inf"), 0
+    for epoch in tqdm(range(1, epochs + 1), desc="fit head", leave=False):
+        head.train()
+        for cls, tokens, target in DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator):
+            target = target.to(device)
+            out = head(cls.to(device), tokens.to(device), tuple(target.shape[-2:]))
+            loss = loss_fn(out, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        val_score = score(info, _predict(head, val, batch_size, device), val.tensors[2])
+        if val_score > best_score:
+            best_state, best_score, best_epoch = copy.deepcopy(head.state_dict()), val_score, epoch
+    head.load_state_dict(best_state)
+    head.eval()
+    return head, {"head/val_score": best_score, "head/best_epoch": float(best_epoch),
+                  "head/train_loss": float(loss.detach())}

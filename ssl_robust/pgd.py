@@ -1,0 +1,149 @@
+"""The one attack engine: projected gradient ascent on a per-sample objective, in [0,1] pixel space.
+
+    delta <- Proj_eps(delta + step_size * sign(grad_delta L))      (L-inf)
+    delta <- Proj_eps(delta + step_size * grad / ||grad||_2)       (L2)
+
+with x + delta clamped to [0, 1]. Gradients are taken w.r.t. delta only. The engine is a pure
+function: no module state, the random start is drawn from a seeded generator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+ObjectiveFn = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
+SuccessFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class AttackResult:
+    x_adv: torch.Tensor  # best iterate per sample (fooling iterate first, then highest loss)
+    loss: torch.Tensor  # objective at x_adv, one per sample
+    success: torch.Tensor | None  # per sample: any iterate fooled it (None without success_fn)
+    grad_finite: bool = True  # every gradient seen was finite
+    grad_nonzero: float = 1.0  # fraction of samples with a non-zero gradient at the first step
+    forward_passes: int = 0  # sample-forwards spent (for throughput accounting)
+    extras: dict = field(default_factory=dict)
+
+
+def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """Project delta onto the eps-ball and onto the box that keeps x + delta in [0, 1]."""
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / _per_sample_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+    return (x + delta).clamp(0, 1) - x
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """Uniform in the L-inf box, or uniform in the L2 ball."""
+    if norm == "linf":
+        noise = torch.rand(x.shape, generator=generator, device="cpu").to(x) * 2 - 1
+        return project(noise * eps, x, eps, norm)
+    direction = torch.randn(x.shape, generator=generator, device="cpu").to(x)
+    direction = direction / _per_sample_norm(direction).clamp_min(1e-12)
+    radius = torch.rand(x.shape[0], generator=generator, device="cpu").to(x) ** (1.0 / x[0].numel())
+    return project(direction * radius.view(-1, *([1] * (x.dim() - 1))) * eps, x, eps, norm)
+
+
+def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return grad.sign()
+    return grad / _per_sample_norm(grad).clamp_min(1e-12)
+
+
+def pgd(
+    forward: Forward,
+    objective: ObjectiveFn,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    norm: Literal["linf", "l2"] = "linf",
+    random_init: bool = True,
+    restarts: int = 1,
+    seed: int = 0,
+    success_fn: SuccessFn | None = None,
+    stop_when_fooled: bool = False,
+) -> AttackResult:
+    """Maximise ``objective(forward(x + delta), target)`` per sample within the eps-ball.
+
+    With ``success_fn`` (e.g. misclassification), a sample counts as fooled if any iterate fooled
+    it, and its fooling iterate is returned; with ``stop_when_fooled`` fooled samples leave the batch
+    (attack only the still-robust ones), which changes no outcome but saves their compute.
+    """
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if eps < 0 or steps < 0 or restarts < 1:
+        raise ValueError(f"need eps >= 0, steps >= 0, restarts >= 1; got {eps}, {steps}, {restarts}")
+    x = x.detach()
+    n = x.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    best_x = x.clone()
+    best_loss = torch.full((n,), -float("inf"), device=x.device)
+    fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+    grad_finite, grad_nonzero, forwards = True, None, 0
+
+    def record(idx: torch.Tensor, x_now: torch.Tensor, output: torch.Tensor, loss: torch.Tensor) -> None:
+        """Keep, per sample, the first fooling iterate, else the highest-loss one."""
+        loss = loss.detach()
+        now_fooled = success_fn(output.detach(), target[idx]) if success_fn else torch.zeros_like(fooled[idx])
+        better = (~fooled[idx]) & (now_fooled | (loss > best_loss[idx]))
+        sel = idx[better]
+        best_x[sel] = x_now[better].detach()
+        best_loss[sel] = loss[better]
+        fooled[sel] = now_fooled[better]
+
+    for restart in range(restarts):
+        active = torch.arange(n, device=x.device)
+        if stop_when_fooled and success_fn is not None:
+            active = active[~fooled]
+        if active.numel() == 0:
+            break
+        delta = random_start(x, eps, norm, generator) if random_init and eps > 0 else torch.zeros_like(x)
+        delta = delta[active]
+        for step in range(1, steps + 2):  # step steps+1 only evaluates the final iterate
+            x_now = (x[active] + delta).clamp(0, 1)
+            last = step == steps + 1
+            if last:
+                with torch.no_grad():
+                    output = forward(x_now)
+                    loss = objective(output, target[active], steps, steps)
+            else:
+                delta.requires_grad_(True)
+                x_now = (x[active] + delta).clamp(0, 1)
+                output = forward(x_now)
+                loss = objective(output, target[active], step, steps)
+                (grad,) = torch.autograd.grad(loss.sum(), delta)
+                grad_finite = grad_finite and bool(torch.isfinite(grad).all())
+                if grad_nonzero is None:
+                    grad_nonzero = float((grad.flatten(1).abs().sum(dim=1) > 0).float().mean())
+            forwards += active.numel()
+            record(active, x_now, output, loss)
+            if last:
+                break
+            with torch.no_grad():
+                delta = project(delta.detach() + step_size * _ascent_direction(grad, norm), x[active], eps, norm)
+                if stop_when_fooled and success_fn is not None:
+                    keep = ~fooled[active]
+                    if not bool(keep.all()):
+                        active, delta = active[keep], delta[keep]
+                    if active.numel() == 0:
+                        break
+    return AttackResult(
+        x_adv=best_x,
+        loss=best_loss,
+        success=fooled if success_fn else None,
+        grad_finite=grad_finite,
+        grad_nonzero=1.0 if grad_nonzero is None else grad_nonzero,
+        forward_passes=forwards,
+    )
