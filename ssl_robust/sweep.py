@@ -1,0 +1,291 @@
+"""Run a sweep on Ray Tune, tracked in MLflow. The only module that imports Ray (and Optuna).
+
+Phase 1 fits one head per head_id with ``prepare_head`` and logs it as an artifact; phase 2 runs
+every attack x eps cell with ``head.checkpoint`` pointing at that artifact. Cells (and heads) with
+a FINISHED run are skipped, runs left RUNNING by a killed worker are marked FAILED, so a rerun
+completes only what is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import ray
+from ray import tune
+from tqdm import tqdm
+
+from ssl_robust import tracking
+from ssl_robust.config import CellCfg
+from ssl_robust.sweep_config import SweepCfg, SweepConfigError, head_groups, load_sweep
+
+DEFAULT_CONFIG = "sweeps/full_benchmark.yaml"
+PRIMARY = ("acc", "miou", "rmse")
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did: counts, failures, Ray overhead per trial and the results table."""
+
+    experiment: str
+    cells: int
+    skipped: int
+    heads_fitted: int = 0
+    heads_reused: int = 0
+    ran: int = 0
+    failed: list[str] = field(default_factory=list)
+    overhead_s: list[float] = field(default_factory=list)
+    amortized_s: float = float("nan")
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def _cell_work(cfg: CellCfg, run: tracking.CellRun, tmp: Path, tracking_uri: str) -> dict[str, float]:
+    from ssl_robust.cell import prepare_head, run_cell
+
+    if run.phase == "head":
+        path = tmp / Path(tracking.HEAD_ARTIFACT).name
+        metrics = prepare_head(cfg, path)
+        run.log_file(path, str(Path(tracking.HEAD_ARTIFACT).parent))
+        return metrics
+    head = tracking.fetch_artifact(cfg.head.checkpoint, tracking_uri=tracking_uri)
+    local = cfg.model_copy(update={"head": cfg.head.model_copy(update={"checkpoint": str(head)})})
+    metrics = run_cell(local, tmp / "results")
+    run.log_dir(tmp / "results", "results")
+    return metrics
+
+
+def trial(config: dict[str, Any]) -> dict[str, Any]:
+    """One Tune trial: one head (phase "head") or one cell (phase "attack"), one MLflow run."""
+    target, phase = config["target"], config["phase"]
+    cfg = CellCfg.model_validate(config["cell"])
+    uri, experiment = target["tracking_uri"], target["experiment"]
+    key = cfg.head_id if phase == "head" else cfg.cell_id
+    done = tracking.finished_runs(experiment, phase, uri, key)
+    if done:  # a retry after the run had finished
+        return {"run_id": done[key], "reused": 1}
+    tracking.fail_stale_runs(experiment, phase, uri, key)
+    run = tracking.CellRun(cfg, phase, target["experiment_id"], uri, sweep=experiment)
+    with run, tempfile.TemporaryDirectory() as tmp:
+        metrics = _cell_work(cfg, run, Path(tmp), uri)
+        run.log_metrics(metrics)
+    return {**metrics, "run_id": run.run_id, "reused": 0}
+
+
+class Progress(tune.Callback):
+    """Cells done / total with ETA; records each trial's wall time minus its compute time."""
+
+    def __init__(self, total: int, done: int, desc: str, compute_key: str) -> None:
+        self.bar = tqdm(total=total, initial=done, desc=desc, unit="cell", file=sys.stderr)
+        self.compute_key = compute_key
+        self.started: dict[str, float] = {}
+        self.overhead: list[float] = []
+        self.compute: list[float] = []
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.started[trial.trial_id] = time.monotonic()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        wall = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
+        result = trial.last_result or {}
+        if self.compute_key in result and not result.get("reused"):
+            self.compute.append(float(result[self.compute_key]))
+            self.overhead.append(wall - self.compute[-1])
+        self.bar.update(1)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix_str("errors!")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"{trial.config['phase']}_{trial.trial_id}"
+
+
+def _run_phase(phase: str, cells: list[CellCfg], target: dict[str, str], sweep: SweepCfg,
+               progress: Progress, storage_path: str | None) -> list[str]:
+    """Run one phase's trials on Tune; return the keys (head_id/cell_id) of trials that errored."""
+    if not cells:
+        return []
+    resources = {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu}
+    space = {"phase": phase, "target": target,
+             "cell": tune.grid_search([c.model_dump(mode="json") for c in cells])}
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    tuner = tune.Tuner(
+        tune.with_resources(trial, resources),
+        param_space=space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent, reuse_actors=True,
+                                    trial_dirname_creator=_trial_dirname),
+        run_config=tune.RunConfig(
+            name=f"{sweep.name}-{phase}-{stamp}", storage_path=storage_path, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            callbacks=[progress],
+        ),
+    )
+    results = tuner.fit()
+    key = (lambda c: c.head_id) if phase == "head" else (lambda c: c.cell_id)
+    return [key(CellCfg.model_validate(r.config["cell"])) for r in results if r.error is not None]
+
+
+def _with_heads(cells: list[CellCfg], heads: dict[str, str]) -> list[CellCfg]:
+    """Cells whose head exists, each pointing at its head artifact."""
+    return [
+        c.model_copy(update={"head": c.head.model_copy(
+            update={"checkpoint": f"runs:/{heads[c.head_id]}/{tracking.HEAD_ARTIFACT}"})})
+        for c in cells if c.head_id in heads
+    ]
+
+
+def _primary(row: pd.Series, prefix: str) -> float:
+    for name in PRIMARY:
+        value = row.get(f"{prefix}/{name}")
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            return float(value)
+    return float("nan")
+
+
+def summary_table(rows: list[dict[str, Any]], cell_ids: set[str]) -> pd.DataFrame:
+    """One row per finished cell of the grid: axes, primary clean/adv metric, sanity checks."""
+    df = pd.DataFrame([r for r in rows if r.get("cell_id") in cell_ids])
+    if df.empty:
+        return df
+    out = df[["encoder", "dataset", "task", "attack", "eps_255", "steps"]].copy()
+    out["metric"] = [next((m for m in PRIMARY if f"clean/{m}" in r and pd.notna(r[f"clean/{m}"])), "")
+                     for _, r in df.iterrows()]
+    out["clean"] = [_primary(r, "clean") for _, r in df.iterrows()]
+    out["adv"] = [_primary(r, "adv") for _, r in df.iterrows()]
+    out["checks_ok"] = df["check/all_passed"] if "check/all_passed" in df else float("nan")
+    out["eps_255"] = out["eps_255"].astype(float)
+    return out.sort_values(["encoder", "dataset", "task", "attack", "eps_255"]).reset_index(drop=True)
+
+
+def run_sweep(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = None,
+              storage_path: str | None = None) -> SweepReport:
+    """Run both phases for the cells not yet finished (Ray must be initialised)."""
+    uri = tracking.absolute_tracking_uri(tracking_uri)
+    target = {"tracking_uri": uri, "experiment": sweep.name,
+              "experiment_id": tracking.ensure_experiment(sweep.name, uri)}
+    done = tracking.finished_cells(sweep.name, uri)
+    todo = [c for c in cells if c.cell_id not in done]
+    report = SweepReport(sweep.name, len(cells), len(cells) - len(todo))
+    heads = tracking.finished_runs(sweep.name, "head", uri)
+    groups = head_groups(todo)
+    missing = [c for h, c in groups.items() if h not in heads]
+    report.heads_reused, report.heads_fitted = len(groups) - len(missing), len(missing)
+    head_bar = Progress(len(groups), len(groups) - len(missing), "heads", "time/head_seconds")
+    _run_phase("head", missing, target, sweep, head_bar, storage_path)
+    head_bar.close()
+    heads = tracking.finished_runs(sweep.name, "head", uri)
+    ready = _with_heads(todo, heads)
+    cell_bar = Progress(len(cells), report.skipped, "cells", "time/cell_seconds")
+    start = time.monotonic()
+    errored = _run_phase("attack", ready, target, sweep, cell_bar, storage_path)
+    cell_bar.close()
+    report.ran = len(ready) - len(errored)
+    report.failed = errored + [c.cell_id for c in todo if c.head_id not in heads]
+    report.overhead_s = head_bar.overhead + cell_bar.overhead
+    if cell_bar.compute:
+        per_slot = (time.monotonic() - start) * _slots(sweep, len(ready)) / len(ready)
+        report.amortized_s = per_slot - statistics.mean(cell_bar.compute)
+    report.table = summary_table(tracking.run_results(sweep.name, "attack", uri),
+                                 {c.cell_id for c in cells})
+    return report
+
+
+def _slots(sweep: SweepCfg, n_trials: int) -> int:
+    """How many trials the cluster runs at once."""
+    have = ray.cluster_resources()
+    slots = [n_trials, int(have.get("CPU", 1) // sweep.resources.cpu)]
+    if sweep.resources.gpu:
+        slots.append(int(have.get("GPU", 0) // sweep.resources.gpu))
+    if sweep.max_concurrent:
+        slots.append(sweep.max_concurrent)
+    return max(1, min(slots))
+
+
+def _check_resources(sweep: SweepCfg) -> None:
+    """Fail fast when a local instance cannot host one trial (a cluster may still scale up)."""
+    have = ray.cluster_resources()
+    for name, want in (("CPU", sweep.resources.cpu), ("GPU", sweep.resources.gpu)):
+        if want > have.get(name, 0):
+            raise SweepConfigError(f"resources.{name.lower()}={want} but this Ray instance has "
+                                   f"{have.get(name, 0)} {name}; lower it or join a cluster")
+
+
+def print_report(report: SweepReport, out: Callable[[str], Any] = print) -> None:
+    """The summary table and the counts."""
+    if not report.table.empty:
+        out(report.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    overhead = statistics.median(report.overhead_s) if report.overhead_s else float("nan")
+    out(f"experiment {report.experiment}: {report.cells} cells, {report.skipped} already finished, "
+        f"{report.ran} run now, {len(report.failed)} failed; heads fitted {report.heads_fitted}, "
+        f"reused {report.heads_reused}; Ray overhead per trial: median {overhead:.2f} s "
+        f"(start to end minus compute), amortized {report.amortized_s:.2f} s per cell")
+    for cell_id in report.failed:
+        out(f"failed: {cell_id}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-robust sweep", description=__doc__)
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="sweep YAML")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
+    parser.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep's name)")
+    parser.add_argument("--address", default=None,
+                        help="Ray address: none joins a running cluster or starts one; 'local' starts one")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a Ray instance started here")
+    parser.add_argument("--storage-path", default=None, help="Ray Tune results folder or URI")
+    parser.add_argument("--dry-run", action="store_true", help="validate and list the grid, run nothing")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides of the sweep, e.g. seed=1")
+    return parser
+
+
+def _init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Start or join Ray unless already initialised; True when this call started it."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False} if address == "local" else {}
+    if num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    ray.init(address=address, **kwargs)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate the sweep (before Ray starts), run it, print the table; 0 when every cell finished."""
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides) + ([f"name={args.experiment}"] if args.experiment else [])
+    try:
+        sweep, cells = load_sweep(args.config, overrides)
+    except (SweepConfigError, OSError) as err:
+        print(f"invalid sweep config:\n{err}", file=sys.stderr)
+        return 2
+    groups = head_groups(cells)
+    print(f"sweep {sweep.name}: {len(cells)} cells, {len(groups)} heads", file=sys.stderr)
+    if args.dry_run:
+        for cell in cells:
+            print(cell.cell_id, cell.head_id, cell.encoder.name, cell.data.name,
+                  cell.data.resolved_task, cell.attack.name, f"{cell.attack.eps * 255:.3g}/255")
+        return 0
+    started = _init_ray(args.address, args.num_cpus)
+    try:
+        if started:
+            _check_resources(sweep)
+        report = run_sweep(sweep, cells, args.tracking_uri, args.storage_path)
+    except SweepConfigError as err:
+        print(f"invalid sweep config:\n{err}", file=sys.stderr)
+        return 2
+    finally:
+        if started:
+            ray.shutdown()
+    print_report(report)
+    return 1 if report.failed else 0
