@@ -103,7 +103,7 @@ def pgd(
         best_loss[sel] = loss[better]
         fooled[sel] = now_fooled[better]
 
-    for restart in range(restarts):
+    for _ in range(restarts):
         active = torch.arange(n, device=x.device)
         if stop_when_fooled and success_fn is not None:
             active = active[~fooled]
@@ -111,34 +111,31 @@ def pgd(
             break
         delta = random_start(x, eps, norm, generator) if random_init and eps > 0 else torch.zeros_like(x)
         delta = delta[active]
-        for step in range(1, steps + 2):  # step steps+1 only evaluates the final iterate
-            x_now = (x[active] + delta).clamp(0, 1)
-            last = step == steps + 1
-            if last:
-                with torch.no_grad():
-                    output = forward(x_now)
-                    loss = objective(output, target[active], steps, steps)
-            else:
-                delta.requires_grad_(True)
-                x_now = (x[active] + delta).clamp(0, 1)
-                output = forward(x_now)
-                loss = objective(output, target[active], step, steps)
-                (grad,) = torch.autograd.grad(loss.sum(), delta)
-                grad_finite = grad_finite and bool(torch.isfinite(grad).all())
-                if grad_nonzero is None:
-                    grad_nonzero = float((grad.flatten(1).abs().sum(dim=1) > 0).float().mean())
+        for step in range(1, steps + 1):
+            delta.requires_grad_(True)
+            x_now = x[active] + delta
+            output = forward(x_now)
+            loss = objective(output, target[active], step, steps)
+            (grad,) = torch.autograd.grad(loss.sum(), delta)
+            grad_finite = grad_finite and bool(torch.isfinite(grad).all())
+            if grad_nonzero is None:
+                grad_nonzero = float((grad.flatten(1).abs().sum(dim=1) > 0).float().mean())
             forwards += active.numel()
             record(active, x_now, output, loss)
-            if last:
-                break
             with torch.no_grad():
                 delta = project(delta.detach() + step_size * _ascent_direction(grad, norm), x[active], eps, norm)
-                if stop_when_fooled and success_fn is not None:
-                    keep = ~fooled[active]
-                    if not bool(keep.all()):
-                        active, delta = active[keep], delta[keep]
-                    if active.numel() == 0:
-                        break
+            if stop_when_fooled and success_fn is not None:
+                keep = ~fooled[active]
+                active, delta = active[keep], delta[keep]
+                if active.numel() == 0:
+                    break
+        if active.numel() > 0:  # the final iterate has not been evaluated yet
+            with torch.no_grad():
+                x_now = x[active] + delta
+                output = forward(x_now)
+                last = max(steps, 1)
+                record(active, x_now, output, objective(output, target[active], last, last))
+            forwards += active.numel()
     return AttackResult(
         x_adv=best_x,
         loss=best_loss,
