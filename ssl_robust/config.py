@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 Task = Literal["classification", "segmentation", "depth"]
 Norm = Literal["linf", "l2"]
@@ -45,12 +45,13 @@ class EncoderCfg(StrictModel):
     layer: int | None = None  # block whose tokens feed dense heads; None = last (after final norm)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _known_name(self) -> "EncoderCfg":
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, name: str) -> str:
         from ssl_robust.encoders import check_encoder_name
 
-        check_encoder_name(self.name)
-        return self
+        check_encoder_name(name)
+        return name
 
 
 class DataCfg(StrictModel):
@@ -66,8 +67,16 @@ class DataCfg(StrictModel):
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
     eigen_crop: bool = True  # NYUv2 evaluation crop
 
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from ssl_robust.data import DATASETS
+
+        DATASETS.get(name)
+        return name
+
     @model_validator(mode="after")
-    def _known_dataset(self) -> "DataCfg":
+    def _task_of_dataset(self) -> "DataCfg":
         from ssl_robust.data import DATASETS
 
         spec = DATASETS.get(self.name)
@@ -109,12 +118,13 @@ class AttackCfg(StrictModel):
     random_start: bool = True
     stop_when_fooled: bool = True  # classification: stop attacking samples already fooled
 
-    @model_validator(mode="after")
-    def _known_attack(self) -> "AttackCfg":
+    @field_validator("name")
+    @classmethod
+    def _known_attack(cls, name: str) -> str:
         from ssl_robust.attacks import ATTACKS
 
-        ATTACKS.get(self.name)
-        return self
+        ATTACKS.get(name)
+        return name
 
     @property
     def resolved_step_size(self) -> float:

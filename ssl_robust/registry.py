@@ -7,11 +7,8 @@ from typing import Callable, Generic, Iterable, TypeVar
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(ValueError):
     """Raised for a name that is not registered; the message lists near names."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
-        return str(self.args[0])
 
 
 class Registry(Generic[T]):
