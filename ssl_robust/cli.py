@@ -1,4 +1,4 @@
-"""``ssl-robust run | sweep``: one cell offline, or a whole sweep on Ray."""
+"""``ssl-robust run | sweep | report``: one cell offline, a whole sweep on Ray, or its report."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return sweep_main(["--config", args.config, *args.rest]) or 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from ssl_robust.config import parse_budget
+    from ssl_robust.report import write_report
+    from ssl_robust.tracking import run_results
+
+    rows = run_results(args.experiment, tracking_uri=args.tracking_uri)
+    if not rows:
+        print(f"no finished cells in experiment {args.experiment!r}", file=sys.stderr)
+        return 2
+    eps = parse_budget(args.eps) if args.eps is not None else None
+    page = write_report(rows, args.out, eps=eps, title=f"ssl_robust: {args.experiment}")
+    print(f"{len(rows)} cells -> {page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-robust", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="sweep YAML (see sweeps/)")
     sweep.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the sweep runner")
     sweep.set_defaults(func=cmd_sweep)
+    report = sub.add_parser("report", help="poster tables and robustness plots from a sweep's MLflow runs")
+    report.add_argument("experiment", help="the sweep's MLflow experiment (its `name`)")
+    report.add_argument("--out", default="dashboards/out", help="folder for index.html, tables and plots")
+    report.add_argument("--eps", default=None, help="eps of the tables, e.g. 8/255 (default 8/255 or the largest)")
+    report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: env or ./mlflow.db)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
