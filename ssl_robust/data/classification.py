@@ -1,0 +1,204 @@
+"""CIFAR-10, CIFAR-100 and STL-10 from torchvision's on-disk layouts.
+
+torchvision checks the MD5 of the released files; these loaders check structure instead (files
+exist, pickles/binaries parse, shapes and labels are right), so re-packed copies and small test
+fixtures in the official format load too.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ssl_robust.data.base import DATASETS, DatasetSpec, Split, TaskInfo, require_files, train_val_indices
+from ssl_robust.data.transforms import image_to_tensor
+
+if TYPE_CHECKING:
+    from ssl_robust.config import DataCfg
+
+CIFAR_LAYOUTS = {  # name: (torchvision class, folder, files)
+    "cifar10": ("CIFAR10", "cifar-10-batches-py",
+                [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]),
+    "cifar100": ("CIFAR100", "cifar-100-python", ["train", "test", "meta"]),
+}
+STL10_FILES = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"]
+STL10_IMAGE_BYTES = 3 * 96 * 96
+
+
+def how_to_get(archive: str, url: str) -> str:
+    """Where a torchvision data set comes from."""
+    return (f"Set data.download=true to fetch it with torchvision, or download {archive} from {url} "
+            f"and extract it under data.root.")
+
+
+CIFAR10_HOW = how_to_get("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html")
+CIFAR100_HOW = how_to_get("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html")
+STL10_HOW = how_to_get("stl10_binary.tar.gz", "https://cs.stanford.edu/~acoates/stl10/")
+
+
+def pick_split(total: int, split: Split, val_fraction: float) -> list[int]:
+    """Indices of ``split``: train/val carved from the official train split, test = all of it."""
+    if split == "test":
+        return list(range(total))
+    train, val = train_val_indices(total, val_fraction, seed=0)
+    return train if split == "train" else val
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str, first: int = 0) -> None:
+    """Raise a ValueError naming the first label outside ``first..first+num_classes-1``."""
+    bad = np.flatnonzero((labels < first) | (labels >= first + num_classes))
+    if bad.size:
+        raise ValueError(f"{where}: label {int(labels[bad[0]])} at index {int(bad[0])} "
+                         f"is outside {first}..{first + num_classes - 1}")
+
+
+class ArrayClassification(Dataset):
+    """Items ``(image [3,S,S] in [0,1], class)`` from [N,H,W,3] uint8 images, limited to ``indices``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: list[int],
+                 image_size: int) -> None:
+        self.images, self.labels = images, labels
+        self.indices, self.image_size = indices, image_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        k = self.indices[i]
+        return image_to_tensor(self.images[k], self.image_size), int(self.labels[k])
+
+
+class _CifarStructure:
+    """Replaces torchvision's MD5 checks of CIFAR files with existence checks; parsing validates."""
+
+    base_folder: str
+    train_list: list
+    test_list: list
+    meta: dict
+    root: str
+
+    def _check_integrity(self) -> bool:
+        folder = os.path.join(self.root, self.base_folder)
+        names = [name for name, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+        return all(os.path.isfile(os.path.join(folder, name)) for name in names)
+
+    def _load_meta(self) -> None:
+        path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+        with open(path, "rb") as infile:
+            self.classes = pickle.load(infile, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+
+def stl10_problems(folder: Path) -> list[str]:
+    """What keeps ``folder`` from being an STL-10 binary folder (sizes only; empty = fine)."""
+    problems = []
+    for part in ("train", "test"):
+        images, labels = folder / f"{part}_X.bin", folder / f"{part}_y.bin"
+        if not (images.is_file() and labels.is_file()):
+            problems.append(f"missing {images.name} or {labels.name}")
+            continue
+        n_bytes, n_labels = images.stat().st_size, labels.stat().st_size
+        if n_bytes % STL10_IMAGE_BYTES or n_bytes // STL10_IMAGE_BYTES != n_labels:
+            problems.append(f"{images.name} holds {n_bytes} bytes, "
+                            f"expected {n_labels} images x {STL10_IMAGE_BYTES}")
+    return problems
+
+
+class _STL10Structure:
+    """Replaces torchvision's MD5 checks of STL-10 with size checks (no unlabelled split needed)."""
+
+    base_folder: str
+    root: str
+
+    def _check_integrity(self) -> bool:
+        return not stl10_problems(Path(self.root) / self.base_folder)
+
+
+@functools.cache
+def structural_class(name: str) -> type:
+    """torchvision's class for ``name`` with the MD5 check replaced by a structural one.
+
+    Made on first use, because importing torchvision takes seconds.
+    """
+    from torchvision import datasets
+
+    if name == "stl10":
+        return type("StructuralSTL10", (_STL10Structure, datasets.STL10), {})
+    base = CIFAR_LAYOUTS[name][0]
+    return type(f"Structural{base}", (_CifarStructure, getattr(datasets, base)), {})
+
+
+def _torchvision_root(cfg: DataCfg, name: str, folder: str, files: list[str], how: str) -> Path:
+    """The root to hand torchvision; without ``data.download`` every file must be there."""
+    if cfg.root is not None and cfg.download:
+        return Path(cfg.root).expanduser()
+    return require_files(name, cfg.root, [f"{folder}/{f}" for f in files], how)
+
+
+def _open(factory: Callable[[], Dataset], where: str) -> Dataset:
+    """Run a torchvision constructor, turning parse failures into a ValueError naming the folder."""
+    try:
+        return factory()
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{where}: files do not parse in the official format ({err!r})") from err
+
+
+def _build_cifar(name: str, how: str) -> Callable[..., Dataset]:
+    """A ``DatasetSpec.build`` for CIFAR: train/val from the train batches, test = the test batch."""
+    _, folder, files = CIFAR_LAYOUTS[name]
+
+    def build(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> Dataset:
+        root = _torchvision_root(cfg, name, folder, files, how)
+        where = f"data set {name!r} ({root / folder})"
+        cls = structural_class(name)
+        raw = _open(lambda: cls(str(root), train=split != "test", download=cfg.download), where)
+        labels = np.asarray(raw.targets, dtype=np.int64)
+        if len(labels) != len(raw.data):
+            raise ValueError(f"{where}: {len(labels)} labels for {len(raw.data)} images")
+        part = "test" if split == "test" else "train"
+        check_labels(labels, info.num_classes, f"{where}, {part} batches")
+        indices = pick_split(len(labels), split, cfg.val_fraction)
+        return ArrayClassification(raw.data, labels, indices, image_size)
+
+    return build
+
+
+def build_stl10(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> Dataset:
+    """STL-10: the 5000 labelled train images give train/val, the 8000 test images give test."""
+    root = _torchvision_root(cfg, "stl10", "stl10_binary", STL10_FILES, STL10_HOW)
+    where = f"data set 'stl10' ({root / 'stl10_binary'})"
+    problems = stl10_problems(root / "stl10_binary")
+    if problems and not cfg.download:
+        raise ValueError(f"{where}: {'; '.join(problems)}")
+    part = "test" if split == "test" else "train"
+    cls = structural_class("stl10")
+    raw = _open(lambda: cls(str(root), split=part, download=cfg.download), where)
+    file_labels = (raw.labels.astype(np.int64) + 1) % 256  # undo torchvision's uint8 "- 1"
+    check_labels(file_labels, info.num_classes, f"{where}, {part}_y.bin (1-based labels)", first=1)
+    labels = file_labels - 1
+    images = raw.data.transpose(0, 2, 3, 1)  # [N,3,H,W] -> [N,H,W,3] view
+    indices = pick_split(len(labels), split, cfg.val_fraction)
+    return ArrayClassification(images, labels, indices, image_size)
+
+
+DATASETS.register("cifar10")(DatasetSpec(
+    infos={"classification": TaskInfo("classification", num_classes=10)},
+    build=_build_cifar("cifar10", CIFAR10_HOW),
+    how_to_get=CIFAR10_HOW,
+))
+DATASETS.register("cifar100")(DatasetSpec(
+    infos={"classification": TaskInfo("classification", num_classes=100)},
+    build=_build_cifar("cifar100", CIFAR100_HOW),
+    how_to_get=CIFAR100_HOW,
+))
+DATASETS.register("stl10")(DatasetSpec(
+    infos={"classification": TaskInfo("classification", num_classes=10)},
+    build=build_stl10,
+    how_to_get=STL10_HOW,
+))

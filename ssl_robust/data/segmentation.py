@@ -1,0 +1,181 @@
+"""PASCAL VOC 2012, ADE20K (SceneParsing) and Cityscapes from their official on-disk layouts.
+
+Splits: "train" and "val" are carved from the official train split, "test" is the official
+validation split (the one papers report). Label values outside a data set's known classes raise a
+ValueError naming the file instead of being wrapped or silently ignored.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ssl_robust.data.base import (DATASETS, DatasetNotFoundError, DatasetSpec, Split, TaskInfo,
+                                  require_files)
+from ssl_robust.data.classification import pick_split
+from ssl_robust.data.transforms import image_to_tensor, mask_to_tensor
+
+if TYPE_CHECKING:
+    from ssl_robust.config import DataCfg
+
+Pair = tuple[Path, Path]
+
+VOC_HOW = ("Download VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ "
+           "and extract it under data.root (data.download is not supported for this data set).")
+ADE_HOW = ("Download ADEChallengeData2016.zip from http://sceneparsing.csail.mit.edu/ and extract it "
+           "under data.root (data.download is not supported for this data set).")
+CITYSCAPES_HOW = ("Log in at https://www.cityscapes-dataset.com/downloads/, download "
+                  "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip and extract both under "
+                  "data.root (data.download is not supported for this data set).")
+
+# Cityscapes labelIds -> the 19 train ids of the benchmark; every other id is ignored.
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
+                        24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+CITYSCAPES_MAX_ID = 33  # ids 0..33 are defined; 255 holds the license plate's id -1
+
+
+class LabelMap:
+    """Maps raw label values through a 256-entry table; entries of -1 are unknown values (raise)."""
+
+    def __init__(self, table: np.ndarray, dataset: str) -> None:
+        self.table, self.dataset = table, dataset
+
+    def __call__(self, raw: np.ndarray, path: Path) -> np.ndarray:
+        mapped = self.table[raw]
+        if (mapped < 0).any():
+            bad = np.unique(raw[mapped < 0]).tolist()
+            raise ValueError(f"data set {self.dataset!r}: {path} holds label value(s) {bad} "
+                             f"outside the known classes")
+        return mapped
+
+
+def voc_label_map(ignore_index: int) -> LabelMap:
+    """VOC: 0 background .. 20 classes kept, 255 (object borders, difficult) ignored."""
+    table = np.full(256, -1, dtype=np.int64)
+    table[:21] = np.arange(21)
+    table[255] = ignore_index
+    return LabelMap(table, "voc2012")
+
+
+def ade_label_map(ignore_index: int) -> LabelMap:
+    """ADE20K: 0 ("other") ignored, 1..150 shifted down to 0..149 (reduce_zero_label)."""
+    table = np.full(256, -1, dtype=np.int64)
+    table[0] = ignore_index
+    table[1:151] = np.arange(150)
+    return LabelMap(table, "ade20k")
+
+
+def cityscapes_label_map(ignore_index: int) -> LabelMap:
+    """Cityscapes: the 19 evaluated labelIds to train ids 0..18, the other defined ids ignored."""
+    table = np.full(256, -1, dtype=np.int64)
+    table[:CITYSCAPES_MAX_ID + 1] = ignore_index
+    table[255] = ignore_index
+    for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
+        table[label_id] = train_id
+    return LabelMap(table, "cityscapes")
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """A single-channel label PNG ('P' palette or 'L' grey) as its raw uint8 values."""
+    with Image.open(path) as mask:
+        if mask.mode not in ("P", "L"):
+            raise ValueError(f"{path}: expected a single-channel label PNG (mode 'P' or 'L'), "
+                             f"got mode {mask.mode!r}")
+        return np.array(mask, dtype=np.uint8)
+
+
+class PairedSegmentation(Dataset):
+    """Items ``(image [3,S,S] in [0,1], mask long [S,S])`` from (image file, label PNG) pairs."""
+
+    def __init__(self, pairs: list[Pair], label_map: LabelMap, image_size: int) -> None:
+        self.pairs, self.label_map, self.image_size = pairs, label_map, image_size
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_path, mask_path = self.pairs[i]
+        with Image.open(image_path) as image:
+            pixels = image_to_tensor(np.array(image.convert("RGB")), self.image_size)
+        labels = self.label_map(read_label_png(mask_path), mask_path)
+        return pixels, mask_to_tensor(labels, self.image_size)
+
+
+def require_pairs(dataset: str, searched: Path, pairs: list[Pair], how: str) -> list[Pair]:
+    """Fail before any work if the split is empty or any listed image or label file is missing."""
+    if not pairs:
+        raise DatasetNotFoundError(f"data set {dataset!r}: searched {searched}, found no images. {how}")
+    missing = [str(p) for pair in pairs for p in pair if not p.is_file()]
+    if missing:
+        raise DatasetNotFoundError(f"data set {dataset!r}: searched {searched}, {len(missing)} expected "
+                                   f"file(s) missing, e.g. {missing[:3]}. {how}")
+    return pairs
+
+
+def voc_base(root: Path) -> Path:
+    """``VOCdevkit/VOC2012`` under ``root``; ``root`` may also be VOCdevkit or VOC2012 itself."""
+    for base in (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root):
+        if (base / "ImageSets" / "Segmentation").is_dir():
+            return base
+    return root / "VOCdevkit" / "VOC2012"
+
+
+def voc_pairs(cfg_root: Path | None, official: str) -> list[Pair]:
+    """(JPEG, class PNG) pairs listed in ``ImageSets/Segmentation/<official>.txt``."""
+    root = Path(cfg_root).expanduser() if cfg_root is not None else None
+    rel = voc_base(root).relative_to(root) if root is not None else Path("VOCdevkit/VOC2012")
+    expected = [str(rel / p) for p in ("JPEGImages", "SegmentationClass",
+                                       f"ImageSets/Segmentation/{official}.txt")]
+    base = require_files("voc2012", root, expected, VOC_HOW) / rel
+    names = (base / "ImageSets" / "Segmentation" / f"{official}.txt").read_text().split()
+    pairs = [(base / "JPEGImages" / f"{n}.jpg", base / "SegmentationClass" / f"{n}.png") for n in names]
+    return require_pairs("voc2012", base, pairs, VOC_HOW)
+
+
+def ade_pairs(cfg_root: Path | None, official: str) -> list[Pair]:
+    """(JPEG, annotation PNG) pairs of ``ADEChallengeData2016/*/<official>``, matched by file stem."""
+    folders = [f"ADEChallengeData2016/images/{official}", f"ADEChallengeData2016/annotations/{official}"]
+    root = require_files("ade20k", cfg_root, folders, ADE_HOW)
+    images, annotations = root / folders[0], root / folders[1]
+    pairs = [(p, annotations / f"{p.stem}.png") for p in sorted(images.glob("*.jpg"))]
+    return require_pairs("ade20k", images, pairs, ADE_HOW)
+
+
+def cityscapes_pairs(cfg_root: Path | None, official: str) -> list[Pair]:
+    """(leftImg8bit PNG, gtFine labelIds PNG) pairs of every city in ``official``."""
+    folders = [f"leftImg8bit/{official}", f"gtFine/{official}"]
+    root = require_files("cityscapes", cfg_root, folders, CITYSCAPES_HOW)
+    suffix = "_leftImg8bit.png"
+    images = sorted((root / folders[0]).glob(f"*/*{suffix}"))
+    pairs = [(p, root / folders[1] / p.parent.name / (p.name[:-len(suffix)] + "_gtFine_labelIds.png"))
+             for p in images]
+    return require_pairs("cityscapes", root / folders[0], pairs, CITYSCAPES_HOW)
+
+
+def _builder(find_pairs: Callable[[Path | None, str], list[Pair]],
+             make_map: Callable[[int], LabelMap], official: tuple[str, str]):
+    """A ``DatasetSpec.build``: train/val carved from ``official[0]``, test = ``official[1]``."""
+
+    def build(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> Dataset:
+        pairs = find_pairs(cfg.root, official[1] if split == "test" else official[0])
+        chosen = [pairs[i] for i in pick_split(len(pairs), split, cfg.val_fraction)]
+        return PairedSegmentation(chosen, make_map(info.ignore_index), image_size)
+
+    return build
+
+
+def _register(name: str, num_classes: int, build: Callable[..., Dataset], how: str) -> None:
+    DATASETS.register(name)(DatasetSpec(
+        infos={"segmentation": TaskInfo("segmentation", num_classes=num_classes, ignore_index=255)},
+        build=build, how_to_get=how,
+    ))
+
+
+_register("voc2012", 21, _builder(voc_pairs, voc_label_map, ("train", "val")), VOC_HOW)
+_register("ade20k", 150, _builder(ade_pairs, ade_label_map, ("training", "validation")), ADE_HOW)
+_register("cityscapes", 19, _builder(cityscapes_pairs, cityscapes_label_map, ("train", "val")),
+          CITYSCAPES_HOW)

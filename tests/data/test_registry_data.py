@@ -1,0 +1,33 @@
+"""The real data sets are registered with the task metadata heads and metrics rely on."""
+from __future__ import annotations
+
+import pytest
+
+from ssl_robust.config import DataCfg
+from ssl_robust.data import DATASETS, DatasetNotFoundError, load_split
+
+EXPECTED = {  # name: (task, num_classes, ignore_index)
+    "cifar10": ("classification", 10, 255),
+    "cifar100": ("classification", 100, 255),
+    "stl10": ("classification", 10, 255),
+    "voc2012": ("segmentation", 21, 255),
+    "ade20k": ("segmentation", 150, 255),
+    "cityscapes": ("segmentation", 19, 255),
+    "nyuv2": ("depth", 0, 255),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_registered_with_task_info(name):
+    spec = DATASETS.get(name)
+    task, num_classes, ignore_index = EXPECTED[name]
+    assert list(spec.infos) == [task] and DataCfg(name=name).resolved_task == task
+    info = spec.infos[task]
+    assert (info.num_classes, info.ignore_index) == (num_classes, ignore_index)
+    assert spec.needs_root and "http" in spec.how_to_get
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_no_root_names_the_data_set(name):
+    with pytest.raises(DatasetNotFoundError, match=f"{name}.*needs data.root"):
+        load_split(DataCfg(name=name), "test", image_size=28)
