@@ -19,7 +19,7 @@ from ssl_robust import checks
 from ssl_robust.attacks import ATTACKS
 from ssl_robust.config import CellCfg
 from ssl_robust.data import TaskInfo, load_split
-from ssl_robust.encoders import Encoder, local_checkpoint, create_encoder
+from ssl_robust.encoders import Encoder, create_encoder, input_size, local_checkpoint
 from ssl_robust.heads import TaskModel, build_head, extract_features, fit_head
 from ssl_robust.metrics import confusion_matrix, depth_errors, miou_from_confusion, valid_depth_mask
 from ssl_robust.objectives import OBJECTIVES
@@ -34,15 +34,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _loader(cfg: CellCfg, split: str, image_size: int, batch_size: int) -> tuple[DataLoader, TaskInfo]:
-    dataset, info = load_split(cfg.data, split, image_size, seed=cfg.seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False), info
+def _loader(cfg: CellCfg, split: str, image_size: int, batch_size: int) -> DataLoader:
+    dataset, _ = load_split(cfg.data, split, image_size, seed=cfg.seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
-def _fit(cfg: CellCfg, encoder: Encoder, device: torch.device) -> tuple[nn.Module, dict[str, float]]:
+def _fit_loaders(cfg: CellCfg) -> tuple[DataLoader, DataLoader]:
+    size = input_size(cfg.encoder)
+    return _loader(cfg, "train", size, cfg.head.batch_size), _loader(cfg, "val", size, cfg.head.batch_size)
+
+
+def _fit(cfg: CellCfg, encoder: Encoder, loaders: tuple[DataLoader, DataLoader],
+         device: torch.device) -> tuple[nn.Module, dict[str, float]]:
     start = time.perf_counter()
-    train_loader, info = _loader(cfg, "train", encoder.image_size, cfg.head.batch_size)
-    val_loader, _ = _loader(cfg, "val", encoder.image_size, cfg.head.batch_size)
+    train_loader, val_loader = loaders
+    info = _head_info(cfg)
     train = extract_features(encoder, train_loader, device, desc="train features")
     val = extract_features(encoder, val_loader, device, desc="val features")
     head = build_head(info, encoder.embed_dim, cfg.head.n_bins)
@@ -68,8 +74,9 @@ def prepare_head(cfg: CellCfg, out_path: Path) -> dict[str, float]:
 
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    loaders = _fit_loaders(cfg)  # a missing data set fails here, before any model is built
     encoder = create_encoder(cfg.encoder).to(device)
-    head, metrics = _fit(cfg, encoder, device)
+    head, metrics = _fit(cfg, encoder, loaders, device)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous().cpu() for k, v in head.state_dict().items()}, str(out_path))
@@ -156,14 +163,15 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    loader = _loader(cfg, "test", input_size(cfg.encoder), cfg.batch_size)  # fails before any work
+    fit_loaders = None if cfg.head.checkpoint else _fit_loaders(cfg)
     encoder = create_encoder(cfg.encoder).to(device)
     metrics: dict[str, float] = {}
-    if cfg.head.checkpoint:
+    if fit_loaders is None:
         head = load_head(cfg, encoder, cfg.head.checkpoint)
     else:
-        head, metrics = _fit(cfg, encoder, device)
+        head, metrics = _fit(cfg, encoder, fit_loaders, device)
     model = TaskModel(encoder, head.to(device)).eval().requires_grad_(False)
-    loader, _ = _loader(cfg, "test", encoder.image_size, cfg.batch_size)
     info = _head_info(cfg)
     clean, adv = ScoreAccumulator(info), ScoreAccumulator(info)
     bounds, losses, eps0_gap = [], [], 0.0

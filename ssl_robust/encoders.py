@@ -46,6 +46,14 @@ def check_encoder_name(name: str) -> None:
     raise ValueError(f"unknown encoder {name!r}.{hint} Aliases: {sorted(ALIASES)}; or any timm ViT name")
 
 
+def input_size(cfg: "EncoderCfg") -> int:
+    """The square input size the encoder will be built for, known before building it."""
+    if cfg.image_size is not None:
+        return cfg.image_size
+    pretrained_cfg = timm.models.get_pretrained_cfg(resolve_name(cfg.name))
+    return int(pretrained_cfg.input_size[-1]) if pretrained_cfg else 224
+
+
 class Encoder(nn.Module):
     """Pixel-space wrapper: normalises inside, exposes the CLS embedding and the patch-token grid."""
 
@@ -142,9 +150,7 @@ def local_checkpoint(uri: str) -> Path:
 def create_encoder(cfg: "EncoderCfg") -> Encoder:
     """Build a frozen, eval-mode encoder from its config."""
     name = resolve_name(cfg.name)
-    kwargs: dict[str, Any] = dict(cfg.model_kwargs)
-    if cfg.image_size is not None:
-        kwargs["img_size"] = cfg.image_size
+    kwargs: dict[str, Any] = {"img_size": input_size(cfg), **cfg.model_kwargs}
     pretrained = cfg.pretrained and cfg.checkpoint is None
     model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     if cfg.checkpoint is not None:

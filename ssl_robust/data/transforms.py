@@ -9,7 +9,7 @@ from PIL import Image
 
 def image_to_tensor(image: Image.Image | np.ndarray, size: int | None) -> torch.Tensor:
     """RGB image -> float32 [3, size, size] in [0, 1] (bilinear, antialiased)."""
-    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    array = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image)
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
     if size is not None and tuple(tensor.shape[1:]) != (size, size):
         tensor = F.interpolate(tensor[None], size=(size, size), mode="bilinear", antialias=True,
