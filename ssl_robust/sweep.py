@@ -1,9 +1,10 @@
 """Run a sweep on Ray Tune, tracked in MLflow. The only module that imports Ray (and Optuna).
 
 Phase 1 fits one head per head_id with ``prepare_head`` and logs it as an artifact; phase 2 runs
-every attack x eps cell with ``head.checkpoint`` pointing at that artifact. Cells (and heads) with
-a FINISHED run are skipped, runs left RUNNING by a killed worker are marked FAILED, so a rerun
-completes only what is missing.
+every attack x eps cell with ``head.checkpoint`` pointing at that artifact. Both phases share one
+Tune run (a searcher releases a head's cells as soon as the head is finished), so trial actors
+start once. Cells and heads with a FINISHED run are skipped and runs left RUNNING by a killed
+worker are marked FAILED, so a rerun completes only what is missing.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +22,7 @@ from typing import Any, Callable
 import pandas as pd
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 from tqdm import tqdm
 
 from ssl_robust import tracking
@@ -78,12 +81,15 @@ def trial(config: dict[str, Any]) -> dict[str, Any]:
     return {**metrics, "run_id": run.run_id, "reused": 0}
 
 
-class Progress(tune.Callback):
-    """Cells done / total with ETA; records each trial's wall time minus its compute time."""
+COMPUTE_KEY = {"head": "time/head_seconds", "attack": "time/cell_seconds"}
 
-    def __init__(self, total: int, done: int, desc: str, compute_key: str) -> None:
-        self.bar = tqdm(total=total, initial=done, desc=desc, unit="cell", file=sys.stderr)
-        self.compute_key = compute_key
+
+class Progress(tune.Callback):
+    """Cells done / total with ETA (heads as a postfix); each trial's wall time minus compute."""
+
+    def __init__(self, total: int, done: int, heads: int) -> None:
+        self.bar = tqdm(total=total, initial=done, desc="cells", unit="cell", file=sys.stderr)
+        self.heads_total, self.heads_done = heads, 0
         self.started: dict[str, float] = {}
         self.overhead: list[float] = []
         self.compute: list[float] = []
@@ -93,56 +99,91 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         wall = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
-        result = trial.last_result or {}
-        if self.compute_key in result and not result.get("reused"):
-            self.compute.append(float(result[self.compute_key]))
+        result, phase = trial.last_result or {}, trial.config["phase"]
+        if COMPUTE_KEY[phase] in result and not result.get("reused"):
+            self.compute.append(float(result[COMPUTE_KEY[phase]]))
             self.overhead.append(wall - self.compute[-1])
-        self.bar.update(1)
+        self._advance(phase)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.bar.update(1)
-        self.bar.set_postfix_str("errors!")
+        self._advance(trial.config["phase"])
 
-    def close(self) -> None:
-        self.bar.close()
+    def _advance(self, phase: str) -> None:
+        if phase == "head":
+            self.heads_done += 1
+            self.bar.set_postfix_str(f"heads {self.heads_done}/{self.heads_total}")
+        else:
+            self.bar.update(1)
+
+
+class TwoPhaseSearcher(Searcher):
+    """Suggests the missing heads first, then each cell as soon as its head has a FINISHED run."""
+
+    def __init__(self, target: dict[str, str], heads_todo: list[CellCfg], cells: list[CellCfg],
+                 heads_done: dict[str, str]) -> None:
+        super().__init__()
+        self.target = target
+        self.live: dict[str, dict[str, Any]] = {}
+        self.queue: deque[dict[str, Any]] = deque(self._config("head", c) for c in heads_todo)
+        self.waiting: dict[str, list[CellCfg]] = {}
+        for cell in cells:
+            self.waiting.setdefault(cell.head_id, []).append(cell)
+        for head_id, run_id in heads_done.items():
+            self._release(head_id, run_id)
+
+    def _config(self, phase: str, cell: CellCfg) -> dict[str, Any]:
+        return {"phase": phase, "target": self.target, "cell": cell.model_dump(mode="json")}
+
+    def _release(self, head_id: str, run_id: str) -> None:
+        uri = f"runs:/{run_id}/{tracking.HEAD_ARTIFACT}"
+        for cell in self.waiting.pop(head_id, []):
+            head = cell.head.model_copy(update={"checkpoint": uri})
+            self.queue.append(self._config("attack", cell.model_copy(update={"head": head})))
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.queue:
+            self.live[trial_id] = self.queue.popleft()
+            return self.live[trial_id]
+        return None if self.live else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        config = self.live.pop(trial_id, None)
+        if config and config["phase"] == "head" and not error and result and "run_id" in result:
+            self._release(CellCfg.model_validate(config["cell"]).head_id, result["run_id"])
+
+    def stranded(self) -> list[str]:
+        """Cells whose head could not be fitted."""
+        return [c.cell_id for cells in self.waiting.values() for c in cells]
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: MLflow's FINISHED runs are the resume state."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore (see save)."""
 
 
 def _trial_dirname(trial: Any) -> str:
     return f"{trial.config['phase']}_{trial.trial_id}"
 
 
-def _run_phase(phase: str, cells: list[CellCfg], target: dict[str, str], sweep: SweepCfg,
-               progress: Progress, storage_path: str | None) -> list[str]:
-    """Run one phase's trials on Tune; return the keys (head_id/cell_id) of trials that errored."""
-    if not cells:
-        return []
+def _tune(searcher: TwoPhaseSearcher, sweep: SweepCfg, progress: Progress,
+          storage_path: str | None) -> list[str]:
+    """Run the searcher's trials; return the cell_ids of attack trials that errored."""
     resources = {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu}
-    space = {"phase": phase, "target": target,
-             "cell": tune.grid_search([c.model_dump(mode="json") for c in cells])}
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     tuner = tune.Tuner(
         tune.with_resources(trial, resources),
-        param_space=space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent, reuse_actors=True,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, reuse_actors=True,
+                                    max_concurrent_trials=sweep.max_concurrent,
                                     trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=f"{sweep.name}-{phase}-{stamp}", storage_path=storage_path, verbose=0,
-            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage_path,
+            verbose=0, failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             callbacks=[progress],
         ),
     )
     results = tuner.fit()
-    key = (lambda c: c.head_id) if phase == "head" else (lambda c: c.cell_id)
-    return [key(CellCfg.model_validate(r.config["cell"])) for r in results if r.error is not None]
-
-
-def _with_heads(cells: list[CellCfg], heads: dict[str, str]) -> list[CellCfg]:
-    """Cells whose head exists, each pointing at its head artifact."""
-    return [
-        c.model_copy(update={"head": c.head.model_copy(
-            update={"checkpoint": f"runs:/{heads[c.head_id]}/{tracking.HEAD_ARTIFACT}"})})
-        for c in cells if c.head_id in heads
-    ]
+    return [CellCfg.model_validate(r.config["cell"]).cell_id for r in results
+            if r.error is not None and r.config["phase"] == "attack"]
 
 
 def _primary(row: pd.Series, prefix: str) -> float:
@@ -170,32 +211,30 @@ def summary_table(rows: list[dict[str, Any]], cell_ids: set[str]) -> pd.DataFram
 
 def run_sweep(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = None,
               storage_path: str | None = None) -> SweepReport:
-    """Run both phases for the cells not yet finished (Ray must be initialised)."""
+    """Fit the missing heads and run the cells not yet finished (Ray must be initialised)."""
     uri = tracking.absolute_tracking_uri(tracking_uri)
     target = {"tracking_uri": uri, "experiment": sweep.name,
               "experiment_id": tracking.ensure_experiment(sweep.name, uri)}
     done = tracking.finished_cells(sweep.name, uri)
     todo = [c for c in cells if c.cell_id not in done]
-    report = SweepReport(sweep.name, len(cells), len(cells) - len(todo))
     heads = tracking.finished_runs(sweep.name, "head", uri)
     groups = head_groups(todo)
     missing = [c for h, c in groups.items() if h not in heads]
-    report.heads_reused, report.heads_fitted = len(groups) - len(missing), len(missing)
-    head_bar = Progress(len(groups), len(groups) - len(missing), "heads", "time/head_seconds")
-    _run_phase("head", missing, target, sweep, head_bar, storage_path)
-    head_bar.close()
-    heads = tracking.finished_runs(sweep.name, "head", uri)
-    ready = _with_heads(todo, heads)
-    cell_bar = Progress(len(cells), report.skipped, "cells", "time/cell_seconds")
-    start = time.monotonic()
-    errored = _run_phase("attack", ready, target, sweep, cell_bar, storage_path)
-    cell_bar.close()
-    report.ran = len(ready) - len(errored)
-    report.failed = errored + [c.cell_id for c in todo if c.head_id not in heads]
-    report.overhead_s = head_bar.overhead + cell_bar.overhead
-    if cell_bar.compute:
-        per_slot = (time.monotonic() - start) * _slots(sweep, len(ready)) / len(ready)
-        report.amortized_s = per_slot - statistics.mean(cell_bar.compute)
+    report = SweepReport(sweep.name, len(cells), len(cells) - len(todo),
+                         heads_fitted=len(missing), heads_reused=len(groups) - len(missing))
+    if todo:
+        searcher = TwoPhaseSearcher(target, missing, todo, {h: heads[h] for h in groups if h in heads})
+        progress = Progress(len(cells), report.skipped, len(missing))
+        start = time.monotonic()
+        errored = _tune(searcher, sweep, progress, storage_path)
+        progress.bar.close()
+        report.failed = errored + searcher.stranded()
+        report.ran = len(todo) - len(report.failed)
+        report.overhead_s = progress.overhead
+        n_trials = len(progress.compute)
+        if n_trials:
+            busy = (time.monotonic() - start) * _slots(sweep, len(todo))
+            report.amortized_s = (busy - sum(progress.compute)) / n_trials
     report.table = summary_table(tracking.run_results(sweep.name, "attack", uri),
                                  {c.cell_id for c in cells})
     return report
@@ -260,12 +299,19 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
+def config_path(path: str) -> Path:
+    """The path as given, else relative to the source tree (``ray submit`` runs from $HOME)."""
+    given = Path(path).expanduser()
+    beside = Path(__file__).resolve().parents[1] / path
+    return beside if not given.exists() and not given.is_absolute() and beside.exists() else given
+
+
 def main(argv: list[str] | None = None) -> int:
     """Validate the sweep (before Ray starts), run it, print the table; 0 when every cell finished."""
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides) + ([f"name={args.experiment}"] if args.experiment else [])
     try:
-        sweep, cells = load_sweep(args.config, overrides)
+        sweep, cells = load_sweep(config_path(args.config), overrides)
     except (SweepConfigError, OSError) as err:
         print(f"invalid sweep config:\n{err}", file=sys.stderr)
         return 2

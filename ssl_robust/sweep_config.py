@@ -38,33 +38,12 @@ class EncoderEntry(EncoderCfg):
     enabled: bool = True
 
 
-def _registered(kind: str, name: str) -> None:
-    """Registry lookup whose unknown-name error becomes a ValueError, so pydantic gives its field."""
-    from ssl_robust.attacks import ATTACKS
-    from ssl_robust.data import DATASETS
-
-    try:
-        {"attack": ATTACKS, "dataset": DATASETS}[kind].get(name)
-    except KeyError as err:
-        raise ValueError(str(err)) from err
-
-
 class DataEntry(DataCfg):
     """A data set axis entry (each with its task); unset root/n_samples come from the sweep."""
-
-    @model_validator(mode="after")
-    def _known_dataset(self) -> "DataEntry":
-        _registered("dataset", self.name)
-        return super()._known_dataset()
 
 
 class AttackEntry(AttackCfg):
     """An attack axis entry; eps and steps come from the sweep's own axes."""
-
-    @model_validator(mode="after")
-    def _known_attack(self) -> "AttackEntry":
-        _registered("attack", self.name)
-        return self
 
     @model_validator(mode="after")
     def _no_axis_fields(self) -> "AttackEntry":
@@ -158,12 +137,13 @@ def format_errors(err: ValidationError, source: str, root: type[BaseModel] | Non
     """One line per error: ``source: field.path: message`` (unknown keys list the allowed ones)."""
     lines = []
     for item in err.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "<top level>"
+        loc = "".join(f"{p}: " if i == len(item["loc"]) - 1 else f"{p}."
+                      for i, p in enumerate(item["loc"]))
         msg = item["msg"]
         parent = _model_at(root, tuple(item["loc"][:-1])) if root else None
         if item["type"] == "extra_forbidden" and parent is not None:
             msg += f"; allowed: {sorted(parent.model_fields)}"
-        lines.append(f"{source}: {loc}: {msg}")
+        lines.append(f"{source}: {loc}{msg}")
     return "\n".join(lines)
 
 
