@@ -1,0 +1,309 @@
+"""The PGD engine: budget and box constraints, determinism, optimality on linear models, bookkeeping."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_robust.objectives import cross_entropy
+from ssl_robust.pgd import pgd
+
+SHAPE = (3, 4, 4)  # small "images": 48 pixels
+DIM = 3 * 4 * 4
+
+
+class LinearModel(nn.Module):
+    """Logits W x + b on the flattened image; its parameters require grad on purpose."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.clone())
+        self.bias = nn.Parameter(bias.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight.T + self.bias
+
+
+def linear_model(num_classes: int, seed: int = 0) -> LinearModel:
+    gen = torch.Generator().manual_seed(seed)
+    return LinearModel(torch.randn(num_classes, DIM, generator=gen), 0.1 * torch.randn(num_classes, generator=gen))
+
+
+def images(n: int, low: float = 0.0, high: float = 1.0, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return low + (high - low) * torch.rand(n, *SHAPE, generator=gen)
+
+
+def labels(n: int, num_classes: int, seed: int = 2) -> torch.Tensor:
+    return torch.randint(num_classes, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(1) != y
+
+
+def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs):
+    kwargs.setdefault("step_size", 2.5 * kwargs["eps"] / max(kwargs.get("steps", 10), 1))
+    kwargs.setdefault("steps", 10)
+    return pgd(model, cross_entropy, x, y, **kwargs)
+
+
+def boundary_images(n: int) -> torch.Tensor:
+    """Images whose pixels are exactly 0 or exactly 1 (plus one all-0 and one all-1 image)."""
+    x = (images(n) > 0.5).float()
+    x[0], x[1] = 0.0, 1.0
+    return x
+
+
+# ----------------------------------------------------------------------------- constraints
+
+
+@pytest.mark.parametrize("inputs", ["interior", "boundary"])
+def test_linf_perturbation_stays_inside_eps_ball(inputs: str) -> None:
+    model, eps = linear_model(3), 8 / 255
+    x = images(8) if inputs == "interior" else boundary_images(8)
+    result = run(model, x, labels(8, 3), eps=eps, norm="linf", step_size=0.5)  # overshooting steps
+    assert float((result.x_adv - x).abs().max()) <= eps + 1e-6
+
+
+@pytest.mark.parametrize("inputs", ["interior", "boundary"])
+def test_l2_perturbation_stays_inside_eps_ball_per_sample(inputs: str) -> None:
+    model, eps = linear_model(3), 0.5
+    x = images(8) if inputs == "interior" else boundary_images(8)
+    result = run(model, x, labels(8, 3), eps=eps, norm="l2", step_size=2.0)
+    norms = (result.x_adv - x).flatten(1).norm(dim=1)
+    assert bool((norms <= eps * (1 + 1e-5)).all()), norms
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.3), ("l2", 3.0)])
+@pytest.mark.parametrize("inputs", ["interior", "boundary"])
+def test_adversarial_image_stays_inside_unit_box(norm: str, eps: float, inputs: str) -> None:
+    model = linear_model(3)
+    x = images(8) if inputs == "interior" else boundary_images(8)
+    result = run(model, x, labels(8, 3), eps=eps, norm=norm)
+    assert float(result.x_adv.min()) >= 0.0
+    assert float(result.x_adv.max()) <= 1.0
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_zero_budget_returns_input_unchanged_and_clean_loss(norm: str) -> None:
+    model, x, y = linear_model(3), images(6), labels(6, 3)
+    result = pgd(model, cross_entropy, x, y, eps=0.0, step_size=0.1, steps=5, norm=norm,
+                 random_init=True, success_fn=misclassified)
+    assert torch.equal(result.x_adv, x)
+    with torch.no_grad():
+        clean_logits = model(x)
+    torch.testing.assert_close(result.loss, F.cross_entropy(clean_logits, y, reduction="none"))
+    assert torch.equal(result.success, misclassified(clean_logits, y))
+
+
+# ----------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_same_seed_gives_identical_result(norm: str, eps: float) -> None:
+    model, x, y = linear_model(3), images(6), labels(6, 3)
+    first = run(model, x, y, eps=eps, norm=norm, steps=3, seed=7)
+    second = run(model, x, y, eps=eps, norm=norm, steps=3, seed=7)
+    assert torch.equal(first.x_adv, second.x_adv)
+    assert torch.equal(first.loss, second.loss)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_different_seeds_give_different_random_starts(norm: str, eps: float) -> None:
+    model, x, y = linear_model(3), images(6), labels(6, 3)
+    first = run(model, x, y, eps=eps, norm=norm, steps=0, seed=1)
+    second = run(model, x, y, eps=eps, norm=norm, steps=0, seed=2)
+    assert not torch.equal(first.x_adv, second.x_adv)
+
+
+def test_seed_does_not_touch_the_global_rng() -> None:
+    model, x, y = linear_model(3), images(4), labels(4, 3)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    run(model, x, y, eps=8 / 255, steps=2, seed=5)
+    assert torch.equal(torch.rand(3), expected)
+
+
+# ----------------------------------------------------------------------------- strength
+
+
+def test_stronger_budget_never_scores_higher(fitted_classifier) -> None:
+    model, x, y = fitted_classifier
+    accuracies = []
+    for k in (0, 1, 2, 4, 8):
+        eps = k / 255
+        result = pgd(model, cross_entropy, x, y, eps=eps, step_size=2.5 * eps / 10, steps=10, seed=0,
+                     success_fn=misclassified)
+        accuracies.append(1 - float(result.success.float().mean()))
+    assert accuracies[0] > 0.5, "the fitted classifier should be better than chance on clean data"
+    assert all(a >= b for a, b in zip(accuracies, accuracies[1:])), accuracies
+    assert accuracies[-1] < accuracies[0]
+
+
+def _binary_setup():
+    """A two-class linear model and inputs away from the box edges (so the box never binds)."""
+    model = linear_model(2, seed=3)
+    x, y = images(16, low=0.3, high=0.7), labels(16, 2)
+    w_diff = model.weight[y] - model.weight[1 - y]  # w_y - w_j, [B, D]
+    b_diff = model.bias[y] - model.bias[1 - y]
+    margin = ((x.flatten(1) * w_diff).sum(1) + b_diff).detach()
+    return model, x, y, w_diff.detach(), margin
+
+
+def test_linf_pgd_reaches_closed_form_worst_case_of_linear_binary_classifier() -> None:
+    model, x, y, w_diff, margin = _binary_setup()
+    eps = 0.05
+    result = pgd(model, cross_entropy, x, y, eps=eps, step_size=2.5 * eps / 10, steps=10, norm="linf", seed=0)
+    worst_margin = margin - eps * w_diff.abs().sum(1)  # min over the L-inf ball of (w_y - w_j).x + b
+    torch.testing.assert_close(result.loss, F.softplus(-worst_margin), rtol=1e-4, atol=1e-5)
+    corner = x - eps * w_diff.sign().view(-1, *SHAPE)  # the analytic maximiser
+    torch.testing.assert_close(result.x_adv, corner, rtol=0, atol=1e-6)
+
+
+def test_l2_pgd_reaches_closed_form_worst_case_of_linear_binary_classifier() -> None:
+    model, x, y, w_diff, margin = _binary_setup()
+    eps = 0.5
+    result = pgd(model, cross_entropy, x, y, eps=eps, step_size=eps / 4, steps=30, norm="l2", seed=0)
+    worst_margin = margin - eps * w_diff.norm(dim=1)
+    torch.testing.assert_close(result.loss, F.softplus(-worst_margin), rtol=1e-3, atol=1e-4)
+    maximiser = x - eps * (w_diff / w_diff.norm(dim=1, keepdim=True)).view(-1, *SHAPE)
+    torch.testing.assert_close(result.x_adv, maximiser, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("norm, eps, dual", [("linf", 0.05, lambda w: w.abs().sum(1)),
+                                             ("l2", 0.5, lambda w: w.norm(dim=1))])
+def test_pgd_reaches_closed_form_worst_margin_of_linear_multiclass_model(norm, eps, dual) -> None:
+    """Maximising z_j - z_y over the ball gives (w_j - w_y).x + b_j - b_y + eps * ||w_j - w_y||_dual."""
+    model = linear_model(5, seed=4)
+    x, y = images(16, low=0.3, high=0.7), labels(16, 5)
+    j = (y + 1) % 5
+
+    def margin_objective(logits, target, step, steps):
+        return logits.gather(1, ((target + 1) % 5)[:, None])[:, 0] - logits.gather(1, target[:, None])[:, 0]
+
+    result = pgd(model, margin_objective, x, y, eps=eps, step_size=eps / 4, steps=30, norm=norm, seed=0)
+    w = (model.weight[j] - model.weight[y]).detach()
+    expected = (x.flatten(1) * w).sum(1) + (model.bias[j] - model.bias[y]).detach() + eps * dual(w)
+    torch.testing.assert_close(result.loss, expected, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- best iterate
+
+
+def _band_attack(**kwargs):
+    """Ascending mean(x) from 0.5 by 0.01 a step passes through a 'fooled' band and leaves it."""
+    x = torch.full((2, *SHAPE), 0.5)
+    x[1] = 0.2  # never reaches the band
+
+    def forward(z):
+        return z.flatten(1).mean(1, keepdim=True)
+
+    def objective(out, target, step, steps):
+        return out[:, 0]
+
+    def in_band(out, target):
+        return (out[:, 0] > 0.525) & (out[:, 0] < 0.545)
+
+    result = pgd(forward, objective, x, torch.zeros(2), eps=0.1, step_size=0.01, steps=10, norm="linf",
+                 random_init=False, success_fn=in_band, **kwargs)
+    return x, result, forward, in_band
+
+
+@pytest.mark.parametrize("stop_when_fooled", [False, True])
+def test_sample_counts_as_fooled_if_any_iterate_fooled_it(stop_when_fooled: bool) -> None:
+    x, result, forward, in_band = _band_attack(stop_when_fooled=stop_when_fooled)
+    final_iterate = x + 0.1  # where ten steps of 0.01 end: outside the band again
+    assert not bool(in_band(forward(final_iterate), None)[0])
+    assert result.success.tolist() == [True, False]
+
+
+def test_fooled_sample_returns_its_fooling_iterate() -> None:
+    x, result, forward, in_band = _band_attack()
+    assert bool(in_band(forward(result.x_adv), None)[0])
+    torch.testing.assert_close(result.x_adv[0], x[0] + 0.03)  # the first iterate inside the band
+    torch.testing.assert_close(result.loss[0], forward(result.x_adv)[0, 0])
+
+
+def test_unfooled_sample_returns_its_highest_loss_iterate() -> None:
+    x, result, forward, _ = _band_attack()
+    torch.testing.assert_close(result.x_adv[1], x[1] + 0.1)
+    torch.testing.assert_close(result.loss[1], forward(result.x_adv)[1, 0])
+
+
+def test_success_flags_match_the_returned_adversarial_images(fitted_classifier) -> None:
+    model, x, y = fitted_classifier
+    result = pgd(model, cross_entropy, x, y, eps=2 / 255, step_size=0.5 / 255, steps=8, seed=0,
+                 success_fn=misclassified)
+    with torch.no_grad():
+        assert torch.equal(result.success, misclassified(model(result.x_adv), y))
+
+
+def test_restarts_never_lose_a_success() -> None:
+    model, x, y = linear_model(4), images(16), labels(16, 4)
+    kwargs = dict(eps=2 / 255, step_size=1 / 255, steps=3, seed=0, success_fn=misclassified)
+    one = pgd(model, cross_entropy, x, y, restarts=1, **kwargs)
+    three = pgd(model, cross_entropy, x, y, restarts=3, **kwargs)
+    assert bool((three.success | ~one.success).all())
+    assert bool((three.loss >= one.loss - 1e-6)[~one.success].all())
+
+
+# ----------------------------------------------------------------------------- early stop
+
+
+def test_stop_when_fooled_gives_same_success_with_fewer_forward_passes(fitted_classifier) -> None:
+    model, x, y = fitted_classifier
+    kwargs = dict(eps=1 / 255, step_size=0.25 / 255, steps=8, seed=3, success_fn=misclassified)
+    full = pgd(model, cross_entropy, x, y, stop_when_fooled=False, **kwargs)
+    early = pgd(model, cross_entropy, x, y, stop_when_fooled=True, **kwargs)
+    assert 0 < int(full.success.sum()) < len(y), "need both fooled and robust samples"
+    assert torch.equal(early.success, full.success)
+    assert early.forward_passes < full.forward_passes
+    assert full.forward_passes == len(y) * (8 + 1)  # every step plus the final iterate
+    torch.testing.assert_close(early.x_adv, full.x_adv, rtol=0, atol=1e-6)
+
+
+def test_forward_passes_count_sample_forwards() -> None:
+    model, x, y = linear_model(3), images(5), labels(5, 3)
+    result = run(model, x, y, eps=8 / 255, steps=4, restarts=2)
+    assert result.forward_passes == 5 * (4 + 1) * 2
+
+
+# ----------------------------------------------------------------------------- gradients, errors
+
+
+def test_gradients_are_taken_wrt_delta_only() -> None:
+    model, x, y = linear_model(3), images(4), labels(4, 3)
+    x.requires_grad_(True)
+    result = run(model, x, y, eps=8 / 255, steps=3)
+    assert all(p.grad is None for p in model.parameters())
+    assert x.grad is None
+    assert not result.x_adv.requires_grad
+    assert result.grad_finite and result.grad_nonzero == 1.0
+
+
+def test_gradients_into_a_frozen_encoder_leave_its_parameters_untouched(tiny_encoder) -> None:
+    x = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        target = tiny_encoder.embed(x)
+
+    def embed_l2(out, tgt, step, steps):
+        return (out - tgt).pow(2).sum(1)
+
+    before = {k: v.clone() for k, v in tiny_encoder.state_dict().items()}
+    result = pgd(tiny_encoder.embed, embed_l2, x, target, eps=8 / 255, step_size=2 / 255, steps=2)
+    assert all(p.grad is None for p in tiny_encoder.parameters())
+    assert all(torch.equal(before[k], v) for k, v in tiny_encoder.state_dict().items())
+    assert result.grad_finite and result.grad_nonzero == 1.0
+    assert bool((result.loss > 0).all())
+
+
+@pytest.mark.parametrize("kwargs", [dict(norm="l1"), dict(norm="Linf"), dict(eps=-0.1), dict(steps=-1),
+                                    dict(restarts=0)])
+def test_invalid_arguments_raise_value_error(kwargs) -> None:
+    model, x, y = linear_model(3), images(2), labels(2, 3)
+    args = dict(eps=8 / 255, step_size=1 / 255, steps=2, norm="linf") | kwargs
+    with pytest.raises(ValueError):
+        pgd(model, cross_entropy, x, y, **args)
