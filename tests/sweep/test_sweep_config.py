@@ -1,0 +1,104 @@
+"""Sweep config validation and grid expansion (pure: no Ray, no MLflow)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ssl_robust.sweep_config import SweepConfigError, expand, head_groups, load_sweep, parse_sweep
+from tests.sweep.conftest import REPO_ROOT, tiny_sweep, write_sweep
+
+
+def test_tiny_grid_is_encoders_x_attacks_x_eps() -> None:
+    cells = expand(parse_sweep(tiny_sweep("t")))
+    assert len(cells) == 2 * 2 * 2
+    assert len({c.cell_id for c in cells}) == 8
+    assert len(head_groups(cells)) == 2  # one head per (encoder, data set)
+    assert {c.attack.eps for c in cells} == {0.0, 8 / 255}
+    assert all(c.data.n_samples == 16 and c.attack.steps == 3 for c in cells)
+
+
+def test_attacks_that_do_not_fit_a_task_are_skipped() -> None:
+    datasets = [{"name": "synthetic", "task": t} for t in ("classification", "segmentation", "depth")]
+    sweep = parse_sweep(tiny_sweep("t", datasets=datasets, encoders=tiny_sweep("t")["encoders"][:1],
+                                   attacks=["embed", "pgd", "segpgd", "depthpgd"], eps=[0]))
+    pairs = {(c.data.task, c.attack.name) for c in expand(sweep)}
+    assert pairs == {("classification", "embed"), ("classification", "pgd"),
+                     ("segmentation", "embed"), ("segmentation", "segpgd"),
+                     ("depth", "embed"), ("depth", "depthpgd")}
+
+
+def test_fixed_fields_reach_every_cell(tmp_path: Path) -> None:
+    data = tiny_sweep("t", data_root=str(tmp_path), seed=3, batch_size=8,
+                      datasets=[{"name": "synthetic", "task": "depth", "n_samples": 4}], attacks=["embed"])
+    cells = expand(parse_sweep(data))
+    assert all(c.seed == 3 and c.batch_size == 8 and c.head.epochs == 2 for c in cells)
+    assert all(c.data.root == tmp_path / "synthetic" for c in cells)
+    assert all(c.data.n_samples == 4 for c in cells)  # a data set's own value wins
+
+
+def test_disabled_encoders_and_duplicates_are_left_out() -> None:
+    encoders = [*tiny_sweep("t")["encoders"], {**tiny_sweep("t")["encoders"][0], "checkpoint": "s3://b/k",
+                                               "enabled": False}]
+    cells = expand(parse_sweep(tiny_sweep("t", encoders=encoders, eps=[0, 0.0, "0/255"])))
+    assert len(cells) == 2 * 2 * 1
+    assert all(c.encoder.checkpoint is None for c in cells)
+
+
+def test_shipped_sweeps_validate() -> None:
+    sweep, cells = load_sweep(REPO_ROOT / "sweeps" / "full_benchmark.yaml")
+    assert len(cells) == 3 * 7 * 2 * 6  # encoders x data sets x (embed + task attack) x eps
+    assert len(head_groups(cells)) == 3 * 7
+    assert sorted({round(c.attack.eps * 255, 6) for c in cells}) == [0, 1, 2, 4, 8, 16]
+    deacl = [e for e in sweep.encoders if e.checkpoint]
+    assert deacl and not deacl[0].enabled
+    quick, quick_cells = load_sweep(REPO_ROOT / "sweeps" / "quickstart.yaml")
+    assert {c.data.resolved_task for c in quick_cells} == {"classification", "segmentation", "depth"}
+    assert {c.attack.name for c in quick_cells} == {"embed", "pgd", "segpgd", "depthpgd"}
+    assert all(not c.encoder.pretrained for c in quick_cells)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"attacks": ["embed", "pgdd"]}, ["attacks.1.name", "'pgd'", "Known:"]),
+        ({"encoders": ["dinov2_vits15"]}, ["encoders.0.name", "'dinov2_vits14'"]),
+        ({"datasets": [{"name": "synthetic", "task": "detection"}]},
+         ["datasets.0.task", "'classification', 'segmentation' or 'depth'"]),
+        ({"resources": {"gpus": 1}}, ["resources.gpus", "allowed: ['cpu', 'gpu']"]),
+        ({"head": {"epoch": 3}}, ["head.epoch", "'epochs'"]),
+        ({"attacks": [{"name": "pgd", "eps": 0.1}]}, ["attacks.0", "sweep axes"]),
+        ({"eps": ["8/two"]}, ["eps.0", "8/255"]),
+        ({"attacks": ["segpgd"]}, ["datasets.0", "allowed for classification", "'pgd'"]),
+        ({"head": {"checkpoint": "x.safetensors"}}, ["head.checkpoint"]),
+        ({"eps": []}, ["eps:"]),
+    ],
+)
+def test_bad_configs_name_the_field(change: dict, expected: list[str]) -> None:
+    with pytest.raises(SweepConfigError) as err:
+        parse_sweep(tiny_sweep("t", **change), "bad.yaml")
+    message = str(err.value)
+    assert message.startswith("bad.yaml: ")
+    for part in expected:
+        assert part in message
+
+
+def test_bad_config_fails_before_ray_starts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import ray
+
+    from ssl_robust.sweep import main
+
+    path = write_sweep(tmp_path / "bad.yaml", tiny_sweep("bad", attacks=["embed", "pgdd"]))
+    assert main(["--config", str(path), "--address", "local"]) == 2
+    assert not ray.is_initialized()
+    err = capsys.readouterr().err
+    assert "attacks.1.name" in err and "Did you mean 'pgd'" in err
+
+
+def test_dry_run_lists_the_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from ssl_robust.sweep import main
+
+    path = write_sweep(tmp_path / "ok.yaml", tiny_sweep("ok"))
+    assert main(["--config", str(path), "--dry-run", "seed=1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8 and all("synthetic classification" in line for line in lines)
