@@ -62,6 +62,16 @@ def tiny_cell_cfg(tiny_encoder_cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def cell_data(tiny_cell_cfg: dict[str, Any]) -> Callable[..., dict[str, Any]]:
+    """``cell_data({"attack": {"eps": 0.1}})`` -> the tiny cell's raw dict with those fields changed."""
+
+    def make(updates: dict[str, Any] | None = None) -> dict[str, Any]:
+        return merge(tiny_cell_cfg, updates or {})
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def make_cell_cfg(tiny_cell_cfg: dict[str, Any]) -> Callable[..., Any]:
     """``make_cell_cfg(task, attack, **section_updates)`` -> a validated CellCfg."""
     from ssl_robust.config import CellCfg

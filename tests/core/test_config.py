@@ -1,0 +1,198 @@
+"""Cell config: strict validation with errors that name the field, budgets, overrides, cell ids."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from ssl_robust.config import CellCfg, apply_overrides, load_cell_cfg, parse_budget
+
+TINY_YAML = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
+
+
+def validation_error(data: dict[str, Any]) -> tuple[set[str], str]:
+    """(dotted locations, full message) of the ValidationError that ``data`` must raise."""
+    with pytest.raises(ValidationError) as info:
+        CellCfg.model_validate(data)
+    return {".".join(str(p) for p in e["loc"]) for e in info.value.errors()}, str(info.value)
+
+
+# ----------------------------------------------------------------------------- valid configs
+
+
+def test_tiny_yaml_loads(tiny_encoder_cfg) -> None:
+    cfg = load_cell_cfg(TINY_YAML)
+    assert cfg.encoder.model_kwargs == tiny_encoder_cfg["model_kwargs"]
+    assert cfg.encoder.pretrained is False and cfg.encoder.image_size == 28
+    assert cfg.data.resolved_task == "classification"
+    assert cfg.attack.name == "pgd" and cfg.attack.eps == pytest.approx(8 / 255)
+
+
+def test_fraction_budget_parses_to_its_value(cell_data) -> None:
+    cfg = CellCfg.model_validate(cell_data({"attack": {"eps": "8/255", "step_size": " 2 / 255 "}}))
+    assert cfg.attack.eps == 8 / 255
+    assert cfg.attack.step_size == 2 / 255
+
+
+@pytest.mark.parametrize("value, expected", [("8/255", 8 / 255), ("0", 0.0), ("0.5", 0.5), (1, 1.0),
+                                             (0.25, 0.25), ("1e-2", 0.01)])
+def test_parse_budget_accepts_numbers_and_fractions(value, expected) -> None:
+    assert parse_budget(value) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", ["-8/255", -0.1, "8/0", "eight", True, None, [8, 255]])
+def test_parse_budget_rejects_negative_and_malformed_values(value) -> None:
+    with pytest.raises(ValueError):
+        parse_budget(value)
+
+
+def test_default_step_size_is_two_and_a_half_eps_over_steps(cell_data) -> None:
+    cfg = CellCfg.model_validate(cell_data({"attack": {"eps": "10/255", "steps": 5}}))
+    assert cfg.attack.resolved_step_size == pytest.approx(2.5 * (10 / 255) / 5)
+    zero_steps = CellCfg.model_validate(cell_data({"attack": {"eps": "10/255", "steps": 0}}))
+    assert zero_steps.attack.resolved_step_size == pytest.approx(2.5 * 10 / 255)
+
+
+def test_overrides_apply_dotted_keys_with_yaml_values() -> None:
+    cfg = load_cell_cfg(TINY_YAML, ["attack.eps=4/255", "attack.steps=3", "data.task=segmentation",
+                                    "attack.name=segpgd", "encoder.layer=0"])
+    assert cfg.attack.eps == 4 / 255
+    assert cfg.attack.steps == 3
+    assert cfg.data.resolved_task == "segmentation"
+    assert cfg.attack.name == "segpgd"
+    assert cfg.encoder.layer == 0
+
+
+def test_override_creates_missing_sections() -> None:
+    assert apply_overrides({}, ["head.epochs=2"]) == {"head": {"epochs": 2}}
+
+
+@pytest.mark.parametrize("override", ["attack.eps", "seed.value=1"])
+def test_malformed_override_raises_value_error(override: str) -> None:
+    with pytest.raises(ValueError):
+        apply_overrides({"seed": 0, "attack": {}}, [override])
+
+
+def test_config_is_immutable(cell_data) -> None:
+    cfg = CellCfg.model_validate(cell_data())
+    with pytest.raises(ValidationError):
+        cfg.attack.eps = 1.0  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------- errors name the field
+
+
+@pytest.mark.parametrize("updates, field", [
+    ({"atack": {"eps": 0.1}}, "atack"),
+    ({"attack": {"nmae": "pgd"}}, "attack.nmae"),
+    ({"encoder": {"pretraind": False}}, "encoder.pretraind"),
+    ({"data": {"n_sample": 3}}, "data.n_sample"),
+])
+def test_unknown_keys_are_rejected_naming_the_key(cell_data, updates, field: str) -> None:
+    locations, _ = validation_error(cell_data(updates))
+    assert field in locations
+
+
+@pytest.mark.parametrize("section, name, field, suggestion", [
+    ("encoder", "dinov2_vits41", "encoder.name", "dinov2_vits14"),
+    ("attack", "segpdg", "attack.name", "segpgd"),
+    ("data", "synthtic", "data.name", "synthetic"),
+])
+def test_unknown_names_are_rejected_with_near_name_suggestions(cell_data, section, name, field,
+                                                               suggestion) -> None:
+    updates = {section: {"name": name}}
+    if section == "attack":
+        updates["data"] = {"task": "segmentation"}
+    locations, message = validation_error(cell_data(updates))
+    assert field in locations
+    assert repr(suggestion) in message
+
+
+@pytest.mark.parametrize("updates, field", [
+    ({"attack": {"eps": -0.1}}, "attack.eps"),
+    ({"attack": {"eps": "-8/255"}}, "attack.eps"),
+    ({"attack": {"eps": "eight"}}, "attack.eps"),
+    ({"attack": {"step_size": -1}}, "attack.step_size"),
+    ({"attack": {"steps": -1}}, "attack.steps"),
+    ({"attack": {"restarts": 0}}, "attack.restarts"),
+    ({"attack": {"norm": "l1"}}, "attack.norm"),
+    ({"data": {"task": "detection"}}, "data.task"),
+    ({"data": {"n_samples": 0}}, "data.n_samples"),
+    ({"head": {"epochs": 0}}, "head.epochs"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_out_of_range_values_are_rejected_naming_the_field(cell_data, updates, field: str) -> None:
+    locations, _ = validation_error(cell_data(updates))
+    assert field in locations
+
+
+@pytest.mark.xfail(strict=True, reason="config.parse_budget: `value < 0` is False for NaN, so eps=.nan passes")
+def test_nan_budget_is_rejected(cell_data) -> None:
+    locations, _ = validation_error(cell_data({"attack": {"eps": float("nan")}}))
+    assert "attack.eps" in locations
+
+
+@pytest.mark.parametrize("task, attack", [("segmentation", "pgd"), ("classification", "segpgd"),
+                                          ("depth", "segpgd"), ("classification", "depthpgd")])
+def test_attack_not_applicable_to_task_is_rejected(cell_data, task: str, attack: str) -> None:
+    _, message = validation_error(cell_data({"data": {"task": task}, "attack": {"name": attack}}))
+    assert "attack.name" in message
+    assert repr(task) in message
+    assert "'embed'" in message  # the allowed attacks are listed
+
+
+def test_task_the_dataset_does_not_offer_is_rejected(cell_data) -> None:
+    locations, message = validation_error(cell_data({"data": {"name": "cifar10", "task": "depth"}}))
+    assert "data" in locations
+    assert "'depth'" in message
+
+
+def test_embed_attacks_apply_to_every_task(cell_data) -> None:
+    for task in ("classification", "segmentation", "depth"):
+        for attack in ("embed", "embed_cos"):
+            CellCfg.model_validate(cell_data({"data": {"task": task}, "attack": {"name": attack}}))
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def test_cell_id_is_stable_across_equivalent_spellings(cell_data) -> None:
+    as_fraction = CellCfg.model_validate(cell_data({"attack": {"eps": "8/255"}}))
+    as_float = CellCfg.model_validate(cell_data({"attack": {"eps": 8 / 255}}))
+    reordered = CellCfg.model_validate(dict(reversed(list(cell_data({}).items()))))
+    assert as_fraction.cell_id == as_float.cell_id == reordered.cell_id
+    assert as_fraction.cell_id == CellCfg.model_validate(as_fraction.model_dump()).cell_id
+    assert len(as_fraction.cell_id) == 16 and int(as_fraction.cell_id, 16) >= 0
+
+
+def test_cell_id_ignores_device_and_head_checkpoint(cell_data, tmp_path: Path) -> None:
+    base = CellCfg.model_validate(cell_data())
+    moved = CellCfg.model_validate(cell_data({"device": "cuda:1",
+                                                         "head": {"checkpoint": str(tmp_path / "h.st")}}))
+    assert base.cell_id == moved.cell_id
+    assert base.head_id == moved.head_id
+
+
+@pytest.mark.parametrize("updates", [
+    {"attack": {"eps": "4/255"}},
+    {"attack": {"steps": 7}},
+    {"attack": {"norm": "l2"}},
+    {"attack": {"name": "embed"}},
+    {"encoder": {"layer": 0}},
+    {"encoder": {"checkpoint": "/weights/other.pth"}},
+    {"data": {"n_samples": 17}},
+    {"seed": 1},
+])
+def test_cell_id_changes_with_what_defines_the_result(cell_data, updates) -> None:
+    assert CellCfg.model_validate(cell_data(updates)).cell_id != \
+        CellCfg.model_validate(cell_data()).cell_id
+
+
+def test_head_id_ignores_the_attack_but_not_the_head(cell_data) -> None:
+    base = CellCfg.model_validate(cell_data())
+    other_attack = CellCfg.model_validate(cell_data({"attack": {"name": "embed", "eps": "2/255"}}))
+    other_head = CellCfg.model_validate(cell_data({"head": {"lr": 0.01}}))
+    assert base.head_id == other_attack.head_id
+    assert base.head_id != other_head.head_id
