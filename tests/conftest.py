@@ -73,12 +73,12 @@ def cell_data(tiny_cell_cfg: dict[str, Any]) -> Callable[..., dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def make_cell_cfg(tiny_cell_cfg: dict[str, Any]) -> Callable[..., Any]:
-    """``make_cell_cfg(task, attack, **section_updates)`` -> a validated CellCfg."""
+    """``make_cell_cfg(task, attack={"eps": 0}, ...)`` -> a validated CellCfg of the tiny cell on
+    ``task``, attacked by the task's own attack unless ``attack={"name": ...}`` says otherwise."""
     from ssl_robust.config import CellCfg
 
-    def make(task: str = "classification", attack: str | None = None, **updates: Any) -> CellCfg:
-        data = merge(tiny_cell_cfg, {"data": {"task": task},
-                                     "attack": {"name": attack or TASK_ATTACKS[task]}})
+    def make(task: str = "classification", **updates: Any) -> CellCfg:
+        data = merge(tiny_cell_cfg, {"data": {"task": task}, "attack": {"name": TASK_ATTACKS[task]}})
         return CellCfg.model_validate(merge(data, updates))
 
     return make

@@ -1,0 +1,151 @@
+"""The runnable cell: fit or load a head, attack the synthetic test images, score, check, write files."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from PIL import Image
+
+from ssl_robust.cell import run_cell
+
+PRIMARY = {"classification": ("acc", True), "segmentation": ("miou", True), "depth": ("rmse", False)}
+CLEAN_KEYS = {"classification": {"acc"}, "segmentation": {"miou", "pixel_acc"},
+              "depth": {"rmse", "abs_rel", "delta1"}}
+CELLS = [("classification", "pgd"), ("classification", "embed"), ("segmentation", "segpgd"),
+         ("segmentation", "embed"), ("depth", "depthpgd"), ("depth", "embed")]
+TASK_ATTACK_CELLS = [cell for cell in CELLS if cell[1] != "embed"]
+TASK_ATTACK = dict(TASK_ATTACK_CELLS)
+N_SAMPLES = 16  # conftest's tiny cell
+# The embedding attack does not aim at the task score: on a random tiny encoder 8/255 moves the
+# task score only a little (either way), 16/255 reliably hurts it.
+EMBED_EPS = "16/255"
+
+
+def check_flags(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k.startswith("check/") and k != "check/eps0_max_output_gap"}
+
+
+@pytest.fixture(scope="module")
+def cell_run(make_cell_cfg: Callable[..., Any], fitted_head: Callable[[str], Path],
+             tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], tuple[dict[str, float], Path]]:
+    """``cell_run(task, attack)`` -> (metrics, out_dir), run once per module.
+
+    Task attacks fit their head inline; embedding attacks reuse the head ``prepare_head`` saved.
+    """
+    cache: dict[tuple[str, str], tuple[dict[str, float], Path]] = {}
+
+    def get(task: str, attack: str) -> tuple[dict[str, float], Path]:
+        if (task, attack) not in cache:
+            out_dir = tmp_path_factory.mktemp(f"{task}_{attack}")
+            if attack == "embed":
+                cfg = make_cell_cfg(task, attack={"name": attack, "eps": EMBED_EPS},
+                                    head={"checkpoint": str(fitted_head(task))})
+            else:
+                cfg = make_cell_cfg(task, attack={"name": attack})
+            cache[task, attack] = run_cell(cfg, out_dir=out_dir), out_dir
+        return cache[task, attack]
+
+    return get
+
+
+@pytest.mark.parametrize("task, attack", CELLS)
+def test_cell_reports_clean_and_adversarial_scores(cell_run, task: str, attack: str) -> None:
+    metrics, _ = cell_run(task, attack)
+    for key in CLEAN_KEYS[task]:
+        assert f"clean/{key}" in metrics and f"adv/{key}" in metrics
+        assert metrics[f"clean/{key}"] == metrics[f"clean/{key}"], "NaN score"
+    assert metrics["n_samples"] == N_SAMPLES
+    assert "adv/loss" in metrics
+
+
+@pytest.mark.parametrize("task, attack", CELLS)
+def test_cell_sanity_checks_all_pass(cell_run, task: str, attack: str) -> None:
+    metrics, _ = cell_run(task, attack)
+    flags = check_flags(metrics)
+    assert {"check/delta_in_ball", "check/x_adv_in_box", "check/grad_finite", "check/grad_nonzero",
+            "check/adv_not_better", "check/eps0_equals_clean", "check/all_passed"} <= set(flags)
+    assert flags == {k: 1.0 for k in flags}
+
+
+@pytest.mark.parametrize("task, attack", CELLS)
+def test_cell_perturbation_respects_the_budget(cell_run, task: str, attack: str) -> None:
+    metrics, _ = cell_run(task, attack)
+    eps = (16 if attack == "embed" else 8) / 255
+    assert 0 < metrics["attack/max_delta"] <= eps + 1e-6
+
+
+@pytest.mark.parametrize("task, attack", CELLS)
+def test_attack_makes_the_task_score_worse(cell_run, task: str, attack: str) -> None:
+    metrics, _ = cell_run(task, attack)
+    key, higher_is_better = PRIMARY[task]
+    clean, adv = metrics[f"clean/{key}"], metrics[f"adv/{key}"]
+    assert adv < clean if higher_is_better else adv > clean
+
+
+@pytest.mark.parametrize("task, attack", TASK_ATTACK_CELLS)
+def test_cell_writes_one_csv_row_per_sample(cell_run, task: str, attack: str) -> None:
+    metrics, out_dir = cell_run(task, attack)
+    with open(out_dir / "per_sample.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == N_SAMPLES
+    assert [int(r["index"]) for r in rows] == list(range(N_SAMPLES))
+    column = {"classification": "correct", "segmentation": "pixel_acc", "depth": "rmse"}[task]
+    assert set(rows[0]) == {"index", f"clean_{column}", f"adv_{column}", "attack_loss"}
+    clean = [float(r[f"clean_{column}"]) for r in rows]
+    if task == "classification":
+        assert set(clean) <= {0.0, 1.0}
+        assert sum(clean) / N_SAMPLES == pytest.approx(metrics["clean/acc"])
+    if task == "depth":  # image-averaged RMSE
+        assert sum(clean) / N_SAMPLES == pytest.approx(metrics["clean/rmse"], rel=1e-5)
+    losses = [float(r["attack_loss"]) for r in rows]
+    assert sum(losses) / N_SAMPLES == pytest.approx(metrics["adv/loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("task, attack", TASK_ATTACK_CELLS)
+def test_cell_writes_adversarial_examples_image(cell_run, task: str, attack: str) -> None:
+    _, out_dir = cell_run(task, attack)
+    with Image.open(out_dir / "adv_examples.png") as image:
+        width, height = image.size
+    assert width > 28 and height >= 3 * 28  # rows: clean, adversarial, perturbation
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "depth"])
+def test_saved_head_gives_the_same_scores_as_fitting_inline(cell_run, make_cell_cfg, fitted_head,
+                                                            task: str) -> None:
+    inline, _ = cell_run(task, TASK_ATTACK[task])
+    cfg = make_cell_cfg(task, head={"checkpoint": str(fitted_head(task))})
+    loaded = run_cell(cfg)
+    scores = {k: v for k, v in inline.items() if k.startswith(("clean/", "adv/"))}
+    assert {k: loaded[k] for k in scores} == pytest.approx(scores, rel=1e-6, abs=1e-7)
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "depth"])
+def test_zero_budget_scores_equal_clean_scores(make_cell_cfg, fitted_head, task: str) -> None:
+    cfg = make_cell_cfg(task, attack={"eps": 0}, batch_size=5,  # the last batch is partial
+                        head={"checkpoint": str(fitted_head(task))})
+    metrics = run_cell(cfg)
+    for key in CLEAN_KEYS[task]:
+        assert metrics[f"adv/{key}"] == pytest.approx(metrics[f"clean/{key}"], rel=1e-6, abs=1e-7)
+    assert metrics["attack/max_delta"] == 0.0
+    assert metrics["n_samples"] == N_SAMPLES
+    assert check_flags(metrics)["check/all_passed"] == 1.0
+
+
+def test_cell_is_deterministic(make_cell_cfg, fitted_head) -> None:
+    cfg = make_cell_cfg("classification", attack={"eps": "2/255"},
+                        head={"checkpoint": str(fitted_head("classification"))})
+    first, second = run_cell(cfg), run_cell(cfg)
+    assert {k: v for k, v in first.items() if not k.startswith("time/")} == \
+        {k: v for k, v in second.items() if not k.startswith("time/")}
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_l2_cell_stays_inside_the_l2_ball(make_cell_cfg, fitted_head, task: str) -> None:
+    cfg = make_cell_cfg(task, attack={"norm": "l2", "eps": 0.5, "steps": 3},
+                        head={"checkpoint": str(fitted_head(task))})
+    metrics = run_cell(cfg)
+    assert metrics["check/delta_in_ball"] == 1.0
+    assert 0 < metrics["attack/max_delta"] <= 0.5 + 1e-6
+    assert check_flags(metrics)["check/all_passed"] == 1.0
