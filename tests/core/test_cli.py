@@ -1,0 +1,70 @@
+"""``ssl-robust run``: one cell from a YAML file plus dotted overrides; bad configs exit with code 2."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ssl_robust.cli import main
+from ssl_robust.config import load_cell_cfg
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FAST = ["attack.steps=2", "data.n_train=64", "data.n_val=16", "data.n_samples=8", "head.epochs=3"]
+
+
+@pytest.fixture(autouse=True)
+def in_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO_ROOT)
+
+
+def table(stdout: str) -> dict[str, float]:
+    """The ``key  value`` lines of the printed metrics table."""
+    rows = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and "/" in parts[0]:
+            rows[parts[0]] = float(parts[1])
+    return rows
+
+
+def test_run_prints_metrics_table_and_returns_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "configs/tiny.yaml", *FAST]) == 0
+    out = capsys.readouterr().out
+    cell_id = load_cell_cfg("configs/tiny.yaml", FAST).cell_id
+    assert out.splitlines()[0].startswith(f"cell {cell_id}:")
+    rows = table(out)
+    assert {"clean/acc", "adv/acc", "check/all_passed", "attack/max_delta"} <= set(rows)
+    assert rows["check/all_passed"] == 1.0
+    assert list(rows) == sorted(rows)
+
+
+def test_run_with_out_dir_writes_per_sample_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "configs/tiny.yaml", *FAST, "data.task=depth", "attack.name=depthpgd",
+            "--out-dir", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert "clean/rmse" in table(capsys.readouterr().out)
+    assert (tmp_path / "out" / "per_sample.csv").read_text().count("\n") == 1 + 8
+    assert (tmp_path / "out" / "adv_examples.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("override, named", [
+    ("attack.eps=-1", "attack.eps"),
+    ("attack.nmae=x", "attack.nmae"),
+    ("attack.steps=-3", "attack.steps"),
+    ("attack.name=segpdg", "segpgd"),
+    ("encoder.name=dinov2_vits41", "dinov2_vits14"),
+    ("data.name=synthtic", "synthetic"),
+    ("data.task=segmentation", "attack.name"),  # pgd does not apply to segmentation
+    ("attack.eps", "attack.eps"),  # not key=value
+])
+def test_bad_override_returns_two_and_names_the_field(override: str, named: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "configs/tiny.yaml", override]) == 2
+    captured = capsys.readouterr()
+    assert named in captured.err
+    assert captured.out == ""
+
+
+def test_missing_config_file_returns_two(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
