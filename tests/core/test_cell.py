@@ -149,3 +149,15 @@ def test_l2_cell_stays_inside_the_l2_ball(make_cell_cfg, fitted_head, task: str)
     assert metrics["check/delta_in_ball"] == 1.0
     assert 0 < metrics["attack/max_delta"] <= 0.5 + 1e-6
     assert check_flags(metrics)["check/all_passed"] == 1.0
+
+
+def test_depth_head_bins_span_the_configured_depth_range(make_cell_cfg, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from ssl_robust.cell import prepare_head
+
+    cfg = make_cell_cfg("depth", head={"epochs": 1, "min_depth": 0.5, "max_depth": 20.0, "n_bins": 16})
+    prepare_head(cfg, tmp_path / "head.safetensors")
+    centres = load_file(str(tmp_path / "head.safetensors"))["centres"].flatten()
+    assert centres.numel() == 16
+    assert float(centres[0]) == pytest.approx(0.5) and float(centres[-1]) == pytest.approx(20.0)

@@ -1,12 +1,14 @@
 """The PGD engine: budget and box constraints, determinism, optimality on linear models, bookkeeping."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_robust.objectives import cross_entropy
+from ssl_robust.objectives import cross_entropy, segpgd
 from ssl_robust.pgd import pgd
 
 SHAPE = (3, 4, 4)  # small "images": 48 pixels
@@ -248,6 +250,27 @@ def test_restarts_never_lose_a_success() -> None:
     three = pgd(model, cross_entropy, x, y, restarts=3, **kwargs)
     assert bool((three.success | ~one.success).all())
     assert bool((three.loss >= one.loss - 1e-6)[~one.success].all())
+
+
+def _toy_segmenter(x: torch.Tensor) -> torch.Tensor:
+    """[B,1,H,W] -> two-class logits [B,2,H,W]: a pixel is class 0 while its value is below 0.5."""
+    return torch.stack([10 * (0.5 - x[:, 0]), torch.zeros_like(x[:, 0])], dim=1)
+
+
+@pytest.mark.xfail(strict=True, reason="pgd.record compares SegPGD losses across steps although their "
+                                       "lambda_t weighting differs (and favours correct pixels), so the "
+                                       "returned 'best' iterate can be the undamaged start")
+def test_segpgd_attack_returns_an_iterate_at_least_as_damaging_as_the_final_one() -> None:
+    x, target = torch.full((1, 1, 2, 2), 0.485), torch.zeros(1, 2, 2, dtype=torch.long)
+    result = pgd(_toy_segmenter, functools.partial(segpgd, ignore_index=255), x, target, eps=0.05,
+                 step_size=0.01, steps=5, norm="linf", random_init=False)
+
+    def wrong_pixels(z: torch.Tensor) -> int:
+        return int((_toy_segmenter(z).argmax(1) != target).sum())
+
+    final_iterate = x + 0.05  # five ascent steps of 0.01 push every pixel past 0.5
+    assert wrong_pixels(final_iterate) == 4
+    assert wrong_pixels(result.x_adv) >= wrong_pixels(final_iterate)
 
 
 # ----------------------------------------------------------------------------- early stop
