@@ -88,11 +88,23 @@ class Progress(tune.Callback):
     """Cells done / total with ETA (heads as a postfix); each trial's wall time minus compute."""
 
     def __init__(self, total: int, done: int, heads: int) -> None:
-        self.bar = tqdm(total=total, initial=done, desc="cells", unit="cell", file=sys.stderr)
+        self.total, self.done = total, done
+        self.bar: tqdm | None = None
         self.heads_total, self.heads_done = heads, 0
         self.started: dict[str, float] = {}
         self.overhead: list[float] = []
         self.compute: list[float] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks; the bar (an open stream) stays behind."""
+        return {**self.__dict__, "bar": None}
+
+    def setup(self, **info: Any) -> None:
+        self.bar = tqdm(total=self.total, initial=self.done, desc="cells", unit="cell", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started[trial.trial_id] = time.monotonic()
@@ -109,6 +121,8 @@ class Progress(tune.Callback):
         self._advance(trial.config["phase"])
 
     def _advance(self, phase: str) -> None:
+        if self.bar is None:
+            return
         if phase == "head":
             self.heads_done += 1
             self.bar.set_postfix_str(f"heads {self.heads_done}/{self.heads_total}")
@@ -227,7 +241,7 @@ def run_sweep(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = 
         progress = Progress(len(cells), report.skipped, len(missing))
         start = time.monotonic()
         errored = _tune(searcher, sweep, progress, storage_path)
-        progress.bar.close()
+        progress.close()
         report.failed = errored + searcher.stranded()
         report.ran = len(todo) - len(report.failed)
         report.overhead_s = progress.overhead
