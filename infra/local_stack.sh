@@ -5,12 +5,13 @@
 #   infra/local_stack.sh start     # prints the variables to export
 #   infra/local_stack.sh stop
 #
-# Settings (environment): STATE_DIR (./.local_stack), MLFLOW_PORT (5000), S3_PORT (9000),
+# Settings (environment): STATE_DIR (~/.ssl_robust/local_stack), MLFLOW_PORT (5000), S3_PORT (9000),
 # BUCKET (ssl-robust), PYTHON (python). Without AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY set,
 # local dummy keys are used (the local endpoint accepts any).
 set -euo pipefail
 
-STATE_DIR="$(mkdir -p "${STATE_DIR:-.local_stack}" && cd "${STATE_DIR:-.local_stack}" && pwd)"
+STATE_DIR="${STATE_DIR:-$HOME/.ssl_robust/local_stack}"
+mkdir -p "$STATE_DIR" && STATE_DIR="$(cd "$STATE_DIR" && pwd)"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 S3_PORT="${S3_PORT:-9000}"
 BUCKET="${BUCKET:-ssl-robust}"

@@ -278,11 +278,12 @@ def print_report(report: SweepReport, out: Callable[[str], Any] = print) -> None
     """The summary table and the counts."""
     if not report.table.empty:
         out(report.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    overhead = statistics.median(report.overhead_s) if report.overhead_s else float("nan")
     out(f"experiment {report.experiment}: {report.cells} cells, {report.skipped} already finished, "
         f"{report.ran} run now, {len(report.failed)} failed; heads fitted {report.heads_fitted}, "
-        f"reused {report.heads_reused}; Ray overhead per trial: median {overhead:.2f} s "
-        f"(start to end minus compute), amortized {report.amortized_s:.2f} s per cell")
+        f"reused {report.heads_reused}")
+    if report.overhead_s:
+        out(f"Ray overhead per trial: median {statistics.median(report.overhead_s):.2f} s (trial start "
+            f"to end minus compute); {report.amortized_s:.2f} s per trial amortized over the run")
     for cell_id in report.failed:
         out(f"failed: {cell_id}")
 
@@ -320,6 +321,27 @@ def config_path(path: str) -> Path:
     return beside if not given.exists() and not given.is_absolute() and beside.exists() else given
 
 
+def _print_grid(cells: list[CellCfg]) -> None:
+    for cell in cells:
+        print(cell.cell_id, cell.head_id, cell.encoder.name, cell.data.name, cell.data.resolved_task,
+              cell.attack.name, f"{cell.attack.eps * 255:.3g}/255")
+
+
+def _execute(args: argparse.Namespace, sweep: SweepCfg, cells: list[CellCfg]) -> SweepReport:
+    """Run the sweep; Ray is started (or joined) only when some cell is not finished yet."""
+    done = tracking.finished_cells(sweep.name, args.tracking_uri)
+    if all(c.cell_id in done for c in cells):
+        return run_sweep(sweep, cells, args.tracking_uri, args.storage_path)
+    started = _init_ray(args.address, args.num_cpus)
+    try:
+        if started:
+            _check_resources(sweep)
+        return run_sweep(sweep, cells, args.tracking_uri, args.storage_path)
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Validate the sweep (before Ray starts), run it, print the table; 0 when every cell finished."""
     args = build_parser().parse_args(argv)
@@ -329,23 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     except (SweepConfigError, OSError) as err:
         print(f"invalid sweep config:\n{err}", file=sys.stderr)
         return 2
-    groups = head_groups(cells)
-    print(f"sweep {sweep.name}: {len(cells)} cells, {len(groups)} heads", file=sys.stderr)
+    print(f"sweep {sweep.name}: {len(cells)} cells, {len(head_groups(cells))} heads", file=sys.stderr)
     if args.dry_run:
-        for cell in cells:
-            print(cell.cell_id, cell.head_id, cell.encoder.name, cell.data.name,
-                  cell.data.resolved_task, cell.attack.name, f"{cell.attack.eps * 255:.3g}/255")
+        _print_grid(cells)
         return 0
-    started = _init_ray(args.address, args.num_cpus)
     try:
-        if started:
-            _check_resources(sweep)
-        report = run_sweep(sweep, cells, args.tracking_uri, args.storage_path)
+        report = _execute(args, sweep, cells)
     except SweepConfigError as err:
-        print(f"invalid sweep config:\n{err}", file=sys.stderr)
+        print(f"sweep cannot run here:\n{err}", file=sys.stderr)
         return 2
-    finally:
-        if started:
-            ray.shutdown()
     print_report(report)
     return 1 if report.failed else 0
