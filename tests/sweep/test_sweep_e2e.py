@@ -147,3 +147,17 @@ def test_killed_cells_are_rerun_to_exactly_one_finished_run(stack: dict[str, str
     client = MlflowClient(uri)
     assert client.get_run(killer.killed).info.status == "FAILED"
     assert client.get_run(second.killed).info.status == "FAILED"
+
+
+def test_fetch_artifact_reads_s3_from_the_configured_endpoint(stack: dict[str, str], s3: Any,
+                                                              tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    s3.put_object(Bucket=stack["bucket"], Key="checkpoints/enc.safetensors", Body=b"encoder")
+    uri = f"s3://{stack['bucket']}/checkpoints/enc.safetensors"
+    assert tracking.fetch_artifact(uri, tmp_path / "a").read_bytes() == b"encoder"
+    endpoint = os.environ["AWS_ENDPOINT_URL_S3"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
+    got = tracking.fetch_artifact(uri, tmp_path / "b")
+    assert got == tmp_path / "b" / "enc.safetensors" and got.read_bytes() == b"encoder"
+    assert tracking.fetch_artifact(uri, tmp_path / "b") == got  # cached: no second download
