@@ -1,4 +1,4 @@
-"""Run a sweep on Ray Tune, tracked in MLflow. The only module that imports Ray (and Optuna).
+"""Run a sweep on Ray Tune, tracked in MLflow. The only module that imports Ray.
 
 Phase 1 fits one head per head_id with ``prepare_head`` and logs it as an artifact; phase 2 runs
 every attack x eps cell with ``head.checkpoint`` pointing at that artifact. Both phases share one
@@ -49,16 +49,27 @@ class SweepReport:
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
+def _localized(cfg: CellCfg, tracking_uri: str) -> CellCfg:
+    """The cell with its checkpoint URIs downloaded (with the sweep's tracking URI, not the
+    trial's default one)."""
+    updates: dict[str, Any] = {}
+    for part in ("encoder", "head"):
+        section = getattr(cfg, part)
+        if section.checkpoint:
+            local = tracking.fetch_artifact(section.checkpoint, tracking_uri=tracking_uri)
+            updates[part] = section.model_copy(update={"checkpoint": str(local)})
+    return cfg.model_copy(update=updates)
+
+
 def _cell_work(cfg: CellCfg, run: tracking.CellRun, tmp: Path, tracking_uri: str) -> dict[str, float]:
     from ssl_robust.cell import prepare_head, run_cell
 
+    local = _localized(cfg, tracking_uri)
     if run.phase == "head":
         path = tmp / Path(tracking.HEAD_ARTIFACT).name
-        metrics = prepare_head(cfg, path)
+        metrics = prepare_head(local, path)
         run.log_file(path, str(Path(tracking.HEAD_ARTIFACT).parent))
         return metrics
-    head = tracking.fetch_artifact(cfg.head.checkpoint, tracking_uri=tracking_uri)
-    local = cfg.model_copy(update={"head": cfg.head.model_copy(update={"checkpoint": str(head)})})
     metrics = run_cell(local, tmp / "results")
     run.log_dir(tmp / "results", "results")
     return metrics

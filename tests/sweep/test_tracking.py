@@ -86,3 +86,24 @@ def test_fetch_artifact_resolves_runs_file_and_plain_paths(store: tuple[str, str
         tracking.fetch_artifact(str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match="unsupported artifact URI"):
         tracking.fetch_artifact("gs://bucket/key")
+
+
+def test_trials_localize_checkpoint_uris_with_the_sweeps_tracking_uri(store: tuple[str, str],
+                                                                     cells: list[CellCfg],
+                                                                     tmp_path: Path) -> None:
+    from ssl_robust.sweep import _localized
+
+    uri, exp_id = store
+    for name in ("encoder.safetensors", "head.safetensors"):
+        (tmp_path / name).write_bytes(name.encode())
+    with tracking.CellRun(cells[0], "head", exp_id, uri) as run:
+        run.log_file(tmp_path / "encoder.safetensors", "ckpt")
+        run.log_file(tmp_path / "head.safetensors", "ckpt")
+    cfg = cells[0].model_copy(update={
+        "encoder": cells[0].encoder.model_copy(update={"checkpoint": run.uri("ckpt/encoder.safetensors")}),
+        "head": cells[0].head.model_copy(update={"checkpoint": run.uri("ckpt/head.safetensors")}),
+    })
+    local = _localized(cfg, uri)
+    assert Path(local.encoder.checkpoint).read_bytes() == b"encoder.safetensors"
+    assert Path(local.head.checkpoint).read_bytes() == b"head.safetensors"
+    assert local.data == cfg.data and local.attack == cfg.attack
