@@ -1,0 +1,70 @@
+"""Sanity checks recorded with every cell: each flag is 1.0 when its property holds, 0.0 otherwise."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssl_robust.checks import all_passed, gradient_checks, perturbation_checks, score_checks
+
+
+def images(n: int = 4) -> torch.Tensor:
+    return 0.2 + 0.6 * torch.rand(n, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_perturbation_inside_the_ball_passes(norm: str, eps: float) -> None:
+    x = images()
+    delta = torch.randn_like(x)
+    delta = eps * (delta.sign() if norm == "linf" else delta / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+    checks = perturbation_checks(x, x + delta, eps, norm)
+    assert checks["check/delta_in_ball"] == 1.0 and checks["check/x_adv_in_box"] == 1.0
+    assert checks["attack/max_delta"] == pytest.approx(eps, rel=1e-5)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
+def test_perturbation_outside_the_ball_of_one_sample_fails(norm: str, eps: float) -> None:
+    x = images()
+    x_adv = x.clone()
+    x_adv[2, 0, 0, 0] += 1.5 * eps  # one pixel of one sample: outside both balls
+    assert perturbation_checks(x, x_adv, eps, norm)["check/delta_in_ball"] == 0.0
+
+
+def test_l2_check_is_per_sample_not_per_batch() -> None:
+    x = images()
+    x_adv = x + 0.4 / (3 * 5 * 5) ** 0.5  # every sample at L2 distance 0.4, the batch at 0.8
+    assert perturbation_checks(x, x_adv, 0.5, "l2")["check/delta_in_ball"] == 1.0
+
+
+def test_adversarial_image_outside_the_unit_box_fails() -> None:
+    x = images()
+    x[0, 0, 0, 0] = 1.0
+    x_adv = x.clone()
+    x_adv[0, 0, 0, 0] = 1.01
+    assert perturbation_checks(x, x_adv, 8 / 255, "linf")["check/x_adv_in_box"] == 0.0
+
+
+def test_gradient_checks_flag_non_finite_and_all_zero_gradients() -> None:
+    assert gradient_checks(True, 1.0, 8 / 255, 10)["check/grad_finite"] == 1.0
+    assert gradient_checks(False, 1.0, 8 / 255, 10)["check/grad_finite"] == 0.0
+    assert gradient_checks(True, 0.0, 8 / 255, 10)["check/grad_nonzero"] == 0.0
+    assert gradient_checks(True, 0.0, 0.0, 10)["check/grad_nonzero"] == 1.0  # no budget: nothing to check
+    assert gradient_checks(True, 0.0, 8 / 255, 0)["check/grad_nonzero"] == 1.0
+
+
+@pytest.mark.parametrize("clean, adv, higher_is_better, expected", [
+    (0.9, 0.2, True, 1.0), (0.9, 0.9, True, 1.0), (0.5, 0.6, True, 0.0),
+    (1.0, 2.0, False, 1.0), (1.0, 0.5, False, 0.0),
+])
+def test_adversarial_score_better_than_clean_fails(clean, adv, higher_is_better, expected) -> None:
+    assert score_checks(clean, adv, higher_is_better, 0.0)["check/adv_not_better"] == expected
+
+
+def test_zero_budget_output_gap_is_checked() -> None:
+    assert score_checks(0.9, 0.1, True, 0.0)["check/eps0_equals_clean"] == 1.0
+    assert score_checks(0.9, 0.1, True, 0.3)["check/eps0_equals_clean"] == 0.0
+
+
+def test_all_passed_needs_every_flag_but_ignores_the_gap_value() -> None:
+    flags = {"check/a": 1.0, "check/b": 1.0, "check/eps0_max_output_gap": 0.25, "attack/max_delta": 0.03}
+    assert all_passed(flags) == 1.0
+    assert all_passed({**flags, "check/b": 0.0}) == 0.0
