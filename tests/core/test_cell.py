@@ -161,3 +161,12 @@ def test_depth_head_bins_span_the_configured_depth_range(make_cell_cfg, tmp_path
     centres = load_file(str(tmp_path / "head.safetensors"))["centres"].flatten()
     assert centres.numel() == 16
     assert float(centres[0]) == pytest.approx(0.5) and float(centres[-1]) == pytest.approx(20.0)
+
+
+@pytest.mark.parametrize("attack", ["embed_cos", "embedattack"])
+def test_other_embedding_attacks_run_with_all_checks_passing(make_cell_cfg, fitted_head, attack: str) -> None:
+    cfg = make_cell_cfg("segmentation", attack={"name": attack, "eps": EMBED_EPS},
+                        head={"checkpoint": str(fitted_head("segmentation"))})
+    metrics = run_cell(cfg)
+    assert check_flags(metrics) == {k: 1.0 for k in check_flags(metrics)}
+    assert metrics["adv/loss"] > 0

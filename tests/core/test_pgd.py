@@ -120,6 +120,30 @@ def test_different_seeds_give_different_random_starts(norm: str, eps: float) -> 
     assert not torch.equal(first.x_adv, second.x_adv)
 
 
+def _random_start_deltas(norm: str, eps: float, shape: tuple[int, ...]) -> torch.Tensor:
+    """The random start itself: zero steps, so only the start is evaluated and returned."""
+    x = torch.full(shape, 0.5)
+    result = pgd(lambda z: z.flatten(1).sum(1, keepdim=True), lambda out, t, step, steps: out[:, 0], x,
+                 torch.zeros(shape[0]), eps=eps, step_size=0.0, steps=0, norm=norm, seed=0)
+    return result.x_adv - x
+
+
+def test_linf_random_start_is_uniform_in_the_box() -> None:
+    delta = _random_start_deltas("linf", 0.1, (50, 3, 4, 4))
+    assert float(delta.abs().max()) <= 0.1
+    assert float(delta.abs().mean()) == pytest.approx(0.05, rel=0.05)  # E|U(-eps, eps)| = eps / 2
+    assert float(delta.mean()) == pytest.approx(0.0, abs=0.005)
+
+
+def test_l2_random_start_is_uniform_in_the_ball() -> None:
+    delta = _random_start_deltas("l2", 0.1, (4000, 1, 1, 2))  # two dimensions: a disc
+    radius = delta.flatten(1).norm(dim=1)
+    assert float(radius.max()) <= 0.1 * (1 + 1e-6)
+    assert float((radius < 0.05).float().mean()) == pytest.approx(0.25, abs=0.03)  # area ratio (1/2)^2
+    angle = torch.atan2(delta[:, 0, 0, 1], delta[:, 0, 0, 0])
+    assert float((angle > 0).float().mean()) == pytest.approx(0.5, abs=0.03)
+
+
 def test_seed_does_not_touch_the_global_rng() -> None:
     model, x, y = linear_model(3), images(4), labels(4, 3)
     torch.manual_seed(123)
