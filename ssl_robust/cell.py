@@ -147,7 +147,7 @@ class ScoreAccumulator:
         if self.info.task == "segmentation":
             return {"miou": miou_from_confusion(self.conf),
                     "pixel_acc": float(self.conf.diag().sum() / self.conf.sum().clamp_min(1))}
-        return {k: float(torch.cat(v).mean()) for k, v in self.depth.items()}
+        return {k: float(torch.cat(v).nanmean()) for k, v in self.depth.items()}
 
 
 def _save_examples(x: torch.Tensor, x_adv: torch.Tensor, path: Path, n: int = 4) -> None:

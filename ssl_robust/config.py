@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -23,8 +24,8 @@ def parse_budget(value: Any) -> float:
             raise ValueError(f"expected a number or a fraction like '8/255', got {value!r}") from err
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"expected a number or a fraction like '8/255', got {value!r}")
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be a finite number >= 0, got {value}")
     return float(value)
 
 
@@ -42,7 +43,7 @@ class EncoderCfg(StrictModel):
     pretrained: bool = True
     checkpoint: str | None = None  # path, file://, s3://bucket/key or runs:/<run_id>/<path>
     image_size: int | None = Field(default=None, gt=0)  # also the data's input size; None = model default
-    layer: int | None = None  # block whose tokens feed dense heads; None = last (after final norm)
+    layer: int | None = None  # block whose CLS and patch tokens the heads read; None = last (after final norm)
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")

@@ -7,6 +7,7 @@ that attacks see a pixel-space function.
 """
 from __future__ import annotations
 
+import argparse
 import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,7 +123,8 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    return _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    with torch.serialization.safe_globals([argparse.Namespace]):  # DINO saves its args alongside
+        return _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
@@ -132,6 +134,11 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     state = _strip_prefixes(read_checkpoint(path))
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "dino_head", "ibot_head"))}
     state = checkpoint_filter_fn(state, model)
+    expected = model.state_dict()
+    wrong = [f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
+             if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: shapes differ: {wrong[:4]}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("head")]
     if missing or unexpected:

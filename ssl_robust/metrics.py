@@ -13,8 +13,10 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     """[num_classes, num_classes] counts, rows = ground truth, ignored pixels left out."""
     keep = target != ignore_index
     t, p = target[keep].long(), pred[keep].long()
-    if t.numel() and (int(t.max()) >= num_classes or int(t.min()) < 0):
-        raise ValueError(f"label {int(t.max())} outside [0, {num_classes}) and not ignore_index {ignore_index}")
+    bad = t[(t < 0) | (t >= num_classes)]
+    if bad.numel():
+        raise ValueError(f"labels {sorted(set(bad.tolist()))[:5]} outside [0, {num_classes}) "
+                         f"and not ignore_index {ignore_index}")
     return torch.bincount(t * num_classes + p, minlength=num_classes**2).view(num_classes, num_classes)
 
 
@@ -36,9 +38,10 @@ def valid_depth_mask(target: torch.Tensor, min_depth: float, max_depth: float) -
 
 
 def depth_errors(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image RMSE, AbsRel and delta<1.25 over ``valid`` pixels ([B] tensors)."""
+    """Per-image RMSE, AbsRel and delta<1.25 over ``valid`` pixels ([B] tensors; NaN without any)."""
     pred = pred.clamp_min(1e-6)
-    n = valid.flatten(1).sum(dim=1).clamp_min(1)
+    count = valid.flatten(1).sum(dim=1)
+    n = torch.where(count > 0, count.to(pred.dtype), torch.full_like(count, float("nan"), dtype=pred.dtype))
     err = torch.where(valid, pred - target, torch.zeros_like(pred))
     ratio = torch.where(valid, torch.maximum(pred / target.clamp_min(1e-6), target / pred), torch.ones_like(pred))
     return {
@@ -50,6 +53,7 @@ def depth_errors(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) 
 
 def depth_metrics(pred: torch.Tensor, target: torch.Tensor, min_depth: float = 1e-3,
                   max_depth: float = 10.0) -> dict[str, float]:
-    """Image-averaged RMSE, AbsRel, delta<1.25 on valid pixels (the mask comes from the target only)."""
+    """Image-averaged RMSE, AbsRel, delta<1.25 on valid pixels (the mask comes from the target only);
+    images without valid pixels are left out."""
     valid = valid_depth_mask(target, min_depth, max_depth)
-    return {k: float(v.mean()) for k, v in depth_errors(pred, target, valid).items()}
+    return {k: float(v.nanmean()) for k, v in depth_errors(pred, target, valid).items()}

@@ -20,7 +20,7 @@ SuccessFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class AttackResult:
-    x_adv: torch.Tensor  # best iterate per sample (fooling iterate first, then highest loss)
+    x_adv: torch.Tensor  # per sample: first fooling iterate, else final iterate of the best restart
     loss: torch.Tensor  # objective at x_adv, one per sample
     success: torch.Tensor | None  # per sample: any iterate fooled it (None without success_fn)
     grad_finite: bool = True  # every gradient seen was finite
@@ -93,11 +93,16 @@ def pgd(
     fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
     grad_finite, grad_nonzero, forwards = True, None, 0
 
-    def record(idx: torch.Tensor, x_now: torch.Tensor, output: torch.Tensor, loss: torch.Tensor) -> None:
-        """Keep, per sample, the first fooling iterate, else the highest-loss one."""
+    def record(idx: torch.Tensor, x_now: torch.Tensor, output: torch.Tensor, loss: torch.Tensor,
+               final: bool) -> None:
+        """Keep the first fooling iterate; else the final iterate of the highest-loss restart.
+
+        Losses are compared only between final iterates: objectives such as SegPGD weigh their
+        terms by step, so losses of different steps are not comparable.
+        """
         loss = loss.detach()
         now_fooled = success_fn(output.detach(), target[idx]) if success_fn else torch.zeros_like(fooled[idx])
-        better = (~fooled[idx]) & (now_fooled | (loss > best_loss[idx]))
+        better = ~fooled[idx] & (now_fooled | (final & (loss > best_loss[idx])))
         sel = idx[better]
         best_x[sel] = x_now[better].detach()
         best_loss[sel] = loss[better]
@@ -121,7 +126,8 @@ def pgd(
             if grad_nonzero is None:
                 grad_nonzero = float((grad.flatten(1).abs().sum(dim=1) > 0).float().mean())
             forwards += active.numel()
-            record(active, x_now, output, loss)
+            if success_fn is not None:
+                record(active, x_now, output, loss, final=False)
             with torch.no_grad():
                 delta = project(delta.detach() + step_size * _ascent_direction(grad, norm), x[active], eps, norm)
             if stop_when_fooled and success_fn is not None:
@@ -134,7 +140,7 @@ def pgd(
                 x_now = x[active] + delta
                 output = forward(x_now)
                 last = max(steps, 1)
-                record(active, x_now, output, objective(output, target[active], last, last))
+                record(active, x_now, output, objective(output, target[active], last, last), final=True)
             forwards += active.numel()
     return AttackResult(
         x_adv=best_x,

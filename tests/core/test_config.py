@@ -128,7 +128,6 @@ def test_out_of_range_values_are_rejected_naming_the_field(cell_data, updates, f
     assert field in locations
 
 
-@pytest.mark.xfail(strict=True, reason="config.parse_budget: `value < 0` is False for NaN, so eps=.nan passes")
 def test_nan_budget_is_rejected(cell_data) -> None:
     locations, _ = validation_error(cell_data({"attack": {"eps": float("nan")}}))
     assert "attack.eps" in locations

@@ -159,8 +159,6 @@ def test_dino_teacher_checkpoint_loads_with_identical_outputs(dino_cfg, tmp_path
     assert_same_encoder_outputs(loaded, source, size=32)
 
 
-@pytest.mark.xfail(strict=True, reason="encoders.read_checkpoint: torch.load(weights_only=True) refuses the "
-                                       "argparse.Namespace that DINO's main_dino.py saves under 'args'")
 def test_dino_training_checkpoint_with_its_args_loads(dino_cfg, tmp_path: Path) -> None:
     source = make_encoder(dino_cfg, seed=1)
     checkpoint = {"teacher": {f"backbone.{k}": v for k, v in source.model.state_dict().items()},
@@ -220,8 +218,6 @@ def test_checkpoint_that_does_not_fit_raises_value_error(tiny_encoder_cfg, tmp_p
         make_encoder(tiny_encoder_cfg, checkpoint=str(path))
 
 
-@pytest.mark.xfail(strict=True, reason="encoders.load_backbone_weights: a shape mismatch escapes "
-                                       "load_state_dict as a RuntimeError instead of a ValueError")
 def test_checkpoint_of_another_width_raises_value_error(tiny_encoder_cfg, tmp_path: Path) -> None:
     other = make_encoder(tiny_encoder_cfg, model_kwargs={**tiny_encoder_cfg["model_kwargs"], "embed_dim": 64})
     path = tmp_path / "wider.pth"

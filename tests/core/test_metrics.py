@@ -103,8 +103,6 @@ def test_label_outside_classes_and_not_ignored_raises() -> None:
         confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 7]), 3, IGNORE)
 
 
-@pytest.mark.xfail(strict=True, reason="metrics.confusion_matrix reports int(t.max()) as the bad label even "
-                                       "when the offending label is a negative one")
 def test_negative_label_error_names_the_negative_label() -> None:
     with pytest.raises(ValueError, match="-1"):
         confusion_matrix(torch.tensor([0, 1, 2]), torch.tensor([0, -1, 2]), 3, IGNORE)
@@ -190,8 +188,6 @@ def test_depth_metrics_of_a_perfect_prediction() -> None:
     assert got["delta1"] == pytest.approx(1.0)
 
 
-@pytest.mark.xfail(strict=True, reason="metrics.depth_errors gives an image without valid pixels rmse=abs_rel=0 "
-                                       "and delta1=0, and depth_metrics averages it in")
 def test_depth_image_without_valid_pixels_does_not_count_towards_the_average() -> None:
     pred, target = random_depth(6, shape=(3, 6, 6))
     with_empty = target.copy()

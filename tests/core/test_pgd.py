@@ -281,9 +281,6 @@ def _toy_segmenter(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([10 * (0.5 - x[:, 0]), torch.zeros_like(x[:, 0])], dim=1)
 
 
-@pytest.mark.xfail(strict=True, reason="pgd.record compares SegPGD losses across steps although their "
-                                       "lambda_t weighting differs (and favours correct pixels), so the "
-                                       "returned 'best' iterate can be the undamaged start")
 def test_segpgd_attack_returns_an_iterate_at_least_as_damaging_as_the_final_one() -> None:
     x, target = torch.full((1, 1, 2, 2), 0.485), torch.zeros(1, 2, 2, dtype=torch.long)
     result = pgd(_toy_segmenter, functools.partial(segpgd, ignore_index=255), x, target, eps=0.05,
