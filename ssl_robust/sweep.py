@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a Ray instance started here")
     parser.add_argument("--storage-path", default=None, help="Ray Tune results folder or URI")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the grid, run nothing")
+    parser.add_argument("--report", default="dashboards/{name}",
+                        help="folder for the tables and plots of the finished cells ({name} = the sweep's name)")
+    parser.add_argument("--no-report", action="store_true", help="do not write the report")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the sweep, e.g. seed=1")
     return parser
 
@@ -372,4 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep cannot run here:\n{err}", file=sys.stderr)
         return 2
     print_report(report)
+    if not args.no_report:
+        _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)))
     return 1 if report.failed else 0
+
+
+def _write_report(experiment: str, tracking_uri: str | None, out_dir: Path) -> None:
+    from ssl_robust.report import write_report
+
+    rows = tracking.run_results(experiment, tracking_uri=tracking_uri)
+    if rows:
+        page = write_report(rows, out_dir, title=f"ssl_robust: {experiment}")
+        print(f"report: {page}", file=sys.stderr)
