@@ -81,8 +81,16 @@ def train_val_indices(total: int, val_fraction: float, seed: int) -> tuple[list[
     """Carve a validation split off an official train split, deterministically."""
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(total, generator=gen).tolist()
-    n_val = max(1, int(round(total * val_fraction)))
+    n_val = min(max(1, int(round(total * val_fraction))), total - 1) if total > 1 else 0
     return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+def pick_split(total: int, split: Split, val_fraction: float) -> list[int]:
+    """Indices of ``split``: train/val carved from the official train split, test = all of it."""
+    if split == "test":
+        return list(range(total))
+    train, val = train_val_indices(total, val_fraction, seed=0)
+    return train if split == "train" else val
 
 
 def load_split(cfg: "DataCfg", split: Split, image_size: int, seed: int = 0) -> tuple[Dataset, TaskInfo]:

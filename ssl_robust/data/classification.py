@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ssl_robust.data.base import DATASETS, DatasetSpec, Split, TaskInfo, require_files, train_val_indices
+from ssl_robust.data.base import DATASETS, DatasetSpec, Split, TaskInfo, pick_split, require_files
 from ssl_robust.data.transforms import image_to_tensor
 
 if TYPE_CHECKING:
@@ -40,14 +40,6 @@ def how_to_get(archive: str, url: str) -> str:
 CIFAR10_HOW = how_to_get("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html")
 CIFAR100_HOW = how_to_get("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html")
 STL10_HOW = how_to_get("stl10_binary.tar.gz", "https://cs.stanford.edu/~acoates/stl10/")
-
-
-def pick_split(total: int, split: Split, val_fraction: float) -> list[int]:
-    """Indices of ``split``: train/val carved from the official train split, test = all of it."""
-    if split == "test":
-        return list(range(total))
-    train, val = train_val_indices(total, val_fraction, seed=0)
-    return train if split == "train" else val
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str, first: int = 0) -> None:

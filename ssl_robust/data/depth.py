@@ -17,8 +17,7 @@ import scipy.io
 import torch
 from torch.utils.data import Dataset
 
-from ssl_robust.data.base import DATASETS, DatasetSpec, Split, TaskInfo, require_files
-from ssl_robust.data.classification import pick_split
+from ssl_robust.data.base import DATASETS, DatasetSpec, Split, TaskInfo, pick_split, require_files
 from ssl_robust.data.transforms import depth_to_tensor, image_to_tensor
 
 if TYPE_CHECKING:

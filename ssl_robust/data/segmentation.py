@@ -15,8 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ssl_robust.data.base import (DATASETS, DatasetNotFoundError, DatasetSpec, Split, TaskInfo,
-                                  require_files)
-from ssl_robust.data.classification import pick_split
+                                  pick_split, require_files)
 from ssl_robust.data.transforms import image_to_tensor, mask_to_tensor
 
 if TYPE_CHECKING:
