@@ -18,9 +18,6 @@ from tqdm.auto import tqdm
 from ssl_robust.data.base import TaskInfo
 from ssl_robust.metrics import depth_metrics, mean_iou
 
-Features = tuple[torch.Tensor, torch.Tensor]
-
-
 class LinearClassifier(nn.Module):
     """Linear layer on the CLS embedding."""
 

@@ -5,16 +5,12 @@ labels for ``ce``/``segpgd``, a depth map for ``depth``, the clean embedding for
 """
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ssl_robust.registry import Registry
-
-
-class Objective(Protocol):
-    def __call__(self, output: torch.Tensor, target: torch.Tensor, step: int, steps: int) -> torch.Tensor: ...
 
 
 OBJECTIVES: Registry[Callable[..., torch.Tensor]] = Registry("objective")

@@ -8,7 +8,7 @@ function: no module state, the random start is drawn from a seeded generator.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
@@ -26,7 +26,6 @@ class AttackResult:
     grad_finite: bool = True  # every gradient seen was finite
     grad_nonzero: float = 1.0  # fraction of samples with a non-zero gradient at the first step
     forward_passes: int = 0  # sample-forwards spent (for throughput accounting)
-    extras: dict = field(default_factory=dict)
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """What every data set provides: task metadata, split loading, deterministic subsets."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -41,7 +41,6 @@ class DatasetSpec:
     build: Callable[["DataCfg", Split, TaskInfo, int], Dataset]
     needs_root: bool = True
     how_to_get: str = ""
-    extras: dict = field(default_factory=dict)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
