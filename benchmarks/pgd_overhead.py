@@ -1,20 +1,21 @@
 """Where ssl_robust's pgd spends time outside the model, next to torchattacks.PGD.
 
 With a near-free model (global average pool + linear) the attack loops time their own tensor
-bookkeeping (random start, indexing, clamps, projection, best-iterate records); with the ViT-S/14
-they time one attack step and one no-grad forward, the unit that pgd's final evaluation costs.
+bookkeeping (random start, indexing, finiteness check, projection, best-iterate records). With the
+ViT-S/14 both attacks run in alternating rounds; per-step intervals (forward start to forward start)
+and pgd's final no-grad evaluation are read off time stamps taken in the model's forward.
 
-    .venv/bin/python benchmarks/pgd_overhead.py              # bookkeeping + ViT step/forward
-    .venv/bin/python benchmarks/pgd_overhead.py --no-vit     # bookkeeping only (seconds)
+    .venv/bin/python benchmarks/pgd_overhead.py                  # bookkeeping + ViT (about 4 min)
+    .venv/bin/python benchmarks/pgd_overhead.py --vit-rounds 0   # bookkeeping only (seconds)
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 import torchattacks
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
@@ -26,6 +27,18 @@ from ssl_robust.objectives import cross_entropy
 from ssl_robust.pgd import pgd, project
 
 EPS, ALPHA = 8 / 255, 2 / 255
+
+
+class Stamped(nn.Module):
+    """Records the start time of every forward, so that per-step intervals can be read off."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.stamps = model, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.stamps.append(time.perf_counter())
+        return self.model(x)
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:
@@ -51,14 +64,13 @@ def attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> d
 
 
 def statements(x: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Best-of times of the per-step statements of pgd.py that torchattacks' loop does not have."""
+    """Best-of times of pgd.py's per-step statements next to torchattacks' update."""
     n = x.shape[0]
     active, delta = torch.arange(n), (torch.rand_like(x) * 2 - 1) * EPS
     grad, best_x = torch.randn_like(x), x.clone()
     better = torch.rand(n) < 0.5
     stmts: dict[str, Callable[[], object]] = {
-        "x[active] (index copy of the batch)": lambda: x[active],
-        "x_now = (x[active] + delta).clamp(0, 1)": lambda: (x[active] + delta).clamp(0, 1),
+        "x[active] (index copy; twice per step)": lambda: x[active],
         "bool(torch.isfinite(grad).all())": lambda: bool(torch.isfinite(grad).all()),
         "bool(torch.isfinite(grad.sum()))  [alternative]": lambda: bool(torch.isfinite(grad.sum())),
         "record: best_x[sel] = x_now[better]": lambda: best_x.__setitem__(active[better], x[better]),
@@ -76,7 +88,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--no-vit", action="store_true")
+    parser.add_argument("--vit-rounds", type=int, default=2, help="0 skips the ViT part")
     args = parser.parse_args()
     torch.manual_seed(0)
     x = torch.rand(args.batch, 3, args.size, args.size)
@@ -94,24 +106,28 @@ def main() -> None:
         attacks(cheap, x, y, args.steps)["ssl_robust pgd (all steps)"]()
     print("\nssl_robust pgd on the near-free model, top ops by self CPU time:")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-    if args.no_vit:
+    if args.vit_rounds == 0:
         return
     encoder = create_encoder(EncoderCfg(name="dinov2_vits14", pretrained=False, image_size=args.size,
                                         model_kwargs={"init_values": 1.0}))
-    model = TaskModel(encoder, LinearClassifier(encoder.embed_dim, 10)).eval().requires_grad_(False)
-
-    def step() -> None:
-        xg = x.clone().requires_grad_(True)
-        torch.autograd.grad(F.cross_entropy(model(xg), y), xg)
-
-    def forward() -> None:
-        with torch.no_grad():
-            model(x)
-
-    step(), forward()
-    t_step, t_fwd = best_of(step, 3), best_of(forward, 3)
-    print(f"ViT-S/14 batch {args.batch}: fwd + input-grad step {t_step:.2f} s, no-grad forward {t_fwd:.2f} s "
-          f"(best of 3); pgd's final evaluation adds {t_fwd / (args.steps * t_step):.1%} to {args.steps} steps")
+    model = Stamped(TaskModel(encoder, LinearClassifier(encoder.embed_dim, 10)).eval().requires_grad_(False))
+    intervals: dict[str, list[float]] = {}
+    final_eval = []
+    for rnd in range(args.vit_rounds):  # alternate the order: drifts in background load hit both alike
+        for name, fn in list(attacks(model, x, y, args.steps).items())[::1 if rnd % 2 == 0 else -1]:
+            model.stamps = []
+            fn()
+            end = time.perf_counter()
+            starts = model.stamps[:args.steps]  # the forwards of the gradient steps
+            intervals.setdefault(name, []).extend(b - a for a, b in zip(starts, starts[1:]))
+            if len(model.stamps) > args.steps:  # pgd: one more forward, the final evaluation
+                final_eval.append(end - model.stamps[args.steps])
+    print(f"\nViT-S/14 batch {args.batch}, {args.vit_rounds} alternating rounds of {args.steps} steps:")
+    for name, gaps in intervals.items():
+        print(f"  {name:<28} per step: median {statistics.median(gaps):.2f} s, min {min(gaps):.2f} s")
+    step = statistics.median(intervals["torchattacks.PGD"])
+    print(f"  pgd's final no-grad evaluation: median {statistics.median(final_eval):.2f} s "
+          f"= {statistics.median(final_eval) / (args.steps * step):.1%} of {args.steps} torchattacks steps")
 
 
 if __name__ == "__main__":
