@@ -112,7 +112,7 @@ Method = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, int], torch.Tenso
 def ssl_pgd(stop: bool) -> Method:
     def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
         result = pgd(model, cross_entropy, x, y, eps=EPS, step_size=ALPHA, steps=steps, norm="linf",
-                     random_init=True, seed=seed, success_fn=misclassified, stop_when_fooled=stop)
+                     random_start=True, seed=seed, success_fn=misclassified, stop_when_fooled=stop)
         return ~result.success
     return run
 

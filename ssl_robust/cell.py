@@ -113,7 +113,7 @@ def _attack(cfg: CellCfg, model: TaskModel, info: TaskInfo, x: torch.Tensor, y: 
         target = target_fn(x, y)
     a = cfg.attack
     return pgd(forward, objective, x, target, eps=eps, step_size=a.resolved_step_size, steps=steps,
-               norm=a.norm, random_init=a.random_start, restarts=a.restarts, seed=seed,
+               norm=a.norm, random_start=a.random_start, restarts=a.restarts, seed=seed,
                success_fn=success, stop_when_fooled=a.stop_when_fooled)
 
 

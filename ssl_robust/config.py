@@ -202,3 +202,65 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_cell_cfg(path: str | Path, overrides: list[str] = ()) -> CellCfg:
     return CellCfg.model_validate(apply_overrides(load_yaml(path), list(overrides)))
+
+
+class DeaclAttackCfg(StrictModel):
+    """DeACL's inner EmbedAttack (cosine objective) on the student."""
+
+    eps: Budget = 8 / 255
+    step_size: Budget = 2 / 255
+    steps: int = Field(default=5, ge=0)
+    norm: Norm = "linf"
+    random_start: bool = True
+
+
+class ProbeCfg(StrictModel):
+    """The per-epoch linear probe on CLS: fitted on the data set's val split, scored on test."""
+
+    n_train: int | None = Field(default=256, gt=0)  # val-split images the probe is fitted on
+    n_samples: int | None = Field(default=256, gt=0)  # test images scored clean and under EmbedAttack
+    epochs: int = Field(default=20, ge=1)
+    lr: float = Field(default=1e-2, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+
+
+class DeaclCfg(StrictModel):
+    """DeACL robust fine-tuning: the student starts from the frozen teacher and minimises
+    -cos(f_R(x), f(x)) - gamma * cos(f_R(x_adv), f_R(x)) (plus the same on patch tokens, weighted
+    by ``dense_weight``)."""
+
+    name: str = Field(default="deacl", pattern=r"^[A-Za-z0-9_.\-]+$")  # the MLflow experiment
+    encoder: EncoderCfg = Field(default_factory=EncoderCfg)
+    data: DataCfg = Field(default_factory=lambda: DataCfg(name="synthetic", task="classification"))
+    augment: bool = True  # random resized crop + horizontal flip
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    gamma: float = Field(default=2.0, ge=0)
+    dense_weight: float = Field(default=0.0, ge=0)  # 0 = the paper's DeACL (CLS only)
+    attack: DeaclAttackCfg = Field(default_factory=DeaclAttackCfg)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.5, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    warmup_epochs: float = Field(default=10.0, ge=0)
+    epochs: int = Field(default=101, ge=1)
+    batch_size: int = Field(default=128, gt=0)
+    grad_accum: int = Field(default=1, ge=1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    checkpoint_every: int = Field(default=25, ge=1)
+    probe: ProbeCfg = Field(default_factory=ProbeCfg)
+    seed: int = 0
+    device: str = "auto"
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"need 0 < low <= high <= 1, got {value}")
+        return value
+
+    @property
+    def run_id_key(self) -> str:
+        """Hash of everything that defines the fine-tune's result (not the device)."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"device", "name"}), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -41,7 +41,7 @@ def project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
     return (x + delta).clamp(0, 1) - x
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+def random_delta(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
     """Uniform in the L-inf box, or uniform in the L2 ball."""
     if norm == "linf":
         noise = torch.rand(x.shape, generator=generator, device="cpu").to(x) * 2 - 1
@@ -68,7 +68,7 @@ def pgd(
     step_size: float,
     steps: int,
     norm: Literal["linf", "l2"] = "linf",
-    random_init: bool = True,
+    random_start: bool = True,
     restarts: int = 1,
     seed: int = 0,
     success_fn: SuccessFn | None = None,
@@ -113,7 +113,7 @@ def pgd(
             active = active[~fooled]
         if active.numel() == 0:
             break
-        delta = random_start(x, eps, norm, generator) if random_init and eps > 0 else torch.zeros_like(x)
+        delta = random_delta(x, eps, norm, generator) if random_start and eps > 0 else torch.zeros_like(x)
         delta = delta[active]
         for step in range(1, steps + 1):
             delta.requires_grad_(True)

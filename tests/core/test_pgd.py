@@ -92,7 +92,7 @@ def test_adversarial_image_stays_inside_unit_box(norm: str, eps: float, inputs: 
 def test_zero_budget_returns_input_unchanged_and_clean_loss(norm: str) -> None:
     model, x, y = linear_model(3), images(6), labels(6, 3)
     result = pgd(model, cross_entropy, x, y, eps=0.0, step_size=0.1, steps=5, norm=norm,
-                 random_init=True, success_fn=misclassified)
+                 random_start=True, success_fn=misclassified)
     assert torch.equal(result.x_adv, x)
     with torch.no_grad():
         clean_logits = model(x)
@@ -234,7 +234,7 @@ def _band_attack(**kwargs):
         return (out[:, 0] > 0.525) & (out[:, 0] < 0.545)
 
     result = pgd(forward, objective, x, torch.zeros(2), eps=0.1, step_size=0.01, steps=10, norm="linf",
-                 random_init=False, success_fn=in_band, **kwargs)
+                 random_start=False, success_fn=in_band, **kwargs)
     return x, result, forward, in_band
 
 
@@ -284,7 +284,7 @@ def _toy_segmenter(x: torch.Tensor) -> torch.Tensor:
 def test_segpgd_attack_returns_an_iterate_at_least_as_damaging_as_the_final_one() -> None:
     x, target = torch.full((1, 1, 2, 2), 0.485), torch.zeros(1, 2, 2, dtype=torch.long)
     result = pgd(_toy_segmenter, functools.partial(segpgd, ignore_index=255), x, target, eps=0.05,
-                 step_size=0.01, steps=5, norm="linf", random_init=False)
+                 step_size=0.01, steps=5, norm="linf", random_start=False)
 
     def wrong_pixels(z: torch.Tensor) -> int:
         return int((_toy_segmenter(z).argmax(1) != target).sum())
