@@ -260,7 +260,7 @@ class DeaclCfg(StrictModel):
         return value
 
     @property
-    def run_id_key(self) -> str:
+    def deacl_id(self) -> str:
         """Hash of everything that defines the fine-tune's result (not the device)."""
         blob = json.dumps(self.model_dump(mode="json", exclude={"device", "name"}), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
