@@ -25,12 +25,13 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssl_robust.config import EncoderCfg
-from ssl_robust.data.base import TaskInfo
+from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.synthetic import SyntheticDataset
 from ssl_robust.encoders import create_encoder
 from ssl_robust.heads import LinearClassifier, TaskModel, extract_features, fit_head
 from ssl_robust.objectives import cross_entropy
 from ssl_robust.pgd import pgd
+from ssl_robust.tasks import TASKS
 
 EPS, ALPHA, NUM_CLASSES = 8 / 255, 2 / 255, 10
 
@@ -92,10 +93,12 @@ def build(args: argparse.Namespace) -> tuple[TaskModel, torch.Tensor, torch.Tens
         data = Subset(SyntheticDataset(split, "classification", args.size), range(n))
         return extract_features(encoder, DataLoader(data, batch_size=16), torch.device("cpu"), desc=split)
 
-    info = TaskInfo("classification", num_classes=NUM_CLASSES)
+    task, info = TASKS.get("classification"), TaskInfo("classification", num_classes=NUM_CLASSES)
     head, stats = fit_head(LinearClassifier(encoder.embed_dim, NUM_CLASSES), features("train", args.n_train),
-                           features("val", args.n_val), info, epochs=args.head_epochs, lr=1e-2,
-                           weight_decay=0.0, batch_size=32, seed=0, device=torch.device("cpu"))
+                           features("val", args.n_val), loss_fn=task.loss(info),
+                           val_score=lambda out, y: task.validation_score(info, out, y),
+                           epochs=args.head_epochs, lr=1e-2, weight_decay=0.0, batch_size=32, seed=0,
+                           device=torch.device("cpu"))
     model = TaskModel(encoder, head).eval().requires_grad_(False)
     test = SyntheticDataset("test", "classification", args.size)
     images, labels = zip(*(test[i] for i in range(args.batch)))

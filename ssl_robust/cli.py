@@ -1,19 +1,32 @@
-"""``ssl-robust run | sweep | report``: one cell offline, a whole sweep on Ray, or its report."""
+"""``ssl-robust run | sweep | report``: one cell offline, a whole sweep on Ray, or a sweep's report.
+
+The one argument parser of the project; ``sweeps/*.py`` are thin wrappers around it for
+``ray submit``. URIs in a config (``s3://``, ``runs:/``) are resolved to local files here.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from pydantic import ValidationError
+from ssl_robust import tracking
+from ssl_robust.cell import run_cell
+from ssl_robust.config import CellCfg, ConfigError, load_config, parse_budget
+from ssl_robust.encoders import check_encoder_name
+from ssl_robust.registry import UnknownNameError
+from ssl_robust.report import write_report
+from ssl_robust.sweep_config import load_sweep
+from ssl_robust.tune import grid
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SWEEP = "sweeps/full_benchmark.yaml"
 
 
-def format_validation_error(err: ValidationError) -> str:
-    """One line per bad field: dotted location, message, offending input."""
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
-    return "invalid config:\n" + "\n".join(lines)
+def config_path(path: str) -> Path:
+    """The path as given, else relative to the source tree (``ray submit`` runs from $HOME)."""
+    given = Path(path).expanduser()
+    beside = REPO_ROOT / path
+    return beside if not given.exists() and not given.is_absolute() and beside.exists() else given
 
 
 def print_table(metrics: dict[str, float]) -> None:
@@ -23,68 +36,116 @@ def print_table(metrics: dict[str, float]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ssl_robust.cell import run_cell
-    from ssl_robust.config import load_cell_cfg
-
-    try:
-        cfg = load_cell_cfg(args.config, args.overrides)
-    except ValidationError as err:
-        print(format_validation_error(err), file=sys.stderr)
-        return 2
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        print(f"invalid config: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(CellCfg, config_path(args.config), args.overrides)
+    check_encoder_name(cfg.encoder.name)
     print(f"cell {cfg.cell_id}: {cfg.encoder.name} / {cfg.data.name} ({cfg.data.resolved_task}) / "
           f"{cfg.attack.name} eps={cfg.attack.eps:.5f} steps={cfg.attack.steps}")
-    print_table(run_cell(cfg, out_dir=args.out_dir))
+    print_table(run_cell(tracking.localize(cfg, args.tracking_uri), out_dir=args.out_dir))
     return 0
+
+
+def _write_report(experiment: str, tracking_uri: str | None, out_dir: Path, eps: float | None = None) -> int:
+    rows = tracking.run_results(experiment, tracking_uri=tracking_uri)
+    if not rows:
+        print(f"no finished cells in experiment {experiment!r}", file=sys.stderr)
+        return 2
+    page = write_report(rows, out_dir, eps=eps, title=f"ssl_robust: {experiment}")
+    print(f"report ({len(rows)} cells): {page}", file=sys.stderr)
+    return 0
+
+
+def _sweep_file_and_overrides(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """``[CONFIG] [KEY=VALUE ...]`` or ``--config CONFIG [KEY=VALUE ...]``."""
+    files = [item for item in args.overrides if "=" not in item]
+    overrides = [item for item in args.overrides if "=" in item]
+    if len(files) + (args.config is not None) > 1:
+        raise ConfigError(f"one sweep config expected, got {files + [args.config] if args.config else files}")
+    path = args.config or (files[0] if files else DEFAULT_SWEEP)
+    return config_path(path), overrides + ([f"name={args.experiment}"] if args.experiment else [])
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ssl_robust.sweep import main as sweep_main
-
-    return sweep_main(["--config", args.config, *args.rest]) or 0
+    sweep, cells = load_sweep(*_sweep_file_and_overrides(args))
+    for name in sorted({c.encoder.name for c in cells}):
+        check_encoder_name(name)
+    print(f"sweep {sweep.name}: {len(cells)} cells, {len(grid.head_groups(cells))} heads", file=sys.stderr)
+    if args.dry_run:
+        for cell in cells:
+            print(cell.cell_id, cell.head_id, cell.encoder.name, cell.data.name, cell.data.resolved_task,
+                  cell.attack.name, f"{cell.attack.eps * 255:.3g}/255", f"steps={cell.attack.steps}")
+        return 0
+    report = grid.execute(sweep, cells, args.tracking_uri, args.address, args.num_cpus, args.storage_path)
+    print("\n".join(report.lines()))
+    if not args.no_report:
+        _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)))
+    return 1 if report.failed else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ssl_robust.config import parse_budget
-    from ssl_robust.report import write_report
-    from ssl_robust.tracking import run_results
+    try:
+        eps = parse_budget(args.eps) if args.eps is not None else None
+    except ValueError as err:
+        raise ConfigError(f"--eps: {err}") from err
+    return _write_report(args.experiment, args.tracking_uri, Path(args.out), eps)
 
-    rows = run_results(args.experiment, tracking_uri=args.tracking_uri)
-    if not rows:
-        print(f"no finished cells in experiment {args.experiment!r}", file=sys.stderr)
-        return 2
-    eps = parse_budget(args.eps) if args.eps is not None else None
-    page = write_report(rows, args.out, eps=eps, title=f"ssl_robust: {args.experiment}")
-    print(f"{len(rows)} cells -> {page}")
-    return 0
+
+def _tracking_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl-robust", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ssl-robust", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
     run = sub.add_parser("run", help="run one cell offline and print its metrics")
     run.add_argument("config", help="cell YAML (see configs/)")
     run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. attack.eps=4/255 data.task=depth")
     run.add_argument("--out-dir", default=None, help="write per-sample results and example images here")
+    _tracking_option(run)
     run.set_defaults(func=cmd_run)
+
     sweep = sub.add_parser("sweep", help="run a sweep config on Ray Tune, tracked in MLflow")
-    sweep.add_argument("config", help="sweep YAML (see sweeps/)")
-    sweep.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the sweep runner")
+    sweep.add_argument("overrides", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]",
+                       help=f"sweep YAML (default {DEFAULT_SWEEP}) and dotted overrides, e.g. defaults.seed=1")
+    sweep.add_argument("--config", default=None, help="the sweep YAML, as an option (`ray submit ... -- --config`)")
+    _tracking_option(sweep)
+    sweep.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep's name)")
+    sweep.add_argument("--address", default=None,
+                       help="Ray address: none joins a running cluster or starts one; 'local' starts one")
+    sweep.add_argument("--num-cpus", type=int, default=None, help="CPUs of a Ray instance started here")
+    sweep.add_argument("--storage-path", default=None, help="Ray Tune results folder or URI")
+    sweep.add_argument("--dry-run", action="store_true", help="validate and list the grid, run nothing")
+    sweep.add_argument("--report", default="dashboards/{name}",
+                       help="folder for the report of the finished cells ({name} = the sweep's name)")
+    sweep.add_argument("--no-report", action="store_true", help="do not write the report")
     sweep.set_defaults(func=cmd_sweep)
+
     report = sub.add_parser("report", help="poster tables and robustness plots from a sweep's MLflow runs")
     report.add_argument("experiment", help="the sweep's MLflow experiment (its `name`)")
     report.add_argument("--out", default="dashboards/out", help="folder for index.html, tables and plots")
     report.add_argument("--eps", default=None, help="eps of the tables, e.g. 8/255 (default 8/255 or the largest)")
-    report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: env or ./mlflow.db)")
+    _tracking_option(report)
     report.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Parse, dispatch; a bad config prints one line per bad field and returns 2."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # KEY=VALUE overrides may follow options too
+    if extra and (not hasattr(args, "overrides") or any("=" not in item for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"invalid config:\n{err}", file=sys.stderr)
+        return 2
+    except (UnknownNameError, FileNotFoundError) as err:  # a timm name unknown to timm, a missing data set
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,18 +1,32 @@
-"""Strict pydantic models for one grid point (a cell): YAML -> validated model -> plain arguments."""
+"""Strict pydantic models: YAML -> validated model -> plain arguments.
+
+Light on purpose: validating a config imports no torch, timm, MLflow or Ray. Names are checked
+against the light registries (``aliases``, ``attacks``, ``data.catalog``); a timm name that is not
+an alias is checked against timm when the encoder is built (and by ``ssl-robust sweep`` before any
+trial starts).
+"""
 from __future__ import annotations
 
+import difflib
 import hashlib
-import math
 import json
+import math
+import re
 from fractions import Fraction
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
-Task = Literal["classification", "segmentation", "depth"]
+from ssl_robust.aliases import ENCODERS, is_tagged
+from ssl_robust.attacks import ATTACKS, check_applies
+from ssl_robust.data.catalog import DATASETS
+
 Norm = Literal["linf", "l2"]
+Triple = tuple[float, float, float]
+_TIMM_NAME = r"^[a-z0-9_]+(\.[a-z0-9_]+)?$"
 
 
 def parse_budget(value: Any) -> float:
@@ -36,23 +50,39 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 class EncoderCfg(StrictModel):
-    """Which encoder: a short alias or timm name, optional fine-tuned weights."""
+    """Which encoder: an alias (``aliases.py``) or timm name, optional fine-tuned weights."""
 
     name: str = "dinov2_vits14"
-    pretrained: bool = True
+    pretrained: bool | None = None  # None = the alias's default (hub weights where they exist)
     checkpoint: str | None = None  # path, file://, s3://bucket/key or runs:/<run_id>/<path>
-    image_size: int | None = Field(default=None, gt=0)  # also the data's input size; None = model default
+    image_size: int | None = Field(default=None, gt=0)  # also the data's input size; None = the alias's
     layer: int | None = None  # block whose CLS and patch tokens the heads read; None = last (after final norm)
+    mean: Triple | None = None  # None = the alias's (or timm's pretrained tag's)
+    std: Triple | None = None
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
     def _known_name(cls, name: str) -> str:
-        from ssl_robust.encoders import check_encoder_name
-
-        check_encoder_name(name)
+        near_alias = difflib.get_close_matches(name, ENCODERS.names(), n=1, cutoff=0.8)
+        if name not in ENCODERS and (near_alias or not re.match(_TIMM_NAME, name)):
+            raise ValueError(ENCODERS.unknown_message(name) + "; or any timm ViT name")
         return name
+
+    @model_validator(mode="after")
+    def _input_contract_known(self) -> "EncoderCfg":
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("encoder.mean and encoder.std: set both or neither")
+        untagged = self.name not in ENCODERS and not is_tagged(self.name)
+        if untagged and self.checkpoint and self.mean is None:
+            raise ValueError(f"encoder.mean/encoder.std: required for a checkpoint on the untagged timm "
+                             f"name {self.name!r} (DINO and DINOv2 use ImageNet's (0.485, 0.456, 0.406) "
+                             f"/ (0.229, 0.224, 0.225)); or use an alias such as 'dino_vitb16'")
+        return self
 
 
 class DataCfg(StrictModel):
@@ -60,7 +90,7 @@ class DataCfg(StrictModel):
 
     name: str = "synthetic"
     root: Path | None = None
-    task: Task | None = None  # None = the data set's own task
+    task: str | None = None  # None = the data set's own task
     download: bool = False
     n_train: int | None = Field(default=None, gt=0)  # head-training subset (None = all)
     n_val: int | None = Field(default=None, gt=0)
@@ -71,27 +101,20 @@ class DataCfg(StrictModel):
     @field_validator("name")
     @classmethod
     def _known_dataset(cls, name: str) -> str:
-        from ssl_robust.data import DATASETS
-
         DATASETS.get(name)
         return name
 
-    @model_validator(mode="after")
-    def _task_of_dataset(self) -> "DataCfg":
-        from ssl_robust.data import DATASETS
-
-        spec = DATASETS.get(self.name)
-        if self.task is not None and self.task not in spec.infos:
-            raise ValueError(
-                f"data set {self.name!r} has no task {self.task!r}; allowed: {sorted(spec.infos)}"
-            )
-        return self
+    @field_validator("task")
+    @classmethod
+    def _task_of_dataset(cls, task: str | None, info: ValidationInfo) -> str | None:
+        name = info.data.get("name")
+        if task is not None and name in DATASETS and task not in DATASETS.get(name).infos:
+            raise ValueError(f"data set {name!r} has no task {task!r}; allowed: {sorted(DATASETS.get(name).infos)}")
+        return task
 
     @property
     def resolved_task(self) -> str:
-        from ssl_robust.data import DATASETS
-
-        return self.task or next(iter(DATASETS.get(self.name).infos))
+        return self.task or DATASETS.get(self.name).default_task
 
 
 class HeadCfg(StrictModel):
@@ -101,9 +124,7 @@ class HeadCfg(StrictModel):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=64, gt=0)
-    n_bins: int = Field(default=256, gt=1)  # depth head
-    min_depth: float = Field(default=1e-3, gt=0)
-    max_depth: float = Field(default=10.0, gt=0)
+    n_bins: int = Field(default=256, gt=1)  # depth head; its range is the data set's depth range
     checkpoint: str | None = None  # a fitted head to reuse instead of fitting
 
 
@@ -122,8 +143,6 @@ class AttackCfg(StrictModel):
     @field_validator("name")
     @classmethod
     def _known_attack(cls, name: str) -> str:
-        from ssl_robust.attacks import ATTACKS
-
         ATTACKS.get(name)
         return name
 
@@ -134,8 +153,8 @@ class AttackCfg(StrictModel):
         return 2.5 * self.eps / max(self.steps, 1)
 
 
-class CellCfg(StrictModel):
-    """One grid point: encoder x data set/task x attack x eps."""
+class CellFields(StrictModel):
+    """The fields of a cell, each with its default; a sweep's ``defaults:`` section has this shape."""
 
     encoder: EncoderCfg = Field(default_factory=EncoderCfg)
     data: DataCfg = Field(default_factory=DataCfg)
@@ -145,17 +164,14 @@ class CellCfg(StrictModel):
     batch_size: int = Field(default=16, gt=0)
     device: str = "auto"
 
+
+
+class CellCfg(CellFields):
+    """One grid point: encoder x data set/task x attack x eps."""
+
     @model_validator(mode="after")
     def _attack_fits_task(self) -> "CellCfg":
-        from ssl_robust.attacks import ATTACKS
-
-        spec = ATTACKS.get(self.attack.name)
-        task = self.data.resolved_task
-        if task not in spec.tasks:
-            allowed = [n for n in ATTACKS.names() if task in ATTACKS.get(n).tasks]
-            raise ValueError(
-                f"attack.name {self.attack.name!r} does not apply to task {task!r}; allowed: {allowed}"
-            )
+        check_applies(self.attack.name, self.data.resolved_task)
         return self
 
     def identity(self) -> dict[str, Any]:
@@ -200,8 +216,64 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_cell_cfg(path: str | Path, overrides: list[str] = ()) -> CellCfg:
-    return CellCfg.model_validate(apply_overrides(load_yaml(path), list(overrides)))
+class ConfigError(ValueError):
+    """A config that cannot run; the message names each bad field and what is allowed."""
+
+
+def _find_model(tp: Any) -> type[BaseModel] | None:
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in get_args(tp):
+        found = _find_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class found at an error location (list indices skipped)."""
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = _find_model(field.annotation) if field is not None else None
+    return model
+
+
+def format_errors(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
+    """One line per error: ``source: field.path: message (got ...)``; unknown keys list the allowed."""
+    lines = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "<root>"
+        msg = item["msg"]
+        parent = _model_at(root, tuple(item["loc"][:-1])) if root else None
+        if item["type"] == "extra_forbidden" and parent is not None:
+            msg += f"; allowed: {sorted(parent.model_fields)}"
+        elif not isinstance(item.get("input"), (dict, list)) and repr(item.get("input")) not in msg:
+            msg += f" (got {item.get('input')!r})"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def validate(model: type[M], data: dict[str, Any], source: str) -> M:
+    """``model.model_validate(data)``, raising ConfigError with one line per bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, source, model)) from err
+
+
+def read_config(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """A YAML file's mapping with ``key=value`` overrides applied; ConfigError if it cannot be read."""
+    try:
+        return apply_overrides(load_yaml(path), list(overrides))
+    except (OSError, yaml.YAMLError, ValueError) as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def load_config(model: type[M], path: str | Path, overrides: list[str] = ()) -> M:
+    """Read a YAML file, apply ``key=value`` overrides and validate it as ``model``."""
+    return validate(model, read_config(path, overrides), str(path))
 
 
 class DeaclAttackCfg(StrictModel):

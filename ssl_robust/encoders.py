@@ -1,58 +1,70 @@
 """timm-backed encoders that take images in [0, 1] and carry their own normalisation.
 
-``create_encoder(cfg)`` resolves a short alias (``dinov2_vits14``) or any timm name, loads weights
-from the hub (``pretrained=True``) or from a checkpoint (safetensors or
+``create_encoder(cfg)`` resolves a short alias (``dinov2_vits14``, see ``aliases.py``) or any timm
+name, loads weights from the hub (``pretrained``) or from a local checkpoint file (safetensors or
 ``torch.load(weights_only=True)``, original DINO/DINOv2 layouts included), and wraps the model so
-that attacks see a pixel-space function.
+that attacks see a pixel-space function with the weights' own mean/std inside.
 """
 from __future__ import annotations
 
 import argparse
-import difflib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import timm
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from ssl_robust.config import EncoderCfg
+from ssl_robust.aliases import ENCODERS, EncoderSpec
+from ssl_robust.registry import UnknownNameError
+from ssl_robust.config import EncoderCfg
 
-ALIASES: dict[str, str] = {
-    "dino_vits16": "vit_small_patch16_224.dino",
-    "dino_vits8": "vit_small_patch8_224.dino",
-    "dino_vitb16": "vit_base_patch16_224.dino",
-    "dino_vitb8": "vit_base_patch8_224.dino",
-    "dinov2_vits14": "vit_small_patch14_dinov2.lvd142m",
-    "dinov2_vitb14": "vit_base_patch14_dinov2.lvd142m",
-    "dinov2_vitl14": "vit_large_patch14_dinov2.lvd142m",
-}
+
 _STATE_DICT_KEYS = ("teacher", "student", "model", "state_dict", "module")
 _PREFIXES = ("module.", "backbone.", "encoder.", "model.")
 
 
-def resolve_name(name: str) -> str:
+def _alias(name: str) -> EncoderSpec | None:
+    return ENCODERS.get(name) if name in ENCODERS else None
+
+
+def timm_name(name: str) -> str:
     """Alias or timm name -> timm name (with pretrained tag where the alias has one)."""
-    return ALIASES.get(name, name)
+    spec = _alias(name)
+    return spec.timm_name if spec else name
 
 
 def check_encoder_name(name: str) -> None:
     """Raise a ValueError with near-name suggestions for a name that is neither alias nor timm model."""
-    if name in ALIASES or timm.is_model(resolve_name(name)):
+    if name in ENCODERS or timm.is_model(name):
         return
-    candidates = [*ALIASES, *timm.list_models("vit_*")]
-    near = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-    raise ValueError(f"unknown encoder {name!r}.{hint} Aliases: {sorted(ALIASES)}; or any timm ViT name")
+    raise UnknownNameError(ENCODERS.unknown_message(name, extra=timm.list_models("vit_*"))
+                           + "; or any timm ViT name")
 
 
-def input_size(cfg: "EncoderCfg") -> int:
+def input_size(cfg: EncoderCfg) -> int:
     """The square input size the encoder will be built for, known before building it."""
     if cfg.image_size is not None:
         return cfg.image_size
-    pretrained_cfg = timm.models.get_pretrained_cfg(resolve_name(cfg.name))
+    spec = _alias(cfg.name)
+    if spec is not None:
+        return spec.image_size
+    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.name)
     return int(pretrained_cfg.input_size[-1]) if pretrained_cfg else 224
+
+
+def input_contract(cfg: EncoderCfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the weights expect: explicit in the config, else the alias's, else timm's tag."""
+    if cfg.mean is not None and cfg.std is not None:
+        return cfg.mean, cfg.std
+    spec = _alias(cfg.name)
+    if spec is not None:
+        return spec.mean, spec.std
+    pretrained_cfg = timm.models.get_pretrained_cfg(cfg.name)
+    if pretrained_cfg is None:
+        raise ValueError(f"encoder.mean/encoder.std: {cfg.name!r} has no pretrained tag to take them "
+                         "from; set them explicitly")
+    return tuple(pretrained_cfg.mean), tuple(pretrained_cfg.std)
 
 
 class Encoder(nn.Module):
@@ -146,23 +158,26 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
                          f"missing {missing[:8]}, unexpected {unexpected[:8]}")
 
 
-def local_checkpoint(uri: str) -> Path:
-    if uri.startswith(("s3://", "runs:/", "mlflow-artifacts:", "models:/")):
-        from ssl_robust.tracking import fetch_artifact
-
-        return fetch_artifact(uri)
-    return Path(uri.removeprefix("file://")).expanduser()
-
-
-def create_encoder(cfg: "EncoderCfg") -> Encoder:
-    """Build a frozen, eval-mode encoder from its config."""
-    name = resolve_name(cfg.name)
-    kwargs: dict[str, Any] = {"img_size": input_size(cfg), **cfg.model_kwargs}
-    pretrained = cfg.pretrained and cfg.checkpoint is None
-    model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+def create_encoder(cfg: EncoderCfg) -> Encoder:
+    """Build a frozen, eval-mode encoder from its config; ``checkpoint`` must be a local file."""
+    check_encoder_name(cfg.name)
+    spec = _alias(cfg.name)
+    kwargs: dict[str, Any] = {**(spec.model_kwargs if spec else {}), **cfg.model_kwargs,
+                              "img_size": input_size(cfg)}
+    pretrained = (cfg.pretrained if cfg.pretrained is not None else (spec.pretrained if spec else True))
+    model = timm.create_model(timm_name(cfg.name), pretrained=pretrained and cfg.checkpoint is None,
+                              num_classes=0, **kwargs)
     if cfg.checkpoint is not None:
-        load_backbone_weights(model, local_checkpoint(cfg.checkpoint))
-    data_cfg = timm.data.resolve_data_config({}, model=model)
-    encoder = Encoder(model, data_cfg["mean"], data_cfg["std"], layer=cfg.layer)
+        load_backbone_weights(model, local_file(cfg.checkpoint))
+    mean, std = input_contract(cfg)
+    encoder = Encoder(model, mean, std, layer=cfg.layer)
     encoder.eval().requires_grad_(False)
     return encoder
+
+
+def local_file(path: str) -> Path:
+    """A checkpoint path as a local file; URIs must be resolved first (``tracking.local_path``)."""
+    if "://" in path or path.startswith(("runs:/", "models:/", "mlflow-artifacts:")):
+        raise ValueError(f"checkpoint {path!r} is a URI: resolve it to a local file first "
+                         "(ssl_robust.tracking.local_path)")
+    return Path(path).expanduser()

@@ -15,8 +15,6 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from ssl_robust.data.base import TaskInfo
-from ssl_robust.metrics import depth_metrics, mean_iou
 
 class LinearClassifier(nn.Module):
     """Linear layer on the CLS embedding."""
@@ -63,14 +61,6 @@ class LinearDepthHead(nn.Module):
         return F.interpolate(depth, size=out_size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def build_head(info: TaskInfo, embed_dim: int, n_bins: int = 256) -> nn.Module:
-    if info.task == "classification":
-        return LinearClassifier(embed_dim, info.num_classes)
-    if info.task == "segmentation":
-        return LinearSegmenter(embed_dim, info.num_classes)
-    return LinearDepthHead(embed_dim, n_bins, info.min_depth, info.max_depth)
-
-
 class TaskModel(nn.Module):
     """encoder + head as one pixel-space function x in [0,1] -> task output."""
 
@@ -81,26 +71,6 @@ class TaskModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cls, tokens = self.encoder.features(x)
         return self.head(cls, tokens, tuple(x.shape[-2:]))
-
-
-def task_loss(info: TaskInfo) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Training loss of each head: CE, pixel CE with ignore index, or scale-invariant log."""
-    if info.task == "classification":
-        return F.cross_entropy
-    if info.task == "segmentation":
-        return lambda out, y: F.cross_entropy(out, y, ignore_index=info.ignore_index)
-    from ssl_robust.objectives import silog
-
-    return lambda out, y: silog(out, y, min_depth=info.min_depth).mean()
-
-
-def score(info: TaskInfo, outputs: torch.Tensor, targets: torch.Tensor) -> float:
-    """Validation score, higher is better: accuracy, mIoU, or minus RMSE."""
-    if info.task == "classification":
-        return float((outputs.argmax(1) == targets).float().mean())
-    if info.task == "segmentation":
-        return mean_iou(outputs.argmax(1), targets, info.num_classes, info.ignore_index)
-    return -depth_metrics(outputs, targets, info.min_depth, info.max_depth)["rmse"]
 
 
 @torch.no_grad()
@@ -123,13 +93,15 @@ def _predict(head: nn.Module, features: TensorDataset, batch_size: int, device: 
     return torch.cat(outs)
 
 
-def fit_head(head: nn.Module, train: TensorDataset, val: TensorDataset, info: TaskInfo, *,
+def fit_head(head: nn.Module, train: TensorDataset, val: TensorDataset, *,
+             loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+             val_score: Callable[[torch.Tensor, torch.Tensor], float],
              epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int,
              device: torch.device) -> tuple[nn.Module, dict[str, float]]:
-    """Train on cached train features; keep the epoch that scores best on the validation split."""
+    """Train on cached train features; keep the epoch that scores best (``val_score``, higher is
+    better) on the validation split."""
     torch.manual_seed(seed)
     head.to(device)
-    loss_fn = task_loss(info)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(train) / batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
@@ -145,9 +117,9 @@ def fit_head(head: nn.Module, train: TensorDataset, val: TensorDataset, info: Ta
             loss.backward()
             optimizer.step()
             schedule.step()
-        val_score = score(info, _predict(head, val, batch_size, device), val.tensors[2])
-        if val_score > best_score:
-            best_state, best_score, best_epoch = copy.deepcopy(head.state_dict()), val_score, epoch
+        score = val_score(_predict(head, val, batch_size, device), val.tensors[2])
+        if score > best_score:
+            best_state, best_score, best_epoch = copy.deepcopy(head.state_dict()), score, epoch
     head.load_state_dict(best_state)
     head.eval()
     return head, {"head/val_score": best_score, "head/best_epoch": float(best_epoch),

@@ -1,7 +1,10 @@
-"""Task metrics: accuracy, mIoU from an accumulated confusion matrix, depth RMSE/AbsRel/delta1."""
+"""Task metrics: accuracy, mIoU from an accumulated confusion matrix, depth RMSE/AbsRel/delta1, and
+one score accumulator per task (``add`` a batch, ``summary`` at the end, ``per_sample`` values)."""
 from __future__ import annotations
 
 import torch
+
+from ssl_robust.data.catalog import TaskInfo
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -57,3 +60,53 @@ def depth_metrics(pred: torch.Tensor, target: torch.Tensor, min_depth: float = 1
     images without valid pixels are left out."""
     valid = valid_depth_mask(target, min_depth, max_depth)
     return {k: float(v.nanmean()) for k, v in depth_errors(pred, target, valid).items()}
+
+
+class ClassificationScores:
+    """Accuracy over batches; per sample: 1.0 if correct."""
+
+    def __init__(self, info: TaskInfo) -> None:
+        self.per_sample: list[float] = []
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.per_sample.extend((logits.detach().cpu().argmax(1) == labels.cpu()).float().tolist())
+
+    def summary(self) -> dict[str, float]:
+        return {"acc": sum(self.per_sample) / max(len(self.per_sample), 1)}
+
+
+class SegmentationScores:
+    """mIoU and pixel accuracy from a confusion matrix summed over batches; per sample: pixel accuracy."""
+
+    def __init__(self, info: TaskInfo) -> None:
+        self.info, self.per_sample = info, []
+        self.conf = torch.zeros(info.num_classes, info.num_classes, dtype=torch.long)
+
+    def add(self, logits: torch.Tensor, masks: torch.Tensor) -> None:
+        pred, masks, ignore = logits.detach().cpu().argmax(1), masks.cpu(), self.info.ignore_index
+        self.conf += confusion_matrix(pred, masks, self.info.num_classes, ignore)
+        labelled = masks != ignore
+        correct = ((pred == masks) & labelled).flatten(1).sum(1)
+        self.per_sample.extend(correct.div(labelled.flatten(1).sum(1).clamp_min(1)).tolist())
+
+    def summary(self) -> dict[str, float]:
+        return {"miou": miou_from_confusion(self.conf),
+                "pixel_acc": float(self.conf.diag().sum() / self.conf.sum().clamp_min(1))}
+
+
+class DepthScores:
+    """Per-image RMSE, AbsRel and delta<1.25 on valid pixels, averaged over images; per sample: RMSE."""
+
+    def __init__(self, info: TaskInfo) -> None:
+        self.info, self.per_sample = info, []
+        self.errors: dict[str, list[torch.Tensor]] = {"rmse": [], "abs_rel": [], "delta1": []}
+
+    def add(self, depth: torch.Tensor, target: torch.Tensor) -> None:
+        depth, target = depth.detach().cpu(), target.cpu()
+        valid = valid_depth_mask(target, self.info.min_depth, self.info.max_depth)
+        for key, value in depth_errors(depth, target, valid).items():
+            self.errors[key].append(value)
+        self.per_sample.extend(self.errors["rmse"][-1].tolist())
+
+    def summary(self) -> dict[str, float]:
+        return {k: float(torch.cat(v).nanmean()) if v else float("nan") for k, v in self.errors.items()}

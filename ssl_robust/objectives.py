@@ -1,7 +1,7 @@
 """Attack objectives: each maps (model output, target, step t of T) to one loss per sample.
 
 The PGD engine ascends these losses. ``target`` is whatever the objective compares against:
-labels for ``ce``/``segpgd``, a depth map for ``depth``, the clean embedding for ``embed_*``.
+labels for ``cross_entropy``/``segpgd``, a depth map for ``silog``, the clean embedding for ``embed_*``.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def embed_cos(output: torch.Tensor, target: torch.Tensor, step: int = 1, steps: 
     return 1 - F.cosine_similarity(output, target, dim=1)
 
 
-@OBJECTIVES.register("ce")
+@OBJECTIVES.register("cross_entropy")
 def cross_entropy(output: torch.Tensor, target: torch.Tensor, step: int = 1, steps: int = 1) -> torch.Tensor:
     """PGD: cross-entropy of the class logits [B,C] against labels [B]."""
     return F.cross_entropy(output, target, reduction="none")
@@ -75,4 +75,4 @@ def silog(output: torch.Tensor, target: torch.Tensor, step: int = 1, steps: int 
     return torch.sqrt((mean_g2 - variance_focus * mean_g.pow(2)).clamp_min(0) + 1e-8)
 
 
-OBJECTIVES.register("depth")(silog)
+OBJECTIVES.register("silog")(silog)

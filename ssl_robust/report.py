@@ -6,15 +6,42 @@ Works on plain rows (one dict per finished cell: params such as ``encoder``, ``d
 from __future__ import annotations
 
 import html
+import math
 from pathlib import Path
 from typing import Any, Iterable
 
+import matplotlib
 import pandas as pd
 
-METRIC = {"classification": ("acc", "Accuracy", True), "segmentation": ("miou", "mIoU", True),
-          "depth": ("rmse", "RMSE", False)}
-TASK_ATTACK = {"classification": "pgd", "segmentation": "segpgd", "depth": "depthpgd"}
-ATTACK_LABEL = {"embed": "EmbedAttack", "pgd": "PGD", "segpgd": "SegPGD", "depthpgd": "DepthPGD"}
+from ssl_robust.attacks import ATTACKS
+from ssl_robust.tasks import TASKS
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+
+def _attack_label(name: str) -> str:
+    return ATTACKS.get(name).label if name in ATTACKS else name
+
+
+def _primary(row: pd.Series, prefix: str) -> float:
+    value = row.get(f"{prefix}/{TASKS.get(row['task']).metric}")
+    return float(value) if value is not None and not (isinstance(value, float) and math.isnan(value)) \
+        else float("nan")
+
+
+def summary_table(rows: list[dict[str, Any]], cell_ids: set[str]) -> pd.DataFrame:
+    """One row per finished cell of the grid: axes, primary clean/adv metric, sanity checks."""
+    df = pd.DataFrame([r for r in rows if r.get("cell_id") in cell_ids])
+    if df.empty:
+        return df
+    out = df[["encoder", "dataset", "task", "attack", "eps_255", "steps"]].copy()
+    out["metric"] = [TASKS.get(task).metric for task in df["task"]]
+    out["clean"] = [_primary(r, "clean") for _, r in df.iterrows()]
+    out["adv"] = [_primary(r, "adv") for _, r in df.iterrows()]
+    out["checks_ok"] = df["check/all_passed"] if "check/all_passed" in df else float("nan")
+    out["eps_255"] = out["eps_255"].astype(float)
+    return out.sort_values(["encoder", "dataset", "task", "attack", "eps_255"]).reset_index(drop=True)
 
 
 def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -28,8 +55,8 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
         f"{name} ({Path(str(ckpt)).stem or 'fine-tuned'})" if ckpt else name
         for name, ckpt in zip(frame["encoder"], checkpoint)
     ]
-    frame["clean"] = [row.get(f"clean/{METRIC[row['task']][0]}") for _, row in frame.iterrows()]
-    frame["adv"] = [row.get(f"adv/{METRIC[row['task']][0]}") for _, row in frame.iterrows()]
+    frame["clean"] = [_primary(row, "clean") for _, row in frame.iterrows()]
+    frame["adv"] = [_primary(row, "adv") for _, row in frame.iterrows()]
     return frame
 
 
@@ -47,34 +74,29 @@ def reference_eps(frame: pd.DataFrame, wanted: float | None = None) -> float:
 
 def poster_table(frame: pd.DataFrame, task: str, eps: float) -> pd.DataFrame:
     """Dataset x encoder rows with clean, EmbedAttack and the task attack's score at ``eps``."""
-    key, label, _ = METRIC[task]
+    label = TASKS.get(task).label
     sub = frame[(frame["task"] == task) & ((frame["eps"] - eps).abs() < 1e-9)]
     if sub.empty:
         return pd.DataFrame()
     clean = sub.groupby(["dataset", "encoder_label"])["clean"].mean().rename(f"Clean {label}")
     columns = [clean]
-    for attack in ("embed", TASK_ATTACK[task]):
+    for attack in ("embed", TASKS.get(task).own_attack):
         scores = sub[sub["attack"] == attack].groupby(["dataset", "encoder_label"])["adv"].mean()
-        columns.append(scores.rename(f"{ATTACK_LABEL[attack]} {label}"))
+        columns.append(scores.rename(f"{_attack_label(attack)} {label}"))
     table = pd.concat(columns, axis=1).reset_index()
     return table.rename(columns={"dataset": "Dataset", "encoder_label": "Encoder"})
 
 
 def plot_curves(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
     """One PNG per (task, data set): attacked score against eps*255, a line per encoder x attack."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = []
     for (task, dataset), sub in frame.groupby(["task", "dataset"]):
-        key, label, higher = METRIC[task]
+        spec = TASKS.get(task)
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for (encoder, attack), line in sub.groupby(["encoder_label", "attack"]):
             line = line.groupby("eps")["adv"].mean().sort_index()
-            ax.plot(line.index * 255, line.values, marker="o", label=f"{encoder} · {ATTACK_LABEL.get(attack, attack)}")
-        ax.set(xlabel="ε × 255", ylabel=f"{label} {'↑' if higher else '↓'}", title=f"{dataset} ({task})")
+            ax.plot(line.index * 255, line.values, marker="o", label=f"{encoder} · {_attack_label(attack)}")
+        ax.set(xlabel="ε × 255", ylabel=f"{spec.label} {spec.arrow()}", title=f"{dataset} ({task})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -103,7 +125,7 @@ def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | Non
     frame = results_frame(rows)
     ref = reference_eps(frame, eps)
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p>Tables at ε = {ref * 255:.3g}/255.</p>"]
-    for task in METRIC:
+    for task in TASKS.names():
         table = poster_table(frame, task, ref)
         if table.empty:
             continue

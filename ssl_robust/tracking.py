@@ -17,15 +17,14 @@ import time
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
+from ssl_robust.config import CellCfg
 
-if TYPE_CHECKING:
-    from ssl_robust.config import CellCfg
 
 PHASES = ("head", "attack")
 KEY_TAG = {"head": "head_id", "attack": "cell_id"}
@@ -71,10 +70,19 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name)
+        return client.create_experiment(name, artifact_location=_local_artifact_root(tracking_uri, name))
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
     return exp.experiment_id
+
+
+def _local_artifact_root(tracking_uri: str, name: str) -> str | None:
+    """Artifacts of a SQLite store go beside its database file (MLflow's default is the working
+    directory's ``./mlruns``); a server decides for itself (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (database.parent / "mlruns" / name).as_uri()
 
 
 def _experiment_id(client: MlflowClient, experiment: str) -> str | None:
@@ -96,7 +104,7 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def cell_params(cfg: "CellCfg", phase: str) -> dict[str, str]:
+def cell_params(cfg: CellCfg, phase: str) -> dict[str, str]:
     """Flattened resolved config plus short names (encoder, dataset, task, attack, eps, steps)."""
     full = cfg.model_dump(mode="json")
     short = {"encoder": cfg.encoder.name, "dataset": cfg.data.name, "task": cfg.data.resolved_task}
@@ -173,7 +181,7 @@ def run_results(experiment: str, phase: str = "attack", tracking_uri: str | None
 class CellRun:
     """One MLflow run for one cell (or head): FINISHED on a clean exit, FAILED on an exception."""
 
-    def __init__(self, cfg: "CellCfg", phase: str, experiment_id: str, tracking_uri: str,
+    def __init__(self, cfg: CellCfg, phase: str, experiment_id: str, tracking_uri: str,
                  sweep: str = "") -> None:
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
@@ -264,7 +272,7 @@ def _download(uri: str, dst: Path, tracking_uri: str | None) -> Path:
     return target
 
 
-def fetch_artifact(uri: str, dst_dir: Path | None = None, tracking_uri: str | None = None) -> Path:
+def local_path(uri: str, dst_dir: Path | None = None, tracking_uri: str | None = None) -> Path:
     """A local path for ``s3://``, ``runs:/``, ``mlflow-artifacts:/``, ``file://`` or a plain path.
 
     Remote artifacts are downloaded once into ``dst_dir`` (default: a per-URI cache folder).
@@ -281,3 +289,15 @@ def fetch_artifact(uri: str, dst_dir: Path | None = None, tracking_uri: str | No
     dst = Path(dst_dir) if dst_dir is not None else _cache_dir(uri)
     cached = dst / (Path(parsed.path).name or "artifact")
     return cached if cached.exists() else _download(uri, dst, tracking_uri)
+
+
+def localize(cfg: CellCfg, tracking_uri: str | None = None) -> CellCfg:
+    """The cell with its encoder and head checkpoint URIs resolved to local files (at the edge:
+    the CLI command or the Tune trial, with the sweep's tracking URI)."""
+    updates: dict[str, Any] = {}
+    for part in ("encoder", "head"):
+        section = getattr(cfg, part)
+        if section.checkpoint:
+            local = local_path(section.checkpoint, tracking_uri=tracking_uri)
+            updates[part] = section.model_copy(update={"checkpoint": str(local)})
+    return cfg.model_copy(update=updates)

@@ -1,4 +1,4 @@
-"""The poster's benchmark grid on Ray Tune, tracked in MLflow.
+"""The benchmark sweep on Ray Tune, tracked in MLflow (``ssl-robust sweep`` for ``ray submit``).
 
     python sweeps/full_benchmark.py                                  # sweeps/full_benchmark.yaml
     python sweeps/full_benchmark.py --config sweeps/quickstart.yaml  # offline, a few minutes on CPU
@@ -8,7 +8,7 @@ All options: ``python sweeps/full_benchmark.py --help``.
 """
 import sys
 
-from ssl_robust.sweep import main
+from ssl_robust.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["sweep", *sys.argv[1:]]))

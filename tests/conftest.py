@@ -1,49 +1,32 @@
-"""Shared fixtures: a tiny random-init DINOv2-shaped encoder and tiny cell configs on synthetic data.
-
-The encoder mirrors ``configs/tiny.yaml``: two blocks, width 48, 28-pixel inputs (a 2x2 patch
-grid). ``init_values=1.0`` keeps LayerScale at 1 so random blocks are not identities.
-"""
+"""Shared fixtures: the tiny random-init encoder and tiny cell configs on synthetic data, fitted heads,
+and one real stack per session (S3 endpoint + MLflow server started by infra/local_stack.sh on free
+loopback ports) plus a real local Ray instance per module."""
 from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
+
+from tests.helpers import REPO_ROOT, TASK_ATTACKS, TINY_ENCODER, TINY_IMAGE_SIZE, free_port, merge
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 # Tiny models: one intra-op thread is as fast as two, and far faster when several test
 # processes share the machine's cores (oversubscribed OpenMP threads spin).
 torch.set_num_threads(1)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL_KWARGS: dict[str, Any] = {"depth": 2, "embed_dim": 48, "num_heads": 2, "init_values": 1.0}
-TINY_IMAGE_SIZE = 28
-TASK_ATTACKS = {"classification": "pgd", "segmentation": "segpgd", "depth": "depthpgd"}
-
-
-def merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``updates`` into a copy of ``base`` (nested dicts merged, other values replaced)."""
-    out = copy.deepcopy(base)
-    for key, value in updates.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+BUCKET = "sweep-tests"
 
 
 @pytest.fixture(scope="session")
 def tiny_encoder_cfg() -> dict[str, Any]:
     """EncoderCfg fields of the tiny encoder (no download, no checkpoint)."""
-    return {
-        "name": "dinov2_vits14",
-        "pretrained": False,
-        "image_size": TINY_IMAGE_SIZE,
-        "model_kwargs": dict(TINY_MODEL_KWARGS),
-    }
+    return {"name": TINY_ENCODER}
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +101,7 @@ def fitted_classifier(make_cell_cfg: Callable[..., Any], fitted_head: Callable[[
     """(model, x, y): the tiny encoder + fitted linear classifier, and 32 synthetic test images."""
     from ssl_robust.cell import load_head
     from ssl_robust.config import EncoderCfg
-    from ssl_robust.data import load_split
+    from ssl_robust.data.load import load_split
     from ssl_robust.encoders import create_encoder
     from ssl_robust.heads import TaskModel
 
@@ -130,3 +113,50 @@ def fitted_classifier(make_cell_cfg: Callable[..., Any], fitted_head: Callable[[
     dataset, _ = load_split(cfg.data, "test", TINY_IMAGE_SIZE, seed=cfg.seed)
     images, labels = zip(*[dataset[i] for i in range(len(dataset))])
     return model, torch.stack(images), torch.tensor(labels)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Dummy AWS keys in the environment, a moto S3 server and an `mlflow server` (light mode,
+    SQLite, artifacts proxied to s3://BUCKET) on loopback; yields their URLs."""
+    state = tmp_path_factory.mktemp("stack")
+    s3_port, mlflow_port = free_port(), free_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "sweep-test-key", "AWS_SECRET_ACCESS_KEY": "sweep-test-secret-0123",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{s3_port}",
+        "RAY_AUTH_MODE": "disabled", "XDG_CACHE_HOME": str(state / "cache"),
+    }
+    script_env = {**os.environ, **env, "STATE_DIR": str(state), "S3_PORT": str(s3_port),
+                  "MLFLOW_PORT": str(mlflow_port), "BUCKET": BUCKET, "PYTHON": sys.executable}
+    script = str(REPO_ROOT / "infra" / "local_stack.sh")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+        try:
+            subprocess.run([script, "start"], env=script_env, check=True, timeout=180,
+                           capture_output=True, text=True)
+            yield {"tracking_uri": f"http://127.0.0.1:{mlflow_port}", "bucket": BUCKET,
+                   "secret": env["AWS_SECRET_ACCESS_KEY"], "state": str(state)}
+        finally:
+            subprocess.run([script, "stop"], env=script_env, timeout=60, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def ray_local(stack: dict[str, str]) -> Iterator[None]:
+    """A real local Ray instance with 2 CPUs, started after the stack's environment is set."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3(stack: dict[str, str]) -> Any:
+    import boto3
+
+    return boto3.client("s3")

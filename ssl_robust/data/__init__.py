@@ -1,6 +1,5 @@
-"""Data sets by name: ``DATASETS.get(name)`` and ``load_split(cfg, split, image_size)``."""
-from ssl_robust.data.base import DATASETS, DatasetNotFoundError, DatasetSpec, TaskInfo, load_split
-from ssl_robust.data import synthetic  # noqa: F401  (registers)
-from ssl_robust.data import classification, depth, segmentation  # noqa: F401  (register)
+"""Data sets by name. This package's ``__init__`` stays light (no torch): ``DATASETS`` declares
+every data set; ``ssl_robust.data.load.load_split`` builds one split of one."""
+from ssl_robust.data.catalog import DATASETS, DatasetSpec, TaskInfo
 
-__all__ = ["DATASETS", "DatasetNotFoundError", "DatasetSpec", "TaskInfo", "load_split"]
+__all__ = ["DATASETS", "DatasetSpec", "TaskInfo"]

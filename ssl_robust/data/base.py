@@ -1,57 +1,36 @@
-"""What every data set provides: task metadata, split loading, deterministic subsets."""
+"""What every loader shares: the builder registry, root checks, the split rule, deterministic subsets."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import Callable, Literal
 
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ssl_robust.data.catalog import DATASETS, TaskInfo
 from ssl_robust.registry import Registry
+from ssl_robust.config import DataCfg
 
-if TYPE_CHECKING:
-    from ssl_robust.config import DataCfg
 
 Split = Literal["train", "val", "test"]
 
 
-@dataclass(frozen=True)
-class TaskInfo:
-    """What a head and a metric need to know about a task on a data set."""
+Builder = Callable[[DataCfg, Split, TaskInfo, int], Dataset]
+"""``build(cfg, split, info, image_size)`` returns a torch Dataset of ``(image, target)`` items:
+image float32 [3, H, W] in [0, 1]; target a class index (classification), a long [H, W] mask with
+``info.ignore_index`` for unlabelled pixels (segmentation) or a float32 [H, W] depth map in metres
+with 0 where invalid (depth)."""
 
-    task: str  # classification | segmentation | depth
-    num_classes: int = 0
-    ignore_index: int = 255
-    min_depth: float = 1e-3
-    max_depth: float = 10.0
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A registered data set.
-
-    ``build(cfg, split, info, image_size)`` returns a torch Dataset whose items are
-    ``(image, target)``: image float32 [3, H, W] in [0, 1]; target a class index (classification),
-    a long [H, W] mask with ``info.ignore_index`` for unlabelled pixels (segmentation) or a float32
-    [H, W] depth map in metres with 0 where invalid (depth).
-    """
-
-    infos: dict[str, TaskInfo]
-    build: Callable[["DataCfg", Split, TaskInfo, int], Dataset]
-    needs_root: bool = True
-    how_to_get: str = ""
-
-
-DATASETS: Registry[DatasetSpec] = Registry("dataset")
+LOADERS: Registry[Builder] = Registry("data set loader")
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A data root that is missing or incomplete; the message says what to put where."""
 
 
-def require_files(dataset: str, root: Path | None, expected: list[str], how_to_get: str) -> Path:
+def require_files(dataset: str, root: Path | None, expected: list[str]) -> Path:
     """Fail before any work if ``root`` lacks any of ``expected`` (paths relative to root)."""
+    how_to_get = DATASETS.get(dataset).how_to_get
     if root is None:
         raise DatasetNotFoundError(
             f"data set {dataset!r} needs data.root; expected files: {expected}. {how_to_get}"
@@ -90,12 +69,3 @@ def pick_split(total: int, split: Split, val_fraction: float) -> list[int]:
         return list(range(total))
     train, val = train_val_indices(total, val_fraction, seed=0)
     return train if split == "train" else val
-
-
-def load_split(cfg: "DataCfg", split: Split, image_size: int, seed: int = 0) -> tuple[Dataset, TaskInfo]:
-    """Build one split of the configured data set, limited to the configured number of items."""
-    spec = DATASETS.get(cfg.name)
-    info = spec.infos[cfg.resolved_task]
-    dataset = spec.build(cfg, split, info, image_size)
-    limit = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_samples}[split]
-    return deterministic_subset(dataset, limit, seed), info

@@ -10,17 +10,17 @@ import functools
 import os
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ssl_robust.data.base import DATASETS, DatasetSpec, Split, TaskInfo, pick_split, require_files
+from ssl_robust.data.base import LOADERS, Split, pick_split, require_files
+from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.transforms import image_to_tensor
+from ssl_robust.config import DataCfg
 
-if TYPE_CHECKING:
-    from ssl_robust.config import DataCfg
 
 CIFAR_LAYOUTS = {  # name: (torchvision class, folder, files)
     "cifar10": ("CIFAR10", "cifar-10-batches-py",
@@ -29,17 +29,6 @@ CIFAR_LAYOUTS = {  # name: (torchvision class, folder, files)
 }
 STL10_FILES = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"]
 STL10_IMAGE_BYTES = 3 * 96 * 96
-
-
-def how_to_get(archive: str, url: str) -> str:
-    """Where a torchvision data set comes from."""
-    return (f"Set data.download=true to fetch it with torchvision, or download {archive} from {url} "
-            f"and extract it under data.root.")
-
-
-CIFAR10_HOW = how_to_get("cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html")
-CIFAR100_HOW = how_to_get("cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html")
-STL10_HOW = how_to_get("stl10_binary.tar.gz", "https://cs.stanford.edu/~acoates/stl10/")
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str, first: int = 0) -> None:
@@ -126,11 +115,11 @@ def structural_class(name: str) -> type:
     return type(f"Structural{base}", (_CifarStructure, getattr(datasets, base)), {})
 
 
-def _torchvision_root(cfg: DataCfg, name: str, folder: str, files: list[str], how: str) -> Path:
+def _torchvision_root(cfg: DataCfg, name: str, folder: str, files: list[str]) -> Path:
     """The root to hand torchvision; without ``data.download`` every file must be there."""
     if cfg.root is not None and cfg.download:
         return Path(cfg.root).expanduser()
-    return require_files(name, cfg.root, [f"{folder}/{f}" for f in files], how)
+    return require_files(name, cfg.root, [f"{folder}/{f}" for f in files])
 
 
 def _open(factory: Callable[[], Dataset], where: str) -> Dataset:
@@ -141,12 +130,12 @@ def _open(factory: Callable[[], Dataset], where: str) -> Dataset:
         raise ValueError(f"{where}: files do not parse in the official format ({err!r})") from err
 
 
-def _build_cifar(name: str, how: str) -> Callable[..., Dataset]:
+def _build_cifar(name: str) -> Callable[..., Dataset]:
     """A ``DatasetSpec.build`` for CIFAR: train/val from the train batches, test = the test batch."""
     _, folder, files = CIFAR_LAYOUTS[name]
 
     def build(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> Dataset:
-        root = _torchvision_root(cfg, name, folder, files, how)
+        root = _torchvision_root(cfg, name, folder, files)
         where = f"data set {name!r} ({root / folder})"
         cls = structural_class(name)
         raw = _open(lambda: cls(str(root), train=split != "test", download=cfg.download), where)
@@ -163,7 +152,7 @@ def _build_cifar(name: str, how: str) -> Callable[..., Dataset]:
 
 def build_stl10(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> Dataset:
     """STL-10: the 5000 labelled train images give train/val, the 8000 test images give test."""
-    root = _torchvision_root(cfg, "stl10", "stl10_binary", STL10_FILES, STL10_HOW)
+    root = _torchvision_root(cfg, "stl10", "stl10_binary", STL10_FILES)
     where = f"data set 'stl10' ({root / 'stl10_binary'})"
     problems = stl10_problems(root / "stl10_binary")
     if problems and not cfg.download:
@@ -179,18 +168,6 @@ def build_stl10(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> 
     return ArrayClassification(images, labels, indices, image_size)
 
 
-DATASETS.register("cifar10")(DatasetSpec(
-    infos={"classification": TaskInfo("classification", num_classes=10)},
-    build=_build_cifar("cifar10", CIFAR10_HOW),
-    how_to_get=CIFAR10_HOW,
-))
-DATASETS.register("cifar100")(DatasetSpec(
-    infos={"classification": TaskInfo("classification", num_classes=100)},
-    build=_build_cifar("cifar100", CIFAR100_HOW),
-    how_to_get=CIFAR100_HOW,
-))
-DATASETS.register("stl10")(DatasetSpec(
-    infos={"classification": TaskInfo("classification", num_classes=10)},
-    build=build_stl10,
-    how_to_get=STL10_HOW,
-))
+LOADERS.register("cifar10")(_build_cifar("cifar10"))
+LOADERS.register("cifar100")(_build_cifar("cifar100"))
+LOADERS.register("stl10")(build_stl10)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
@@ -17,17 +17,14 @@ import scipy.io
 import torch
 from torch.utils.data import Dataset
 
-from ssl_robust.data.base import DATASETS, DatasetSpec, Split, TaskInfo, pick_split, require_files
+from ssl_robust.data.base import LOADERS, Split, pick_split, require_files
+from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.transforms import depth_to_tensor, image_to_tensor
+from ssl_robust.config import DataCfg
 
-if TYPE_CHECKING:
-    from ssl_robust.config import DataCfg
 
 NYU_MAT = "nyu_depth_v2_labeled.mat"
 NYU_SPLITS = "splits.mat"
-NYU_HOW = ("Download nyu_depth_v2_labeled.mat (the labelled data set) and splits.mat (the standard "
-           "795/654 train/test split) from https://cs.nyu.edu/~fergus/datasets/nyu_depth_v2.html into "
-           "data.root (data.download is not supported for this data set).")
 EIGEN_FRAME = (480, 640)
 EIGEN_CROP = (45, 471, 41, 601)  # top, bottom, left, right on the 480x640 frame
 
@@ -119,7 +116,7 @@ class NYUDepth(Dataset):
 
 def build_nyuv2(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> Dataset:
     """Train/val carved from the 795 train images; test = the 654 standard test images."""
-    root = require_files("nyuv2", cfg.root, [NYU_MAT, NYU_SPLITS], NYU_HOW)
+    root = require_files("nyuv2", cfg.root, [NYU_MAT, NYU_SPLITS])
     total = check_nyu_mat(root / NYU_MAT)
     train, test = read_nyu_splits(root / NYU_SPLITS, total)
     official = test if split == "test" else train
@@ -128,8 +125,4 @@ def build_nyuv2(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> 
     return NYUDepth(root / NYU_MAT, chosen, image_size, info.max_depth, crop)
 
 
-DATASETS.register("nyuv2")(DatasetSpec(
-    infos={"depth": TaskInfo("depth", min_depth=1e-3, max_depth=10.0)},
-    build=build_nyuv2,
-    how_to_get=NYU_HOW,
-))
+LOADERS.register("nyuv2")(build_nyuv2)

@@ -7,29 +7,21 @@ ValueError naming the file instead of being wrapped or silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ssl_robust.data.base import (DATASETS, DatasetNotFoundError, DatasetSpec, Split, TaskInfo,
-                                  pick_split, require_files)
+from ssl_robust.data.base import LOADERS, DatasetNotFoundError, Split, pick_split, require_files
+from ssl_robust.data.catalog import DATASETS, TaskInfo
 from ssl_robust.data.transforms import image_to_tensor, mask_to_tensor
+from ssl_robust.config import DataCfg
 
-if TYPE_CHECKING:
-    from ssl_robust.config import DataCfg
 
 Pair = tuple[Path, Path]
 
-VOC_HOW = ("Download VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ "
-           "and extract it under data.root (data.download is not supported for this data set).")
-ADE_HOW = ("Download ADEChallengeData2016.zip from http://sceneparsing.csail.mit.edu/ and extract it "
-           "under data.root (data.download is not supported for this data set).")
-CITYSCAPES_HOW = ("Log in at https://www.cityscapes-dataset.com/downloads/, download "
-                  "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip and extract both under "
-                  "data.root (data.download is not supported for this data set).")
 
 # Cityscapes labelIds -> the 19 train ids of the benchmark; every other id is ignored.
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
@@ -104,8 +96,9 @@ class PairedSegmentation(Dataset):
         return pixels, mask_to_tensor(labels, self.image_size)
 
 
-def require_pairs(dataset: str, searched: Path, pairs: list[Pair], how: str) -> list[Pair]:
+def require_pairs(dataset: str, searched: Path, pairs: list[Pair]) -> list[Pair]:
     """Fail before any work if the split is empty or any listed image or label file is missing."""
+    how = DATASETS.get(dataset).how_to_get
     if not pairs:
         raise DatasetNotFoundError(f"data set {dataset!r}: searched {searched}, found no images. {how}")
     missing = [str(p) for pair in pairs for p in pair if not p.is_file()]
@@ -129,30 +122,30 @@ def voc_pairs(cfg_root: Path | None, official: str) -> list[Pair]:
     rel = voc_base(root).relative_to(root) if root is not None else Path("VOCdevkit/VOC2012")
     expected = [str(rel / p) for p in ("JPEGImages", "SegmentationClass",
                                        f"ImageSets/Segmentation/{official}.txt")]
-    base = require_files("voc2012", root, expected, VOC_HOW) / rel
+    base = require_files("voc2012", root, expected) / rel
     names = (base / "ImageSets" / "Segmentation" / f"{official}.txt").read_text().split()
     pairs = [(base / "JPEGImages" / f"{n}.jpg", base / "SegmentationClass" / f"{n}.png") for n in names]
-    return require_pairs("voc2012", base, pairs, VOC_HOW)
+    return require_pairs("voc2012", base, pairs)
 
 
 def ade_pairs(cfg_root: Path | None, official: str) -> list[Pair]:
     """(JPEG, annotation PNG) pairs of ``ADEChallengeData2016/*/<official>``, matched by file stem."""
     folders = [f"ADEChallengeData2016/images/{official}", f"ADEChallengeData2016/annotations/{official}"]
-    root = require_files("ade20k", cfg_root, folders, ADE_HOW)
+    root = require_files("ade20k", cfg_root, folders)
     images, annotations = root / folders[0], root / folders[1]
     pairs = [(p, annotations / f"{p.stem}.png") for p in sorted(images.glob("*.jpg"))]
-    return require_pairs("ade20k", images, pairs, ADE_HOW)
+    return require_pairs("ade20k", images, pairs)
 
 
 def cityscapes_pairs(cfg_root: Path | None, official: str) -> list[Pair]:
     """(leftImg8bit PNG, gtFine labelIds PNG) pairs of every city in ``official``."""
     folders = [f"leftImg8bit/{official}", f"gtFine/{official}"]
-    root = require_files("cityscapes", cfg_root, folders, CITYSCAPES_HOW)
+    root = require_files("cityscapes", cfg_root, folders)
     suffix = "_leftImg8bit.png"
     images = sorted((root / folders[0]).glob(f"*/*{suffix}"))
     pairs = [(p, root / folders[1] / p.parent.name / (p.name[:-len(suffix)] + "_gtFine_labelIds.png"))
              for p in images]
-    return require_pairs("cityscapes", root / folders[0], pairs, CITYSCAPES_HOW)
+    return require_pairs("cityscapes", root / folders[0], pairs)
 
 
 def _builder(find_pairs: Callable[[Path | None, str], list[Pair]],
@@ -167,14 +160,6 @@ def _builder(find_pairs: Callable[[Path | None, str], list[Pair]],
     return build
 
 
-def _register(name: str, num_classes: int, build: Callable[..., Dataset], how: str) -> None:
-    DATASETS.register(name)(DatasetSpec(
-        infos={"segmentation": TaskInfo("segmentation", num_classes=num_classes, ignore_index=255)},
-        build=build, how_to_get=how,
-    ))
-
-
-_register("voc2012", 21, _builder(voc_pairs, voc_label_map, ("train", "val")), VOC_HOW)
-_register("ade20k", 150, _builder(ade_pairs, ade_label_map, ("training", "validation")), ADE_HOW)
-_register("cityscapes", 19, _builder(cityscapes_pairs, cityscapes_label_map, ("train", "val")),
-          CITYSCAPES_HOW)
+LOADERS.register("voc2012")(_builder(voc_pairs, voc_label_map, ("train", "val")))
+LOADERS.register("ade20k")(_builder(ade_pairs, ade_label_map, ("training", "validation")))
+LOADERS.register("cityscapes")(_builder(cityscapes_pairs, cityscapes_label_map, ("train", "val")))

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ssl_robust.data.base import DATASETS, DatasetSpec, Split, TaskInfo
+from ssl_robust.data.base import LOADERS, Split
+from ssl_robust.data.catalog import SYNTHETIC_CLASSES, TaskInfo
 
-NUM_OBJECT_CLASSES = 4
+NUM_OBJECT_CLASSES = SYNTHETIC_CLASSES
 SPLIT_SIZES = {"train": 512, "val": 128, "test": 256}
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 PALETTE = np.array([[0.85, 0.2, 0.2], [0.2, 0.75, 0.25], [0.2, 0.3, 0.85], [0.9, 0.8, 0.2]])
@@ -62,14 +63,6 @@ class SyntheticDataset(Dataset):
         return image, target
 
 
-DATASETS.register("synthetic")(
-    DatasetSpec(
-        infos={
-            "classification": TaskInfo("classification", num_classes=NUM_OBJECT_CLASSES),
-            "segmentation": TaskInfo("segmentation", num_classes=NUM_OBJECT_CLASSES + 1, ignore_index=255),
-            "depth": TaskInfo("depth", min_depth=1e-3, max_depth=10.0),
-        },
-        build=lambda cfg, split, info, image_size: SyntheticDataset(split, info.task, image_size),
-        needs_root=False,
-    )
-)
+@LOADERS.register("synthetic")
+def build_synthetic(cfg: "DataCfg", split: Split, info: TaskInfo, image_size: int) -> Dataset:
+    return SyntheticDataset(split, info.task, image_size)

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from ssl_robust.config import DataCfg
-from ssl_robust.data import DATASETS, DatasetNotFoundError, load_split
+from ssl_robust.data import DATASETS
+from ssl_robust.data.base import LOADERS, DatasetNotFoundError
+from ssl_robust.data.load import load_split
 
 from .fixtures import write_cifar10, write_cifar100, write_stl10
 
@@ -57,10 +59,10 @@ def test_pixels_match_written_images(tmp_path, name, writer, folder, num_classes
 def test_train_and_val_are_disjoint_and_deterministic(cifar100_data):
     root, _ = cifar100_data
     cfg = DataCfg(name="cifar100", root=root, val_fraction=0.25)
-    spec, info = DATASETS.get("cifar100"), DATASETS.get("cifar100").infos["classification"]
-    train, val = spec.build(cfg, "train", info, 28), spec.build(cfg, "val", info, 28)
+    build, info = LOADERS.get("cifar100"), DATASETS.get("cifar100").infos["classification"]
+    train, val = build(cfg, "train", info, 28), build(cfg, "val", info, 28)
     assert set(train.indices).isdisjoint(val.indices) and len(train.indices) + len(val.indices) == 8
-    assert spec.build(cfg, "val", info, 28).indices == val.indices
+    assert build(cfg, "val", info, 28).indices == val.indices
 
 
 @pytest.mark.parametrize("name,writer,bad,match", [

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ssl_robust.config import DataCfg
-from ssl_robust.data import DatasetNotFoundError, load_split
+from ssl_robust.data.base import DatasetNotFoundError
+from ssl_robust.data.load import load_split
 from ssl_robust.data.depth import eigen_crop_mask
 from ssl_robust.data.transforms import depth_to_tensor, image_to_tensor
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 
 from ssl_robust.config import DataCfg
-from ssl_robust.data import DATASETS, DatasetNotFoundError, load_split
+from ssl_robust.data import DATASETS
+from ssl_robust.data.base import DatasetNotFoundError
+from ssl_robust.data.load import load_split
 
 EXPECTED = {  # name: (task, num_classes, ignore_index)
     "cifar10": ("classification", 10, 255),
@@ -31,3 +33,9 @@ def test_registered_with_task_info(name):
 def test_no_root_names_the_data_set(name):
     with pytest.raises(DatasetNotFoundError, match=f"{name}.*needs data.root"):
         load_split(DataCfg(name=name), "test", image_size=28)
+
+
+def test_every_declared_data_set_has_a_loader_and_no_loader_is_undeclared() -> None:
+    from ssl_robust.data.base import LOADERS
+
+    assert LOADERS.names() == DATASETS.names()

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from ssl_robust.config import DataCfg
-from ssl_robust.data import DatasetNotFoundError, load_split
+from ssl_robust.data.base import DatasetNotFoundError
+from ssl_robust.data.load import load_split
 from ssl_robust.data.transforms import mask_to_tensor
 
 from .fixtures import write_ade20k, write_cityscapes, write_voc

@@ -9,9 +9,9 @@ import torch
 from sklearn.metrics import accuracy_score, jaccard_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from ssl_robust.cell import ScoreAccumulator
 from ssl_robust.data import TaskInfo
-from ssl_robust.metrics import accuracy, confusion_matrix, depth_metrics, mean_iou, miou_from_confusion
+from ssl_robust.metrics import (ClassificationScores, DepthScores, SegmentationScores, accuracy, confusion_matrix, depth_metrics,
+                                mean_iou, miou_from_confusion)
 
 IGNORE = 255
 NUM_CLASSES = 6  # labels and predictions use only 0..3: classes 4 and 5 are absent from both
@@ -117,7 +117,7 @@ def test_miou_accumulated_over_batches_equals_miou_of_all_pixels() -> None:
 def test_score_accumulator_segmentation_matches_sklearn() -> None:
     pred, target = random_segmentation(5, shape=(6, 8, 8))
     logits = torch.nn.functional.one_hot(pred, NUM_CLASSES).permute(0, 3, 1, 2).float()
-    acc = ScoreAccumulator(TaskInfo("segmentation", num_classes=NUM_CLASSES, ignore_index=IGNORE))
+    acc = SegmentationScores(TaskInfo("segmentation", num_classes=NUM_CLASSES, ignore_index=IGNORE))
     for i in range(0, 6, 4):
         acc.add(logits[i:i + 4], target[i:i + 4])
     summary = acc.summary()
@@ -131,7 +131,7 @@ def test_score_accumulator_segmentation_matches_sklearn() -> None:
 def test_score_accumulator_classification_is_accuracy() -> None:
     gen = torch.Generator().manual_seed(6)
     logits, labels = torch.randn(10, 4, generator=gen), torch.randint(4, (10,), generator=gen)
-    acc = ScoreAccumulator(TaskInfo("classification", num_classes=4))
+    acc = ClassificationScores(TaskInfo("classification", num_classes=4))
     acc.add(logits[:7], labels[:7])
     acc.add(logits[7:], labels[7:])
     assert acc.summary()["acc"] == pytest.approx(accuracy_score(labels.numpy(), logits.argmax(1).numpy()))
@@ -152,7 +152,7 @@ def test_depth_metrics_match_numpy_per_image_then_averaged(seed: int) -> None:
 
 def test_score_accumulator_depth_matches_numpy_over_batches() -> None:
     pred, target = random_depth(2, shape=(5, 6, 6))
-    acc = ScoreAccumulator(TaskInfo("depth", min_depth=1e-3, max_depth=10.0))
+    acc = DepthScores(TaskInfo("depth", min_depth=1e-3, max_depth=10.0))
     acc.add(torch.from_numpy(pred[:3]), torch.from_numpy(target[:3]))
     acc.add(torch.from_numpy(pred[3:]), torch.from_numpy(target[3:]))
     expected = numpy_depth_metrics(pred, target, 1e-3, 10.0)

@@ -25,9 +25,9 @@ def by_hand_ce(logits: torch.Tensor, label: int) -> float:
 def test_registered_objectives_are_the_module_functions() -> None:
     assert OBJECTIVES.get("embed_l2") is embed_l2
     assert OBJECTIVES.get("embed_cos") is embed_cos
-    assert OBJECTIVES.get("ce") is cross_entropy
+    assert OBJECTIVES.get("cross_entropy") is cross_entropy
     assert OBJECTIVES.get("segpgd") is segpgd
-    assert OBJECTIVES.get("depth") is silog
+    assert OBJECTIVES.get("silog") is silog
 
 
 # ----------------------------------------------------------------------------- embedding, CE

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from ssl_robust.cli import main
-from ssl_robust.config import load_cell_cfg
+from ssl_robust.config import CellCfg, load_config
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO_ROOT
 FAST = ["attack.steps=2", "data.n_train=64", "data.n_val=16", "data.n_samples=8", "head.epochs=3"]
 
 
@@ -30,7 +30,7 @@ def table(stdout: str) -> dict[str, float]:
 def test_run_prints_metrics_table_and_returns_zero(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "configs/tiny.yaml", *FAST]) == 0
     out = capsys.readouterr().out
-    cell_id = load_cell_cfg("configs/tiny.yaml", FAST).cell_id
+    cell_id = load_config(CellCfg, "configs/tiny.yaml", FAST).cell_id
     assert out.splitlines()[0].startswith(f"cell {cell_id}:")
     rows = table(out)
     assert {"clean/acc", "adv/acc", "check/all_passed", "attack/max_delta"} <= set(rows)

@@ -14,9 +14,9 @@ import pytest
 from mlflow import MlflowClient
 
 from ssl_robust import tracking
-from ssl_robust.sweep import main
+from ssl_robust.cli import main
 from ssl_robust.sweep_config import load_sweep
-from tests.sweep.conftest import tiny_sweep, write_sweep
+from tests.helpers import tiny_sweep, write_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,8 @@ def by_status(runs: list[Any], phase: str) -> Counter:
 
 
 def sweep_args(config: Path, stack: dict[str, str], tmp_path: Path, *extra: str) -> list[str]:
-    return ["--config", str(config), "--tracking-uri", stack["tracking_uri"],
-            "--storage-path", str(tmp_path / "ray_results"), *extra]
+    return ["sweep", "--config", str(config), "--tracking-uri", stack["tracking_uri"],
+            "--storage-path", str(tmp_path / "ray_results"), "--report", str(tmp_path / "report"), *extra]
 
 
 def is_ray_worker(pid: int) -> bool:
@@ -124,7 +124,8 @@ def test_killed_cells_are_rerun_to_exactly_one_finished_run(stack: dict[str, str
     name = "e2e-resume"
     # Embed attacks run every step (no early stop), so a cell lasts long enough to be killed.
     data = tiny_sweep(name, encoders=tiny_sweep(name)["encoders"][:1], attacks=["embed"],
-                      eps=["2/255", "4/255", "8/255", "16/255"], steps=[40], n_samples=64)
+                      eps=["2/255", "4/255", "8/255", "16/255"], steps=[40],
+                      defaults={"head": {"epochs": 2}, "data": {"n_samples": 64}, "device": "cpu"})
     config = write_sweep(tmp_path / "resume.yaml", data)
     _, cells = load_sweep(config)
     uri = stack["tracking_uri"]
@@ -149,15 +150,15 @@ def test_killed_cells_are_rerun_to_exactly_one_finished_run(stack: dict[str, str
     assert client.get_run(second.killed).info.status == "FAILED"
 
 
-def test_fetch_artifact_reads_s3_from_the_configured_endpoint(stack: dict[str, str], s3: Any,
+def test_local_path_reads_s3_from_the_configured_endpoint(stack: dict[str, str], s3: Any,
                                                               tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     s3.put_object(Bucket=stack["bucket"], Key="checkpoints/enc.safetensors", Body=b"encoder")
     uri = f"s3://{stack['bucket']}/checkpoints/enc.safetensors"
-    assert tracking.fetch_artifact(uri, tmp_path / "a").read_bytes() == b"encoder"
+    assert tracking.local_path(uri, tmp_path / "a").read_bytes() == b"encoder"
     endpoint = os.environ["AWS_ENDPOINT_URL_S3"]
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
-    got = tracking.fetch_artifact(uri, tmp_path / "b")
+    got = tracking.local_path(uri, tmp_path / "b")
     assert got == tmp_path / "b" / "enc.safetensors" and got.read_bytes() == b"encoder"
-    assert tracking.fetch_artifact(uri, tmp_path / "b") == got  # cached: no second download
+    assert tracking.local_path(uri, tmp_path / "b") == got  # cached: no second download

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from ssl_robust.config import EncoderCfg
-from ssl_robust.encoders import ALIASES, check_encoder_name, create_encoder, resolve_name
+from ssl_robust.aliases import ENCODERS
+from ssl_robust.encoders import check_encoder_name, create_encoder, timm_name
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -125,10 +126,24 @@ def test_gradients_flow_to_the_input(tiny_encoder_cfg, output: str) -> None:
 
 
 def test_aliases_resolve_to_timm_models() -> None:
-    for alias, name in ALIASES.items():
-        assert resolve_name(alias) == name
-        assert timm.is_model(name), alias
-    assert resolve_name("vit_small_patch16_224") == "vit_small_patch16_224"
+    for alias in ENCODERS.names():
+        assert timm.is_model(timm_name(alias)), alias
+    assert timm_name("vit_small_patch16_224") == "vit_small_patch16_224"
+
+
+def test_mean_and_std_come_from_the_alias_unless_given(tiny_encoder_cfg) -> None:
+    default = create_encoder(EncoderCfg(**tiny_encoder_cfg))
+    assert default.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+    explicit = create_encoder(EncoderCfg(**tiny_encoder_cfg, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+    assert explicit.std.flatten().tolist() == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_a_checkpoint_on_an_untagged_timm_name_needs_mean_and_std() -> None:
+    with pytest.raises(ValueError, match="encoder.mean"):
+        EncoderCfg(name="vit_base_patch16_224", checkpoint="dino.pth")
+    EncoderCfg(name="vit_base_patch16_224", checkpoint="dino.pth", mean=(0.485, 0.456, 0.406),
+               std=(0.229, 0.224, 0.225))
+    EncoderCfg(name="vit_base_patch16_224.dino", checkpoint="dino.pth")  # the tag carries them
 
 
 def test_unknown_encoder_name_suggests_near_names() -> None:
@@ -190,11 +205,16 @@ def test_dinov2_hub_state_dict_at_another_resolution_resamples_position_embeddin
     torch.testing.assert_close(loaded.model.cls_token, source.model.cls_token)
 
 
+def test_a_checkpoint_uri_must_be_resolved_before_building(tiny_encoder_cfg) -> None:
+    with pytest.raises(ValueError, match="tracking.local_path"):
+        make_encoder(tiny_encoder_cfg, checkpoint="s3://bucket/encoder.safetensors")
+
+
 def test_safetensors_checkpoint_loads_with_identical_outputs(tiny_encoder_cfg, tmp_path: Path) -> None:
     source = make_encoder(tiny_encoder_cfg, seed=1)
     path = tmp_path / "encoder.safetensors"
     save_file({k: v.contiguous() for k, v in source.model.state_dict().items()}, str(path))
-    loaded = make_encoder(tiny_encoder_cfg, seed=2, checkpoint=f"file://{path}")
+    loaded = make_encoder(tiny_encoder_cfg, seed=2, checkpoint=str(path))
     assert_same_encoder_outputs(loaded, source, size=28)
 
 
@@ -208,7 +228,7 @@ def test_lightning_style_prefixed_state_dict_loads(tiny_encoder_cfg, tmp_path: P
 @pytest.mark.parametrize("mismatch", ["deeper", "unrelated_tensors"])
 def test_checkpoint_that_does_not_fit_raises_value_error(tiny_encoder_cfg, tmp_path: Path, mismatch: str) -> None:
     if mismatch == "deeper":
-        other = make_encoder(tiny_encoder_cfg, model_kwargs={**tiny_encoder_cfg["model_kwargs"], "depth": 3})
+        other = make_encoder(tiny_encoder_cfg, model_kwargs={"depth": 3})
         state = other.model.state_dict()
     else:
         state = {"linear.weight": torch.zeros(3, 3)}
@@ -219,7 +239,7 @@ def test_checkpoint_that_does_not_fit_raises_value_error(tiny_encoder_cfg, tmp_p
 
 
 def test_checkpoint_of_another_width_raises_value_error(tiny_encoder_cfg, tmp_path: Path) -> None:
-    other = make_encoder(tiny_encoder_cfg, model_kwargs={**tiny_encoder_cfg["model_kwargs"], "embed_dim": 64})
+    other = make_encoder(tiny_encoder_cfg, model_kwargs={"embed_dim": 64})
     path = tmp_path / "wider.pth"
     torch.save(other.model.state_dict(), path)
     with pytest.raises(ValueError, match="does not fit"):

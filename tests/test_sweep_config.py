@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from ssl_robust.sweep_config import SweepConfigError, expand, head_groups, load_sweep, parse_sweep
-from tests.sweep.conftest import REPO_ROOT, tiny_sweep, write_sweep
+from ssl_robust.cli import main
+from ssl_robust.config import ConfigError
+from ssl_robust.sweep_config import expand, head_groups, load_sweep, parse_sweep
+from tests.helpers import REPO_ROOT, tiny_sweep, write_sweep
 
 
 def test_tiny_grid_is_encoders_x_attacks_x_eps() -> None:
@@ -29,7 +31,8 @@ def test_attacks_that_do_not_fit_a_task_are_skipped() -> None:
 
 
 def test_fixed_fields_reach_every_cell(tmp_path: Path) -> None:
-    data = tiny_sweep("t", data_root=str(tmp_path), seed=3, batch_size=8,
+    data = tiny_sweep("t", data_root=str(tmp_path), defaults={"seed": 3, "batch_size": 8, "head": {"epochs": 2},
+                                                              "data": {"n_samples": 16}},
                       datasets=[{"name": "synthetic", "task": "depth", "n_samples": 4}], attacks=["embed"])
     cells = expand(parse_sweep(data))
     assert all(c.seed == 3 and c.batch_size == 8 and c.head.epochs == 2 for c in cells)
@@ -38,8 +41,7 @@ def test_fixed_fields_reach_every_cell(tmp_path: Path) -> None:
 
 
 def test_disabled_encoders_and_duplicates_are_left_out() -> None:
-    encoders = [*tiny_sweep("t")["encoders"], {**tiny_sweep("t")["encoders"][0], "checkpoint": "s3://b/k",
-                                               "enabled": False}]
+    encoders = [*tiny_sweep("t")["encoders"], {"name": "tiny_dinov2", "checkpoint": "s3://b/k", "enabled": False}]
     cells = expand(parse_sweep(tiny_sweep("t", encoders=encoders, eps=[0, 0.0, "0/255"])))
     assert len(cells) == 2 * 2 * 1
     assert all(c.encoder.checkpoint is None for c in cells)
@@ -64,18 +66,20 @@ def test_shipped_sweeps_validate() -> None:
         ({"attacks": ["embed", "pgdd"]}, ["attacks.1.name", "'pgd'", "Known:"]),
         ({"encoders": ["dinov2_vits15"]}, ["encoders.0.name", "'dinov2_vits14'"]),
         ({"datasets": [{"name": "synthetic", "task": "detection"}]},
-         ["datasets.0.task", "'classification', 'segmentation' or 'depth'"]),
+         ["datasets.0.task", "'detection'", "allowed: ['classification', 'depth', 'segmentation']"]),
         ({"resources": {"gpus": 1}}, ["resources.gpus", "allowed: ['cpu', 'gpu']"]),
-        ({"head": {"epoch": 3}}, ["head.epoch", "'epochs'"]),
+        ({"defaults": {"head": {"epoch": 3}}}, ["defaults.head.epoch", "'epochs'"]),
+        ({"defaults": {"seed": "x"}}, ["defaults.seed"]),
+        ({"seed": 1}, ["seed: Extra inputs", "'defaults'"]),
         ({"attacks": [{"name": "pgd", "eps": 0.1}]}, ["attacks.0", "sweep axes"]),
         ({"eps": ["8/two"]}, ["eps.0", "8/255"]),
         ({"attacks": ["segpgd"]}, ["datasets.0", "allowed for classification", "'pgd'"]),
-        ({"head": {"checkpoint": "x.safetensors"}}, ["head.checkpoint"]),
+        ({"defaults": {"head": {"checkpoint": "x.safetensors"}}}, ["defaults.head.checkpoint"]),
         ({"eps": []}, ["eps:"]),
     ],
 )
 def test_bad_configs_name_the_field(change: dict, expected: list[str]) -> None:
-    with pytest.raises(SweepConfigError) as err:
+    with pytest.raises(ConfigError) as err:
         parse_sweep(tiny_sweep("t", **change), "bad.yaml")
     message = str(err.value)
     assert message.startswith("bad.yaml: ")
@@ -86,19 +90,15 @@ def test_bad_configs_name_the_field(change: dict, expected: list[str]) -> None:
 def test_bad_config_fails_before_ray_starts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import ray
 
-    from ssl_robust.sweep import main
-
     path = write_sweep(tmp_path / "bad.yaml", tiny_sweep("bad", attacks=["embed", "pgdd"]))
-    assert main(["--config", str(path), "--address", "local"]) == 2
+    assert main(["sweep", "--config", str(path), "--address", "local"]) == 2
     assert not ray.is_initialized()
     err = capsys.readouterr().err
     assert "attacks.1.name" in err and "Did you mean 'pgd'" in err
 
 
 def test_dry_run_lists_the_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from ssl_robust.sweep import main
-
     path = write_sweep(tmp_path / "ok.yaml", tiny_sweep("ok"))
-    assert main(["--config", str(path), "--dry-run", "seed=1"]) == 0
+    assert main(["sweep", str(path), "--dry-run", "defaults.seed=1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 8 and all("synthetic classification" in line for line in lines)

@@ -151,19 +151,27 @@ def test_l2_cell_stays_inside_the_l2_ball(make_cell_cfg, fitted_head, task: str)
     assert check_flags(metrics)["check/all_passed"] == 1.0
 
 
-def test_depth_head_bins_span_the_configured_depth_range(make_cell_cfg, tmp_path: Path) -> None:
+def test_depth_head_bins_span_the_data_sets_depth_range(make_cell_cfg, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     from ssl_robust.cell import prepare_head
+    from ssl_robust.data import DATASETS
 
-    cfg = make_cell_cfg("depth", head={"epochs": 1, "min_depth": 0.5, "max_depth": 20.0, "n_bins": 16})
+    cfg = make_cell_cfg("depth", head={"epochs": 1, "n_bins": 16})
     prepare_head(cfg, tmp_path / "head.safetensors")
     centres = load_file(str(tmp_path / "head.safetensors"))["centres"].flatten()
+    info = DATASETS.get("synthetic").infos["depth"]
     assert centres.numel() == 16
-    assert float(centres[0]) == pytest.approx(0.5) and float(centres[-1]) == pytest.approx(20.0)
+    assert float(centres[0]) == pytest.approx(info.min_depth) and float(centres[-1]) == pytest.approx(info.max_depth)
 
 
-@pytest.mark.parametrize("attack", ["embed_cos", "embedattack"])
+def test_the_depth_range_is_not_a_head_setting(make_cell_cfg) -> None:
+    """One home: the loader, the head and the metrics all read the data set's range."""
+    with pytest.raises(ValueError, match="max_depth"):
+        make_cell_cfg("depth", head={"max_depth": 20.0})
+
+
+@pytest.mark.parametrize("attack", ["embed_cos"])
 def test_other_embedding_attacks_run_with_all_checks_passing(make_cell_cfg, fitted_head, attack: str) -> None:
     cfg = make_cell_cfg("segmentation", attack={"name": attack, "eps": EMBED_EPS},
                         head={"checkpoint": str(fitted_head("segmentation"))})

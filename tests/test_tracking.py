@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from ssl_robust import tracking
 from ssl_robust.config import CellCfg
 from ssl_robust.sweep_config import expand, parse_sweep
-from tests.sweep.conftest import tiny_sweep
+from tests.helpers import tiny_sweep
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_params_are_the_flat_resolved_config(cells: list[CellCfg]) -> None:
     assert params["encoder"] == cell.encoder.name and params["dataset"] == "synthetic"
     assert params["task"] == "classification" and params["attack"] == "pgd"
     assert params["eps_255"] == "8" and params["steps"] == "3"
-    assert params["encoder.model_kwargs.embed_dim"] == "48"
+    assert params["encoder.name"] == "tiny_dinov2" and params["data.n_train"] == "64"
     assert params["attack.eps"] == str(8 / 255)
     head = tracking.cell_params(cell, "head")
     assert "attack" not in head and not any(k.startswith("attack.") for k in head)
@@ -68,31 +68,29 @@ def test_finished_failed_and_stale_runs(store: tuple[str, str], cells: list[Cell
     assert [r["cell_id"] for r in rows] == [cells[0].cell_id] and rows[0]["clean/acc"] == 0.5
 
 
-def test_fetch_artifact_resolves_runs_file_and_plain_paths(store: tuple[str, str], cells: list[CellCfg],
+def test_local_path_resolves_runs_file_and_plain_paths(store: tuple[str, str], cells: list[CellCfg],
                                                           tmp_path: Path) -> None:
     uri, exp_id = store
     src = tmp_path / "head.safetensors"
     src.write_bytes(b"weights")
     with tracking.CellRun(cells[0], "head", exp_id, uri) as run:
         run.log_file(src, "head")
-    got = tracking.fetch_artifact(f"runs:/{run.run_id}/head/head.safetensors", tmp_path / "dl", uri)
+    got = tracking.local_path(f"runs:/{run.run_id}/head/head.safetensors", tmp_path / "dl", uri)
     assert got.read_bytes() == b"weights"
-    config = tracking.fetch_artifact(run.uri("config.yaml"), tmp_path / "dl2", uri)
+    config = tracking.local_path(run.uri("config.yaml"), tmp_path / "dl2", uri)
     assert CellCfg.model_validate(yaml.safe_load(config.read_text())) == cells[0]
-    assert tracking.fetch_artifact(src.as_uri()) == src
-    assert tracking.fetch_artifact(str(src)) == src
+    assert tracking.local_path(src.as_uri()) == src
+    assert tracking.local_path(str(src)) == src
     assert tracking.finished_runs("tracking-tests", "head", uri) == {cells[0].head_id: run.run_id}
     with pytest.raises(FileNotFoundError):
-        tracking.fetch_artifact(str(tmp_path / "missing.safetensors"))
+        tracking.local_path(str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match="unsupported artifact URI"):
-        tracking.fetch_artifact("gs://bucket/key")
+        tracking.local_path("gs://bucket/key")
 
 
 def test_trials_localize_checkpoint_uris_with_the_sweeps_tracking_uri(store: tuple[str, str],
                                                                      cells: list[CellCfg],
                                                                      tmp_path: Path) -> None:
-    from ssl_robust.sweep import _localized
-
     uri, exp_id = store
     for name in ("encoder.safetensors", "head.safetensors"):
         (tmp_path / name).write_bytes(name.encode())
@@ -103,7 +101,7 @@ def test_trials_localize_checkpoint_uris_with_the_sweeps_tracking_uri(store: tup
         "encoder": cells[0].encoder.model_copy(update={"checkpoint": run.uri("ckpt/encoder.safetensors")}),
         "head": cells[0].head.model_copy(update={"checkpoint": run.uri("ckpt/head.safetensors")}),
     })
-    local = _localized(cfg, uri)
+    local = tracking.localize(cfg, uri)
     assert Path(local.encoder.checkpoint).read_bytes() == b"encoder.safetensors"
     assert Path(local.head.checkpoint).read_bytes() == b"head.safetensors"
     assert local.data == cfg.data and local.attack == cfg.attack

@@ -1,4 +1,4 @@
-"""Run a sweep on Ray Tune, tracked in MLflow. The only module that imports Ray.
+"""The benchmark sweep on Ray Tune, tracked in MLflow.
 
 Phase 1 fits one head per head_id with ``prepare_head`` and logs it as an artifact; phase 2 runs
 every attack x eps cell with ``head.checkpoint`` pointing at that artifact. Both phases share one
@@ -8,8 +8,6 @@ worker are marked FAILED, so a rerun completes only what is missing.
 """
 from __future__ import annotations
 
-import argparse
-import math
 import statistics
 import sys
 import tempfile
@@ -17,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 import ray
@@ -26,11 +24,10 @@ from ray.tune.search import Searcher
 from tqdm import tqdm
 
 from ssl_robust import tracking
-from ssl_robust.config import CellCfg
-from ssl_robust.sweep_config import SweepCfg, SweepConfigError, head_groups, load_sweep
-
-DEFAULT_CONFIG = "sweeps/full_benchmark.yaml"
-PRIMARY = ("acc", "miou", "rmse")
+from ssl_robust.cell import prepare_head, run_cell
+from ssl_robust.config import CellCfg, ConfigError
+from ssl_robust.report import summary_table
+from ssl_robust.sweep_config import SweepCfg, head_groups
 
 
 @dataclass
@@ -48,23 +45,20 @@ class SweepReport:
     amortized_s: float = float("nan")
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
 
-
-def _localized(cfg: CellCfg, tracking_uri: str) -> CellCfg:
-    """The cell with its checkpoint URIs downloaded (with the sweep's tracking URI, not the
-    trial's default one)."""
-    updates: dict[str, Any] = {}
-    for part in ("encoder", "head"):
-        section = getattr(cfg, part)
-        if section.checkpoint:
-            local = tracking.fetch_artifact(section.checkpoint, tracking_uri=tracking_uri)
-            updates[part] = section.model_copy(update={"checkpoint": str(local)})
-    return cfg.model_copy(update=updates)
+    def lines(self) -> list[str]:
+        """The summary table, the counts, the Ray overhead and the failed cells, as printable lines."""
+        out = [self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}")] if not self.table.empty else []
+        out.append(f"experiment {self.experiment}: {self.cells} cells, {self.skipped} already finished, "
+                   f"{self.ran} run now, {len(self.failed)} failed; heads fitted {self.heads_fitted}, "
+                   f"reused {self.heads_reused}")
+        if self.overhead_s:
+            out.append(f"Ray overhead per trial: median {statistics.median(self.overhead_s):.2f} s (trial "
+                       f"start to end minus compute); {self.amortized_s:.2f} s per trial amortized over the run")
+        return out + [f"failed: {cell_id}" for cell_id in self.failed]
 
 
 def _cell_work(cfg: CellCfg, run: tracking.CellRun, tmp: Path, tracking_uri: str) -> dict[str, float]:
-    from ssl_robust.cell import prepare_head, run_cell
-
-    local = _localized(cfg, tracking_uri)
+    local = tracking.localize(cfg, tracking_uri)
     if run.phase == "head":
         path = tmp / Path(tracking.HEAD_ARTIFACT).name
         metrics = prepare_head(local, path)
@@ -77,15 +71,15 @@ def _cell_work(cfg: CellCfg, run: tracking.CellRun, tmp: Path, tracking_uri: str
 
 def trial(config: dict[str, Any]) -> dict[str, Any]:
     """One Tune trial: one head (phase "head") or one cell (phase "attack"), one MLflow run."""
-    target, phase = config["target"], config["phase"]
+    destination, phase = config["destination"], config["phase"]
     cfg = CellCfg.model_validate(config["cell"])
-    uri, experiment = target["tracking_uri"], target["experiment"]
+    uri, experiment = destination["tracking_uri"], destination["experiment"]
     key = cfg.head_id if phase == "head" else cfg.cell_id
     done = tracking.finished_runs(experiment, phase, uri, key)
     if done:  # a retry after the run had finished
         return {"run_id": done[key], "reused": 1}
     tracking.fail_stale_runs(experiment, phase, uri, key)
-    run = tracking.CellRun(cfg, phase, target["experiment_id"], uri, sweep=experiment)
+    run = tracking.CellRun(cfg, phase, destination["experiment_id"], uri, sweep=experiment)
     with run, tempfile.TemporaryDirectory() as tmp:
         metrics = _cell_work(cfg, run, Path(tmp), uri)
         run.log_metrics(metrics)
@@ -144,10 +138,10 @@ class Progress(tune.Callback):
 class TwoPhaseSearcher(Searcher):
     """Suggests the missing heads first, then each cell as soon as its head has a FINISHED run."""
 
-    def __init__(self, target: dict[str, str], heads_todo: list[CellCfg], cells: list[CellCfg],
+    def __init__(self, destination: dict[str, str], heads_todo: list[CellCfg], cells: list[CellCfg],
                  heads_done: dict[str, str]) -> None:
         super().__init__()
-        self.target = target
+        self.destination = destination
         self.live: dict[str, dict[str, Any]] = {}
         self.queue: deque[dict[str, Any]] = deque(self._config("head", c) for c in heads_todo)
         self.waiting: dict[str, list[CellCfg]] = {}
@@ -157,7 +151,7 @@ class TwoPhaseSearcher(Searcher):
             self._release(head_id, run_id)
 
     def _config(self, phase: str, cell: CellCfg) -> dict[str, Any]:
-        return {"phase": phase, "target": self.target, "cell": cell.model_dump(mode="json")}
+        return {"phase": phase, "destination": self.destination, "cell": cell.model_dump(mode="json")}
 
     def _release(self, head_id: str, run_id: str) -> None:
         uri = f"runs:/{run_id}/{tracking.HEAD_ARTIFACT}"
@@ -211,34 +205,11 @@ def _tune(searcher: TwoPhaseSearcher, sweep: SweepCfg, progress: Progress,
             if r.error is not None and r.config["phase"] == "attack"]
 
 
-def _primary(row: pd.Series, prefix: str) -> float:
-    for name in PRIMARY:
-        value = row.get(f"{prefix}/{name}")
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            return float(value)
-    return float("nan")
-
-
-def summary_table(rows: list[dict[str, Any]], cell_ids: set[str]) -> pd.DataFrame:
-    """One row per finished cell of the grid: axes, primary clean/adv metric, sanity checks."""
-    df = pd.DataFrame([r for r in rows if r.get("cell_id") in cell_ids])
-    if df.empty:
-        return df
-    out = df[["encoder", "dataset", "task", "attack", "eps_255", "steps"]].copy()
-    out["metric"] = [next((m for m in PRIMARY if f"clean/{m}" in r and pd.notna(r[f"clean/{m}"])), "")
-                     for _, r in df.iterrows()]
-    out["clean"] = [_primary(r, "clean") for _, r in df.iterrows()]
-    out["adv"] = [_primary(r, "adv") for _, r in df.iterrows()]
-    out["checks_ok"] = df["check/all_passed"] if "check/all_passed" in df else float("nan")
-    out["eps_255"] = out["eps_255"].astype(float)
-    return out.sort_values(["encoder", "dataset", "task", "attack", "eps_255"]).reset_index(drop=True)
-
-
 def run_sweep(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = None,
               storage_path: str | None = None) -> SweepReport:
     """Fit the missing heads and run the cells not yet finished (Ray must be initialised)."""
     uri = tracking.absolute_tracking_uri(tracking_uri)
-    target = {"tracking_uri": uri, "experiment": sweep.name,
+    destination = {"tracking_uri": uri, "experiment": sweep.name,
               "experiment_id": tracking.ensure_experiment(sweep.name, uri)}
     done = tracking.finished_cells(sweep.name, uri)
     todo = [c for c in cells if c.cell_id not in done]
@@ -248,7 +219,7 @@ def run_sweep(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = 
     report = SweepReport(sweep.name, len(cells), len(cells) - len(todo),
                          heads_fitted=len(missing), heads_reused=len(groups) - len(missing))
     if todo:
-        searcher = TwoPhaseSearcher(target, missing, todo, {h: heads[h] for h in groups if h in heads})
+        searcher = TwoPhaseSearcher(destination, missing, todo, {h: heads[h] for h in groups if h in heads})
         progress = Progress(len(cells), report.skipped, len(missing))
         start = time.monotonic()
         errored = _tune(searcher, sweep, progress, storage_path)
@@ -281,40 +252,8 @@ def _check_resources(sweep: SweepCfg) -> None:
     have = ray.cluster_resources()
     for name, want in (("CPU", sweep.resources.cpu), ("GPU", sweep.resources.gpu)):
         if want > have.get(name, 0):
-            raise SweepConfigError(f"resources.{name.lower()}={want} but this Ray instance has "
+            raise ConfigError(f"resources.{name.lower()}={want} but this Ray instance has "
                                    f"{have.get(name, 0)} {name}; lower it or join a cluster")
-
-
-def print_report(report: SweepReport, out: Callable[[str], Any] = print) -> None:
-    """The summary table and the counts."""
-    if not report.table.empty:
-        out(report.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    out(f"experiment {report.experiment}: {report.cells} cells, {report.skipped} already finished, "
-        f"{report.ran} run now, {len(report.failed)} failed; heads fitted {report.heads_fitted}, "
-        f"reused {report.heads_reused}")
-    if report.overhead_s:
-        out(f"Ray overhead per trial: median {statistics.median(report.overhead_s):.2f} s (trial start "
-            f"to end minus compute); {report.amortized_s:.2f} s per trial amortized over the run")
-    for cell_id in report.failed:
-        out(f"failed: {cell_id}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl-robust sweep", description=__doc__)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="sweep YAML")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
-    parser.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep's name)")
-    parser.add_argument("--address", default=None,
-                        help="Ray address: none joins a running cluster or starts one; 'local' starts one")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a Ray instance started here")
-    parser.add_argument("--storage-path", default=None, help="Ray Tune results folder or URI")
-    parser.add_argument("--dry-run", action="store_true", help="validate and list the grid, run nothing")
-    parser.add_argument("--report", default="dashboards/{name}",
-                        help="folder for the tables and plots of the finished cells ({name} = the sweep's name)")
-    parser.add_argument("--no-report", action="store_true", help="do not write the report")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides of the sweep, e.g. seed=1")
-    return parser
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> bool:
@@ -328,62 +267,20 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     return True
 
 
-def config_path(path: str) -> Path:
-    """The path as given, else relative to the source tree (``ray submit`` runs from $HOME)."""
-    given = Path(path).expanduser()
-    beside = Path(__file__).resolve().parents[1] / path
-    return beside if not given.exists() and not given.is_absolute() and beside.exists() else given
 
 
-def _print_grid(cells: list[CellCfg]) -> None:
-    for cell in cells:
-        print(cell.cell_id, cell.head_id, cell.encoder.name, cell.data.name, cell.data.resolved_task,
-              cell.attack.name, f"{cell.attack.eps * 255:.3g}/255")
-
-
-def _execute(args: argparse.Namespace, sweep: SweepCfg, cells: list[CellCfg]) -> SweepReport:
+def execute(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = None,
+            address: str | None = None, num_cpus: int | None = None,
+            storage_path: str | None = None) -> SweepReport:
     """Run the sweep; Ray is started (or joined) only when some cell is not finished yet."""
-    done = tracking.finished_cells(sweep.name, args.tracking_uri)
+    done = tracking.finished_cells(sweep.name, tracking_uri)
     if all(c.cell_id in done for c in cells):
-        return run_sweep(sweep, cells, args.tracking_uri, args.storage_path)
-    started = _init_ray(args.address, args.num_cpus)
+        return run_sweep(sweep, cells, tracking_uri, storage_path)
+    started = _init_ray(address, num_cpus)
     try:
         if started:
             _check_resources(sweep)
-        return run_sweep(sweep, cells, args.tracking_uri, args.storage_path)
+        return run_sweep(sweep, cells, tracking_uri, storage_path)
     finally:
         if started:
             ray.shutdown()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Validate the sweep (before Ray starts), run it, print the table; 0 when every cell finished."""
-    args = build_parser().parse_args(argv)
-    overrides = list(args.overrides) + ([f"name={args.experiment}"] if args.experiment else [])
-    try:
-        sweep, cells = load_sweep(config_path(args.config), overrides)
-    except (SweepConfigError, OSError) as err:
-        print(f"invalid sweep config:\n{err}", file=sys.stderr)
-        return 2
-    print(f"sweep {sweep.name}: {len(cells)} cells, {len(head_groups(cells))} heads", file=sys.stderr)
-    if args.dry_run:
-        _print_grid(cells)
-        return 0
-    try:
-        report = _execute(args, sweep, cells)
-    except SweepConfigError as err:
-        print(f"sweep cannot run here:\n{err}", file=sys.stderr)
-        return 2
-    print_report(report)
-    if not args.no_report:
-        _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)))
-    return 1 if report.failed else 0
-
-
-def _write_report(experiment: str, tracking_uri: str | None, out_dir: Path) -> None:
-    from ssl_robust.report import write_report
-
-    rows = tracking.run_results(experiment, tracking_uri=tracking_uri)
-    if rows:
-        page = write_report(rows, out_dir, title=f"ssl_robust: {experiment}")
-        print(f"report: {page}", file=sys.stderr)

@@ -10,7 +10,7 @@ import jsonschema
 import ray
 import yaml
 
-from tests.sweep.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 CLUSTER = REPO_ROOT / "infra" / "cluster.yaml"
 

@@ -1,0 +1,104 @@
+"""What a task is, in one place: its metric and direction, head, training loss, validation score,
+score accumulator, per-sample column, the representation EmbedAttack pushes, and its attacks.
+
+Adding a task means registering a ``TaskSpec`` here, its objective (``objectives.py`` plus its
+attack in ``attacks.py``) and a data set that serves it (``data/``).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_robust.attacks import ATTACKS, attacks_for, task_attack
+from ssl_robust.data.catalog import TaskInfo
+from ssl_robust.heads import LinearClassifier, LinearDepthHead, LinearSegmenter
+from ssl_robust.metrics import ClassificationScores, DepthScores, SegmentationScores
+from ssl_robust.objectives import OBJECTIVES, silog
+from ssl_robust.registry import Registry
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Scores(Protocol):
+    per_sample: list[float]
+
+    def add(self, output: torch.Tensor, target: torch.Tensor) -> None: ...
+
+    def summary(self) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: everything cells, heads, sweeps and reports need to know about it."""
+
+    name: str
+    metric: str  # the primary metric key in ``scores(info).summary()``
+    label: str  # how tables name the metric
+    higher_is_better: bool
+    per_sample: str  # what the per-sample column holds
+    embedding: Literal["cls", "tokens"]  # the representation the head reads (EmbedAttack's target)
+    build_head: Callable[[TaskInfo, int, int], nn.Module]  # (info, embed_dim, n_bins) -> head
+    loss: Callable[[TaskInfo], LossFn]  # training loss of the head
+    scores: Callable[[TaskInfo], Scores]  # accumulator of the task's scores over batches
+    fooled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # per-sample success
+    objective_kwargs: Callable[[TaskInfo], dict[str, Any]] = field(default=lambda info: {})
+
+    @property
+    def attacks(self) -> list[str]:
+        return attacks_for(self.name)
+
+    @property
+    def own_attack(self) -> str | None:
+        return task_attack(self.name)
+
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+    def validation_score(self, info: TaskInfo, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+        """The primary metric on one set of outputs, signed so that higher is better."""
+        scores = self.scores(info)
+        scores.add(outputs, targets)
+        value = scores.summary()[self.metric]
+        return value if self.higher_is_better else -value
+
+    def objective(self, attack: str, info: TaskInfo) -> Callable[..., torch.Tensor]:
+        """The attack's objective, bound to the task's label facts (ignore index, depth range)."""
+        spec = ATTACKS.get(attack)
+        fn = OBJECTIVES.get(spec.objective)
+        return fn if spec.on_embedding else functools.partial(fn, **self.objective_kwargs(info))
+
+
+def _misclassified(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(1) != labels
+
+
+TASKS: Registry[TaskSpec] = Registry("task")
+TASKS.register("classification")(TaskSpec(
+    name="classification", metric="acc", label="Accuracy", higher_is_better=True, per_sample="correct",
+    embedding="cls",
+    build_head=lambda info, dim, n_bins: LinearClassifier(dim, info.num_classes),
+    loss=lambda info: F.cross_entropy,
+    scores=ClassificationScores,
+    fooled=_misclassified,
+))
+TASKS.register("segmentation")(TaskSpec(
+    name="segmentation", metric="miou", label="mIoU", higher_is_better=True, per_sample="pixel_acc",
+    embedding="tokens",
+    build_head=lambda info, dim, n_bins: LinearSegmenter(dim, info.num_classes),
+    loss=lambda info: functools.partial(F.cross_entropy, ignore_index=info.ignore_index),
+    scores=SegmentationScores,
+    objective_kwargs=lambda info: {"ignore_index": info.ignore_index},
+))
+TASKS.register("depth")(TaskSpec(
+    name="depth", metric="rmse", label="RMSE", higher_is_better=False, per_sample="rmse",
+    embedding="tokens",
+    build_head=lambda info, dim, n_bins: LinearDepthHead(dim, n_bins, info.min_depth, info.max_depth),
+    loss=lambda info: lambda out, y: silog(out, y, min_depth=info.min_depth).mean(),
+    scores=DepthScores,
+    objective_kwargs=lambda info: {"min_depth": info.min_depth},
+))

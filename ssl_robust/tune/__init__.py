@@ -1,0 +1,1 @@
+"""The only Ray (and Optuna) code: the benchmark sweep (``grid``) and, beside it, DeACL sweeps."""

@@ -1,0 +1,52 @@
+"""Plain helpers shared by tests: the repository root, deep merge, tiny sweep configs, free ports."""
+from __future__ import annotations
+
+import copy
+import socket
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_ENCODER = "tiny_dinov2"  # the random-init test encoder of configs/tiny.yaml (ssl_robust/aliases.py)
+TINY_IMAGE_SIZE = 28
+TASK_ATTACKS = {"classification": "pgd", "segmentation": "segpgd", "depth": "depthpgd"}
+
+
+def merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``updates`` into a copy of ``base`` (nested dicts merged, other values replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def tiny_sweep(name: str, **fields: Any) -> dict[str, Any]:
+    """A small sweep on synthetic classification with the two tiny random-init encoders."""
+    base: dict[str, Any] = {
+        "name": name,
+        "encoders": ["tiny_dinov2", "tiny_dino"],
+        "datasets": [{"name": "synthetic", "task": "classification", "n_train": 64, "n_val": 32}],
+        "attacks": ["embed", "pgd"],
+        "eps": [0, "8/255"],
+        "steps": [3],
+        "defaults": {"head": {"epochs": 2}, "data": {"n_samples": 16}, "device": "cpu"},
+        "resources": {"cpu": 1},
+        "max_failures": 1,
+    }
+    return {**base, **fields}
+
+
+def write_sweep(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
