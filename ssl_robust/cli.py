@@ -1,4 +1,5 @@
-"""``ssl-robust run | sweep | report``: one cell offline, a whole sweep on Ray, or a sweep's report.
+"""``ssl-robust run | sweep | deacl | report``: one cell offline, a whole sweep on Ray, a DeACL
+fine-tune, or a sweep's report.
 
 The one argument parser of the project; ``sweeps/*.py`` are thin wrappers around it for
 ``ray submit``. URIs in a config (``s3://``, ``runs:/``) are resolved to local files here.
@@ -11,11 +12,13 @@ from pathlib import Path
 
 from ssl_robust import tracking
 from ssl_robust.cell import run_cell
-from ssl_robust.config import CellCfg, ConfigError, load_config, parse_budget
+from ssl_robust.config import CellCfg, ConfigError, DeaclCfg, load_config, parse_budget
 from ssl_robust.encoders import check_encoder_name
+from ssl_robust.finetune import run_deacl
 from ssl_robust.registry import UnknownNameError
 from ssl_robust.report import write_report
 from ssl_robust.sweep_config import load_sweep
+from ssl_robust.tracking.deacl import checkpoint_artifact
 from ssl_robust.tune import grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +92,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return _write_report(args.experiment, args.tracking_uri, Path(args.out), eps)
 
 
+def cmd_deacl(args: argparse.Namespace) -> int:
+    cfg = load_config(DeaclCfg, config_path(args.config), args.overrides)
+    print(f"deacl {cfg.deacl_id}: {cfg.encoder.name} on {cfg.data.name}, gamma={cfg.gamma}, "
+          f"dense_weight={cfg.dense_weight}, eps={cfg.attack.eps:.5f}, {cfg.epochs} epochs", file=sys.stderr)
+    run_id, metrics = run_deacl(cfg, args.tracking_uri, args.experiment)
+    if not metrics:
+        print(f"already finished: run {run_id}", file=sys.stderr)
+    else:
+        print_table(metrics)
+    last = cfg.epochs
+    print(f"run {run_id}; checkpoints: runs:/{run_id}/{checkpoint_artifact(last)} (and every "
+          f"{cfg.checkpoint_every} epochs)")
+    return 0
+
+
 def _tracking_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
@@ -120,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder for the report of the finished cells ({name} = the sweep's name)")
     sweep.add_argument("--no-report", action="store_true", help="do not write the report")
     sweep.set_defaults(func=cmd_sweep)
+
+    deacl = sub.add_parser("deacl", help="DeACL robust fine-tuning of an encoder, tracked in MLflow (resumable)")
+    deacl.add_argument("config", help="DeACL YAML (see configs/deacl_tiny.yaml)")
+    deacl.add_argument("overrides", nargs="*", help="dotted overrides, e.g. gamma=1 attack.eps=4/255")
+    deacl.add_argument("--experiment", default=None, help="MLflow experiment (default: the config's name)")
+    _tracking_option(deacl)
+    deacl.set_defaults(func=cmd_deacl)
 
     report = sub.add_parser("report", help="poster tables and robustness plots from a sweep's MLflow runs")
     report.add_argument("experiment", help="the sweep's MLflow experiment (its `name`)")

@@ -15,14 +15,11 @@ from ssl_robust.config import DeaclCfg, EncoderCfg
 from ssl_robust.deacl import RESUME_FILE, DeaclHooks, fine_tune, lr_factor
 from ssl_robust.deacl_loss import deacl_loss
 from ssl_robust.encoders import create_encoder
+from tests.helpers import TINY_ENCODER, merge
 
-TINY_ENCODER: dict[str, Any] = {
-    "name": "dinov2_vits14", "pretrained": False, "image_size": 28,
-    "model_kwargs": {"depth": 2, "embed_dim": 48, "num_heads": 2, "init_values": 1.0},
-}
 # A few seconds on one CPU thread: 2 batches per epoch, 32-image probe.
 FAST: dict[str, Any] = {
-    "encoder": TINY_ENCODER,
+    "encoder": {"name": TINY_ENCODER},
     "data": {"name": "synthetic", "task": "classification", "n_train": 64},
     "epochs": 2, "batch_size": 32, "optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.0,
     "warmup_epochs": 0.5, "gamma": 2.0, "checkpoint_every": 1,
@@ -30,13 +27,6 @@ FAST: dict[str, Any] = {
     "probe": {"n_train": 32, "n_samples": 32, "epochs": 5},
     "device": "cpu",
 }
-
-
-def merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in updates.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def make_cfg(**updates: Any) -> DeaclCfg:
@@ -172,10 +162,10 @@ def test_resume_file_loads_weights_only(two_epochs: tuple[Recorder, Path]) -> No
 def test_checkpoint_loads_through_create_encoder(two_epochs: tuple[Recorder, Path]) -> None:
     hooks, work_dir = two_epochs
     torch.manual_seed(0)
-    teacher = create_encoder(EncoderCfg(**TINY_ENCODER))
+    teacher = create_encoder(EncoderCfg(name=TINY_ENCODER))
     student = copy.deepcopy(teacher)  # how fine_tune holds the student: the teacher with trained weights
     student.model.load_state_dict(torch.load(work_dir / RESUME_FILE, weights_only=True)["student"])
-    loaded = create_encoder(EncoderCfg(**TINY_ENCODER, checkpoint=str(hooks.checkpoints[2][0])))
+    loaded = create_encoder(EncoderCfg(name=TINY_ENCODER, checkpoint=str(hooks.checkpoints[2][0])))
     x = torch.rand(4, 3, 28, 28, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for got, want, before in zip(loaded.features(x), student.features(x), teacher.features(x)):

@@ -1,0 +1,34 @@
+"""A tracked, resumable DeACL fine-tune: ``deacl.fine_tune`` inside its MLflow run.
+
+Used by ``ssl-robust deacl`` and by the Tune trials of DeACL sweeps and searches. A config whose
+fine-tune already FINISHED in the experiment is not run again; an unfinished one continues its own
+run from the last checkpoint.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from ssl_robust.config import DeaclCfg
+from ssl_robust.deacl import fine_tune
+from ssl_robust.encoders import check_encoder_name
+from ssl_robust.tracking import DeaclRun, localize
+
+
+def run_deacl(cfg: DeaclCfg, tracking_uri: str | None = None, experiment: str | None = None,
+              tags: dict[str, str] | None = None,
+              report: Callable[[int, dict[str, float]], None] | None = None) -> tuple[str, dict[str, float]]:
+    """Fine-tune (or finish fine-tuning) ``cfg``; returns (MLflow run id, last epoch's metrics).
+
+    ``report(epoch, metrics)`` is called after every epoch (a Tune trial reports to its scheduler).
+    """
+    check_encoder_name(cfg.encoder.name)
+    run = DeaclRun(cfg, tracking_uri, experiment, tags, report)
+    done = run.finished()
+    if done is not None:
+        return done, {}
+    local = localize(cfg, run.uri)
+    with run, tempfile.TemporaryDirectory(prefix="deacl-") as work:
+        metrics = fine_tune(local, Path(work), hooks=run)
+    return run.run_id, metrics

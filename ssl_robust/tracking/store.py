@@ -1,0 +1,95 @@
+"""The MLflow store: tracking URIs, experiments, code version, flattened params and paged search."""
+from __future__ import annotations
+
+import os
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import unquote, urlparse
+
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else a SQLite file in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def absolute_tracking_uri(uri: str | None = None) -> str:
+    """A tracking URI that means the same from any working directory (trials run in their own)."""
+    uri = uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    if uri.startswith("file:"):
+        return Path(unquote(urlparse(uri).path)).resolve().as_uri()
+    if "://" not in uri:
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the source tree when there is one."""
+    try:
+        version = metadata.version("ssl_robust")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+g{sha}" if sha else version
+
+
+def ensure_experiment(name: str, tracking_uri: str) -> str:
+    """Id of the experiment ``name``, created (or restored) if needed. Call it in the driver."""
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, artifact_location=_local_artifact_root(tracking_uri, name))
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def _local_artifact_root(tracking_uri: str, name: str) -> str | None:
+    """Artifacts of a SQLite store go beside its database file (MLflow's default is the working
+    directory's ``./mlruns``); a server decides for itself (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (database.parent / "mlruns" / name).as_uri()
+
+
+def experiment_id(client: MlflowClient, experiment: str) -> str | None:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    return experiment if experiment.isdigit() else None
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mapping -> ``{"a.b": "value"}`` with string values (MLflow params)."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = "" if value is None else str(value)
+    return flat
+
+
+def search_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> Iterator[Any]:
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, ViewType.ACTIVE_ONLY,
+                                  max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
