@@ -17,12 +17,12 @@ from ssl_robust.encoders import check_encoder_name
 from ssl_robust.finetune import run_deacl
 from ssl_robust.registry import UnknownNameError
 from ssl_robust.report import write_report
-from ssl_robust.sweep_config import load_sweep
+from ssl_robust.sweep_config import DeaclSweepCfg, deacl_configs, expand, read_sweep, resolve_encoders
 from ssl_robust.tracking.deacl import checkpoint_artifact
-from ssl_robust.tune import grid
+from ssl_robust.tune import deacl_sweep, grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SWEEP = "sweeps/full_benchmark.yaml"
+DEFAULT_DEACL_SWEEP = "sweeps/deacl.yaml"
 
 
 def config_path(path: str) -> Path:
@@ -57,18 +57,21 @@ def _write_report(experiment: str, tracking_uri: str | None, out_dir: Path, eps:
     return 0
 
 
-def _sweep_file_and_overrides(args: argparse.Namespace) -> tuple[Path, list[str]]:
+def _sweep_file_and_overrides(args: argparse.Namespace, default: str = "sweeps/full_benchmark.yaml"
+                              ) -> tuple[Path, list[str]]:
     """``[CONFIG] [KEY=VALUE ...]`` or ``--config CONFIG [KEY=VALUE ...]``."""
     files = [item for item in args.overrides if "=" not in item]
     overrides = [item for item in args.overrides if "=" in item]
     if len(files) + (args.config is not None) > 1:
         raise ConfigError(f"one sweep config expected, got {files + [args.config] if args.config else files}")
-    path = args.config or (files[0] if files else DEFAULT_SWEEP)
+    path = args.config or (files[0] if files else default)
     return config_path(path), overrides + ([f"name={args.experiment}"] if args.experiment else [])
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    sweep, cells = load_sweep(*_sweep_file_and_overrides(args))
+    sweep = read_sweep(*_sweep_file_and_overrides(args))
+    cells = expand(resolve_encoders(sweep, lambda source: tracking.deacl_students(
+        source.runs, source.experiment, source.epochs, args.tracking_uri)))
     for name in sorted({c.encoder.name for c in cells}):
         check_encoder_name(name)
     print(f"sweep {sweep.name}: {len(cells)} cells, {len(grid.head_groups(cells))} heads", file=sys.stderr)
@@ -107,9 +110,44 @@ def cmd_deacl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deacl_sweep(args: argparse.Namespace) -> int:
+    path, overrides = _sweep_file_and_overrides(args, DEFAULT_DEACL_SWEEP)
+    sweep = load_config(DeaclSweepCfg, path, overrides)
+    configs = deacl_configs(sweep)
+    for name in sorted({c.encoder.name for c in configs}):
+        check_encoder_name(name)
+    print(f"deacl sweep {sweep.name}: {len(configs)} fine-tunes x epochs {sweep.benchmark.epochs}", file=sys.stderr)
+    if args.dry_run:
+        for cfg in configs:
+            print(cfg.deacl_id, cfg.encoder.name, f"gamma={cfg.gamma}", f"dense_weight={cfg.dense_weight}",
+                  f"eps={cfg.attack.eps * 255:.3g}/255", f"lr={cfg.lr}", f"epochs={cfg.epochs}")
+        return 0
+    report = deacl_sweep.run_deacl_sweep(sweep, args.tracking_uri, args.address, args.num_cpus, args.storage_path)
+    print("\n".join(report.lines()))
+    if not args.no_report and report.benchmark is not None:
+        _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)))
+    return 1 if report.failed or (report.benchmark and report.benchmark.failed) else 0
+
+
 def _tracking_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
+
+
+def _ray_sweep_options(parser: argparse.ArgumentParser, default_config: str) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]",
+                        help=f"sweep YAML (default {default_config}) and dotted overrides, e.g. defaults.seed=1")
+    parser.add_argument("--config", default=None, help="the sweep YAML, as an option (`ray submit ... -- --config`)")
+    _tracking_option(parser)
+    parser.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep's name)")
+    parser.add_argument("--address", default=None,
+                        help="Ray address: none joins a running cluster or starts one; 'local' starts one")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a Ray instance started here")
+    parser.add_argument("--storage-path", default=None, help="Ray Tune results folder or URI")
+    parser.add_argument("--dry-run", action="store_true", help="validate and list the grid, run nothing")
+    parser.add_argument("--report", default="dashboards/{name}",
+                        help="folder for the report of the finished cells ({name} = the sweep's name)")
+    parser.add_argument("--no-report", action="store_true", help="do not write the report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,21 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_option(run)
     run.set_defaults(func=cmd_run)
 
-    sweep = sub.add_parser("sweep", help="run a sweep config on Ray Tune, tracked in MLflow")
-    sweep.add_argument("overrides", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]",
-                       help=f"sweep YAML (default {DEFAULT_SWEEP}) and dotted overrides, e.g. defaults.seed=1")
-    sweep.add_argument("--config", default=None, help="the sweep YAML, as an option (`ray submit ... -- --config`)")
-    _tracking_option(sweep)
-    sweep.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep's name)")
-    sweep.add_argument("--address", default=None,
-                       help="Ray address: none joins a running cluster or starts one; 'local' starts one")
-    sweep.add_argument("--num-cpus", type=int, default=None, help="CPUs of a Ray instance started here")
-    sweep.add_argument("--storage-path", default=None, help="Ray Tune results folder or URI")
-    sweep.add_argument("--dry-run", action="store_true", help="validate and list the grid, run nothing")
-    sweep.add_argument("--report", default="dashboards/{name}",
-                       help="folder for the report of the finished cells ({name} = the sweep's name)")
-    sweep.add_argument("--no-report", action="store_true", help="do not write the report")
+    sweep = sub.add_parser("sweep", help="run a benchmark sweep on Ray Tune, tracked in MLflow")
+    _ray_sweep_options(sweep, "sweeps/full_benchmark.yaml")
     sweep.set_defaults(func=cmd_sweep)
+
+    sweep_deacl = sub.add_parser("deacl-sweep", help="DeACL fine-tunes over a grid, then the benchmark of "
+                                                     "their checkpoints, on Ray Tune")
+    _ray_sweep_options(sweep_deacl, DEFAULT_DEACL_SWEEP)
+    sweep_deacl.set_defaults(func=cmd_deacl_sweep)
 
     deacl = sub.add_parser("deacl", help="DeACL robust fine-tuning of an encoder, tracked in MLflow (resumable)")
     deacl.add_argument("config", help="DeACL YAML (see configs/deacl_tiny.yaml)")

@@ -30,12 +30,29 @@ def _primary(row: pd.Series, prefix: str) -> float:
         else float("nan")
 
 
+def encoder_label(name: str, checkpoint: str | None) -> str:
+    """``name``, or ``name (<run>/<file stem>)`` for fine-tuned weights (``runs:/`` URIs name their run)."""
+    if not checkpoint or (isinstance(checkpoint, float) and math.isnan(checkpoint)):
+        return name
+    checkpoint = str(checkpoint)
+    stem = Path(checkpoint).stem or "fine-tuned"
+    if checkpoint.startswith("runs:/"):
+        stem = f"{checkpoint.removeprefix('runs:/').split('/')[0][:8]}/{stem}"
+    return f"{name} ({stem})"
+
+
+def _encoder_labels(frame: pd.DataFrame) -> list[str]:
+    checkpoint = frame.get("encoder.checkpoint", pd.Series("", index=frame.index))
+    return [encoder_label(name, ckpt) for name, ckpt in zip(frame["encoder"], checkpoint)]
+
+
 def summary_table(rows: list[dict[str, Any]], cell_ids: set[str]) -> pd.DataFrame:
     """One row per finished cell of the grid: axes, primary clean/adv metric, sanity checks."""
     df = pd.DataFrame([r for r in rows if r.get("cell_id") in cell_ids])
     if df.empty:
         return df
-    out = df[["encoder", "dataset", "task", "attack", "eps_255", "steps"]].copy()
+    out = df[["dataset", "task", "attack", "eps_255", "steps"]].copy()
+    out.insert(0, "encoder", _encoder_labels(df))
     out["metric"] = [TASKS.get(task).metric for task in df["task"]]
     out["clean"] = [_primary(r, "clean") for _, r in df.iterrows()]
     out["adv"] = [_primary(r, "adv") for _, r in df.iterrows()]
@@ -50,11 +67,7 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     if frame.empty:
         raise ValueError("no finished cells to report on")
     frame["eps"] = frame["eps"].astype(float)
-    checkpoint = frame.get("encoder.checkpoint", pd.Series("", index=frame.index)).fillna("")
-    frame["encoder_label"] = [
-        f"{name} ({Path(str(ckpt)).stem or 'fine-tuned'})" if ckpt else name
-        for name, ckpt in zip(frame["encoder"], checkpoint)
-    ]
+    frame["encoder_label"] = _encoder_labels(frame)
     frame["clean"] = [_primary(row, "clean") for _, row in frame.iterrows()]
     frame["adv"] = [_primary(row, "adv") for _, row in frame.iterrows()]
     return frame

@@ -1,4 +1,5 @@
-"""Sweep configs: a strict model of the grid's axes and shared cell fields, and its expansion into cells.
+"""Sweep configs: the benchmark grid (axes and shared cell fields) and its expansion into cells, and the
+DeACL grid (fine-tunes, then the benchmark of their students).
 
 Light (no torch, Ray or MLflow). ``load_sweep`` validates the YAML and every expanded cell before
 anything starts, so a bad config fails with the field's location and the allowed values.
@@ -6,14 +7,15 @@ anything starts, so a bad config fails with the field's location and the allowed
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 from pydantic import BeforeValidator, Field, model_validator
 
 from ssl_robust.attacks import ATTACKS, attacks_for
-from ssl_robust.config import (AttackCfg, Budget, CellCfg, CellFields, DataCfg, EncoderCfg, StrictModel,
-                               read_config, validate)
+from ssl_robust.config import (AttackCfg, Budget, CellCfg, CellFields, ConfigError, DataCfg, DeaclCfg,
+                               EncoderCfg, StrictModel, read_config, validate)
 
 
 def _name_to_entry(value: Any) -> Any:
@@ -21,10 +23,34 @@ def _name_to_entry(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
+class DeaclSource(StrictModel):
+    """Encoders from DeACL fine-tunes tracked in MLflow: their students at the given epochs
+    (0 = the teacher), from listed runs or from every finished fine-tune of an experiment."""
+
+    runs: list[str] = Field(default_factory=list)  # MLflow run ids of ``ssl-robust deacl`` runs
+    experiment: str | None = None  # every FINISHED DeACL run of this experiment
+    epochs: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DeaclSource":
+        if bool(self.runs) == (self.experiment is not None):
+            raise ValueError("set exactly one of `runs` (run ids) and `experiment` (a DeACL sweep's name)")
+        return self
+
+
 class EncoderEntry(EncoderCfg):
-    """An encoder axis entry; ``enabled: false`` keeps it in the file but out of the grid."""
+    """An encoder axis entry; ``enabled: false`` keeps it in the file but out of the grid. With
+    ``deacl:`` it stands for DeACL students, resolved from MLflow before the grid expands."""
 
     enabled: bool = True
+    deacl: DeaclSource | None = None
+
+    @model_validator(mode="after")
+    def _deacl_alone(self) -> "EncoderEntry":
+        extra = sorted(self.model_fields_set - {"deacl", "enabled"})
+        if self.deacl is not None and extra:
+            raise ValueError(f"an entry with `deacl` takes its encoder from the DeACL run; remove {extra}")
+        return self
 
 
 class AttackEntry(AttackCfg):
@@ -119,11 +145,28 @@ def _describe(raw: dict[str, Any]) -> str:
             f"attack={raw['attack'].get('name')} eps={raw['attack']['eps']:.5f}")
 
 
+def resolve_encoders(sweep: SweepCfg, students: Callable[[DeaclSource], list[dict[str, Any]]]) -> SweepCfg:
+    """The sweep with every ``deacl:`` entry replaced by the encoder configs ``students`` finds."""
+    entries: list[EncoderEntry] = []
+    for i, entry in enumerate(sweep.encoders):
+        if entry.deacl is None or not entry.enabled:
+            entries.append(entry)
+            continue
+        try:
+            entries += [validate(EncoderEntry, found, f"encoders.{i}.deacl") for found in students(entry.deacl)]
+        except LookupError as err:
+            raise ConfigError(f"encoders.{i}.deacl: {err}") from err
+    return sweep.model_copy(update={"encoders": entries})
+
+
 def expand(sweep: SweepCfg) -> list[CellCfg]:
     """Every cell of the grid, validated, in axis order, without duplicates (by cell_id).
 
-    Attacks that do not apply to a data set's task are skipped.
+    Attacks that do not apply to a data set's task are skipped; ``deacl:`` entries must have been
+    resolved (``resolve_encoders``).
     """
+    if any(e.deacl is not None and e.enabled for e in sweep.encoders):
+        raise ConfigError("encoders: resolve the `deacl:` entries first (resolve_encoders)")
     cells: dict[str, CellCfg] = {}
     for raw in _raw_cells(sweep):
         cell = validate(CellCfg, raw, f"cell {_describe(raw)}")
@@ -144,9 +187,85 @@ def parse_sweep(data: dict[str, Any], source: str = "<sweep>") -> SweepCfg:
     return validate(SweepCfg, data, source)
 
 
-def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepCfg, list[CellCfg]]:
-    """Read, validate and expand a sweep YAML; the experiment name defaults to the file stem."""
+def read_sweep(path: str | Path, overrides: list[str] = ()) -> SweepCfg:
+    """Read and validate a sweep YAML; the experiment name defaults to the file stem."""
     data = read_config(path, overrides)
     data.setdefault("name", Path(path).stem)
-    sweep = parse_sweep(data, str(path))
+    return parse_sweep(data, str(path))
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepCfg, list[CellCfg]]:
+    """Read, validate and expand a sweep YAML without ``deacl:`` encoder entries."""
+    sweep = read_sweep(path, overrides)
     return sweep, expand(sweep)
+
+
+class DeaclBenchmark(StrictModel):
+    """The benchmark grid every chosen epoch's student runs (0 = the teacher): a sweep's axes
+    without encoders."""
+
+    epochs: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    datasets: list[DataAxis] = Field(min_length=1)
+    attacks: list[AttackAxis] = Field(min_length=1)
+    eps: list[Budget] = Field(min_length=1)
+    steps: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [10], min_length=1)
+    defaults: CellFields = Field(default_factory=CellFields)
+    data_root: Path | None = None
+
+
+class DeaclSweepCfg(StrictModel):
+    """One DeACL fine-tune per point of ``grid`` (dotted DeaclCfg fields -> values, over the base
+    ``deacl`` config), then the benchmark grid on every chosen epoch of every fine-tune."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")  # the MLflow experiment of fine-tunes and cells
+    description: str = ""
+    deacl: DeaclCfg
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    benchmark: DeaclBenchmark
+    resources: Resources = Field(default_factory=Resources)
+    max_failures: int = Field(default=1, ge=0)
+    max_concurrent: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _grid_is_sound(self) -> "DeaclSweepCfg":
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key}: give at least one value")
+        for cfg in deacl_configs(self):
+            have = {0, cfg.epochs, *range(cfg.checkpoint_every, cfg.epochs + 1, cfg.checkpoint_every)}
+            missing = sorted(set(self.benchmark.epochs) - have)
+            if missing:
+                raise ValueError(f"benchmark.epochs {missing}: a fine-tune of {cfg.epochs} epochs with "
+                                 f"checkpoint_every={cfg.checkpoint_every} has checkpoints at {sorted(have)}")
+        return self
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return data
+
+
+def deacl_configs(sweep: DeaclSweepCfg) -> list[DeaclCfg]:
+    """The fine-tunes of the grid, each validated (ConfigError names the grid point and field)."""
+    base = {**sweep.deacl.model_dump(mode="json", exclude_unset=True), "name": sweep.name}
+    configs = []
+    for values in itertools.product(*sweep.grid.values()):
+        point = dict(zip(sweep.grid, values))
+        data = copy.deepcopy(base)
+        for key, value in point.items():
+            _set(data, key, value)
+        configs.append(validate(DeaclCfg, data, f"grid point {point}"))
+    return configs
+
+
+def benchmark_sweep(sweep: DeaclSweepCfg, runs: list[str]) -> SweepCfg:
+    """The benchmark sweep of the students of ``runs`` (``deacl:`` entries, resolved later)."""
+    bench = sweep.benchmark.model_dump(exclude={"epochs"}, exclude_unset=True)
+    return parse_sweep({**bench, "name": sweep.name, "description": sweep.description,
+                        "encoders": [{"deacl": {"runs": runs, "epochs": sweep.benchmark.epochs}}],
+                        "resources": sweep.resources.model_dump(), "max_failures": sweep.max_failures,
+                        "max_concurrent": sweep.max_concurrent}, f"{sweep.name}: benchmark")

@@ -1,13 +1,16 @@
 """Sweep config validation and grid expansion (pure: no Ray, no MLflow)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ssl_robust.cli import main
-from ssl_robust.config import ConfigError
-from ssl_robust.sweep_config import expand, head_groups, load_sweep, parse_sweep
+from ssl_robust.config import ConfigError, load_config, read_config, validate
+from ssl_robust.sweep_config import (DeaclSweepCfg, benchmark_sweep, deacl_configs, expand, head_groups, load_sweep,
+                                     parse_sweep, resolve_encoders)
 from tests.helpers import REPO_ROOT, tiny_sweep, write_sweep
 
 
@@ -102,3 +105,69 @@ def test_dry_run_lists_the_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert main(["sweep", str(path), "--dry-run", "defaults.seed=1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 8 and all("synthetic classification" in line for line in lines)
+
+
+# ----------------------------------------------------------------------------- DeACL sources and sweeps
+
+
+def test_a_deacl_entry_stands_for_the_students_it_resolves_to() -> None:
+    sweep = parse_sweep(tiny_sweep("t", encoders=[{"deacl": {"runs": ["abc"], "epochs": [0, 2]}}]))
+    with pytest.raises(ConfigError, match="resolve"):
+        expand(sweep)
+    students = [{"name": "tiny_dinov2"}, {"name": "tiny_dinov2", "checkpoint": "runs:/abc/checkpoints/epoch_002.safetensors"}]
+    cells = expand(resolve_encoders(sweep, lambda source: students if source.epochs == [0, 2] else []))
+    assert {c.encoder.checkpoint for c in cells} == {None, students[1]["checkpoint"]}
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ({"deacl": {"epochs": [1]}}, "exactly one of `runs`"),
+    ({"deacl": {"runs": ["a"], "experiment": "e", "epochs": [1]}}, "exactly one of `runs`"),
+    ({"name": "tiny_dino", "deacl": {"runs": ["a"], "epochs": [1]}}, "remove ['name']"),
+    ({"deacl": {"runs": ["a"], "epochs": []}}, "encoders.0.deacl.epochs"),
+])
+def test_bad_deacl_entries_name_the_field(entry: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        parse_sweep(tiny_sweep("t", encoders=[entry]))
+
+
+def test_a_missing_deacl_run_fails_naming_the_entry() -> None:
+    sweep = parse_sweep(tiny_sweep("t", encoders=["tiny_dino", {"deacl": {"experiment": "none", "epochs": [1]}}]))
+
+    def nothing(source: Any) -> list:
+        raise LookupError("no FINISHED DeACL run in experiment 'none'")
+
+    with pytest.raises(ConfigError, match=r"encoders\.1\.deacl: no FINISHED"):
+        resolve_encoders(sweep, nothing)
+
+
+def test_deacl_sweep_grid_gives_one_fine_tune_per_point_with_the_sweeps_name() -> None:
+    sweep = load_config(DeaclSweepCfg, REPO_ROOT / "sweeps" / "deacl_quickstart.yaml",
+                        ["grid.dense_weight=[0, 1]"])
+    configs = deacl_configs(sweep)
+    assert [(c.gamma, c.dense_weight) for c in configs] == [(0, 0), (0, 1), (2, 0), (2, 1)]
+    assert {c.name for c in configs} == {"deacl_quickstart"} and len({c.deacl_id for c in configs}) == 4
+    bench = benchmark_sweep(sweep, ["r1", "r2"])
+    assert bench.encoders[0].deacl.runs == ["r1", "r2"] and bench.encoders[0].deacl.epochs == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("grid.gamma=[-1]", "gamma"),
+    ("grid.lrr=[0.1]", "lrr"),
+    ("benchmark.epochs=[0,5]", "benchmark.epochs [5]"),
+])
+def test_bad_deacl_sweeps_fail_before_anything_runs(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(DeaclSweepCfg, REPO_ROOT / "sweeps" / "deacl_quickstart.yaml", [override])
+
+
+def test_a_grid_value_of_the_wrong_type_names_the_grid_point_and_field() -> None:
+    data = read_config(REPO_ROOT / "sweeps" / "deacl_quickstart.yaml")
+    data["grid"] = {"attack.eps": ["8/255", "abc"]}
+    with pytest.raises(ConfigError, match=r"grid point \{'attack.eps': 'abc'\}: attack.eps"):
+        validate(DeaclSweepCfg, data, "x.yaml")
+
+
+def test_shipped_deacl_sweeps_validate() -> None:
+    poster = load_config(DeaclSweepCfg, REPO_ROOT / "sweeps" / "deacl.yaml")
+    assert [c.gamma for c in deacl_configs(poster)] == [1, 2, 4]
+    assert poster.deacl.encoder.name == "dino_vitb16" and poster.benchmark.epochs == [0, 25, 50, 75, 101]

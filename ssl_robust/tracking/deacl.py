@@ -52,6 +52,32 @@ def student_encoder(run: Any, epoch: int) -> dict[str, Any]:
     return encoder
 
 
+def checkpoint_epochs(run: Any) -> list[int]:
+    """The epochs a DeACL run wrote checkpoints at (0, the teacher, is always available)."""
+    epochs, every = int(run.data.params["epochs"]), int(run.data.params["checkpoint_every"])
+    return sorted({0, epochs, *range(every, epochs + 1, every)})
+
+
+def deacl_students(runs: list[str], experiment: str | None, epochs: list[int],
+                   tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """Encoder configs of the students of DeACL runs (by id, or every FINISHED one of an
+    experiment) at ``epochs``; LookupError naming what is missing."""
+    client = MlflowClient(absolute_tracking_uri(tracking_uri))
+    found = [client.get_run(run_id) for run_id in runs] if runs else \
+        deacl_runs(experiment or "", tracking_uri, "FINISHED")
+    if not found:
+        raise LookupError(f"no FINISHED DeACL run in experiment {experiment!r}")
+    students = []
+    for run in found:
+        if run.data.tags.get("phase") != PHASE or run.info.status != "FINISHED":
+            raise LookupError(f"run {run.info.run_id} is not a FINISHED DeACL run")
+        missing = sorted(set(epochs) - set(checkpoint_epochs(run)))
+        if missing:
+            raise LookupError(f"epochs {missing}: run {run.info.run_id} has checkpoints at {checkpoint_epochs(run)}")
+        students += [student_encoder(run, epoch) for epoch in epochs]
+    return students
+
+
 class DeaclRun:
     """The MLflow run of one fine-tune; reopens the newest unfinished run of the same config."""
 
@@ -84,7 +110,7 @@ class DeaclRun:
         run = self.client.create_run(exp_id, tags=tags, run_name=f"deacl-{self.cfg.encoder.name}-"
                                                                   f"{self.cfg.deacl_id[:8]}")
         self.run_id = run.info.run_id
-        encoder = self.cfg.encoder.model_dump(mode="json", exclude={"checkpoint", "pretrained"})
+        encoder = self.cfg.encoder.model_dump(mode="json", exclude_unset=True)  # the teacher, as configured
         params = {**flatten(self.cfg.model_dump(mode="json")),
                   "encoder_config": yaml.safe_dump(encoder, default_flow_style=True).strip()}
         items = [Param(k, v) for k, v in params.items()]

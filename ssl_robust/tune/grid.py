@@ -8,6 +8,7 @@ worker are marked FAILED, so a rerun completes only what is missing.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -15,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import ray
@@ -27,7 +28,7 @@ from ssl_robust import tracking
 from ssl_robust.cell import prepare_head, run_cell
 from ssl_robust.config import CellCfg, ConfigError
 from ssl_robust.report import summary_table
-from ssl_robust.sweep_config import SweepCfg, head_groups
+from ssl_robust.sweep_config import Resources, SweepCfg, head_groups
 
 
 @dataclass
@@ -247,10 +248,10 @@ def _slots(sweep: SweepCfg, n_trials: int) -> int:
     return max(1, min(slots))
 
 
-def _check_resources(sweep: SweepCfg) -> None:
+def _check_resources(resources: Resources) -> None:
     """Fail fast when a local instance cannot host one trial (a cluster may still scale up)."""
     have = ray.cluster_resources()
-    for name, want in (("CPU", sweep.resources.cpu), ("GPU", sweep.resources.gpu)):
+    for name, want in (("CPU", resources.cpu), ("GPU", resources.gpu)):
         if want > have.get(name, 0):
             raise ConfigError(f"resources.{name.lower()}={want} but this Ray instance has "
                                    f"{have.get(name, 0)} {name}; lower it or join a cluster")
@@ -276,11 +277,18 @@ def execute(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = No
     done = tracking.finished_cells(sweep.name, tracking_uri)
     if all(c.cell_id in done for c in cells):
         return run_sweep(sweep, cells, tracking_uri, storage_path)
+    with ray_session(sweep.resources, address, num_cpus):
+        return run_sweep(sweep, cells, tracking_uri, storage_path)
+
+
+@contextlib.contextmanager
+def ray_session(resources: Resources, address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+    """Ray for the duration of the block: joined or started (and then shut down) here."""
     started = _init_ray(address, num_cpus)
     try:
         if started:
-            _check_resources(sweep)
-        return run_sweep(sweep, cells, tracking_uri, storage_path)
+            _check_resources(resources)
+        yield
     finally:
         if started:
             ray.shutdown()

@@ -1,0 +1,91 @@
+"""The DeACL sweep on Ray Tune: one fine-tune per grid point (each its own MLflow run), then the
+benchmark grid on every chosen epoch of every fine-tune, in the same experiment.
+
+Fine-tunes and cells that already FINISHED are skipped; a killed fine-tune resumes its own run
+from its last checkpoint. So one command gives the poster's robustness-over-epochs curve, and a
+rerun finishes only what is missing.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray import tune
+
+from ssl_robust import tracking
+from ssl_robust.config import DeaclCfg
+from ssl_robust.finetune import run_deacl
+from ssl_robust.sweep_config import (DeaclSweepCfg, SweepCfg, benchmark_sweep, deacl_configs, expand,
+                                     resolve_encoders)
+from ssl_robust.tune import grid
+
+
+@dataclass
+class DeaclSweepReport:
+    """The fine-tunes (run ids, failures) and the benchmark's own report."""
+
+    fine_tunes: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # deacl_ids that did not finish
+    benchmark: grid.SweepReport | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"fine-tunes: {len(self.fine_tunes)} finished, {len(self.failed)} failed"]
+        out += [f"failed fine-tune: {deacl_id}" for deacl_id in self.failed]
+        return out + (self.benchmark.lines() if self.benchmark else [])
+
+
+def fine_tune_trial(config: dict[str, Any]) -> dict[str, Any]:
+    """One Tune trial: one tracked, resumable fine-tune."""
+    cfg = DeaclCfg.model_validate(config["deacl"])
+    run_id, metrics = run_deacl(cfg, config["tracking_uri"], tags={"deacl_sweep": cfg.name})
+    return {**metrics, "run_id": run_id}
+
+
+def _finished(sweep: DeaclSweepCfg, uri: str) -> dict[str, str]:
+    """``{deacl_id: run_id}`` of the experiment's FINISHED fine-tunes (the oldest run wins)."""
+    found: dict[str, str] = {}
+    for run in tracking.deacl_runs(sweep.name, uri, "FINISHED"):
+        found.setdefault(run.data.tags["deacl_id"], run.info.run_id)
+    return found
+
+
+def _fine_tune(sweep: DeaclSweepCfg, todo: list[DeaclCfg], uri: str, storage_path: str | None) -> None:
+    resources = {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu}
+    tuner = tune.Tuner(
+        tune.with_resources(fine_tune_trial, resources),
+        param_space={"deacl": tune.grid_search([c.model_dump(mode="json") for c in todo]), "tracking_uri": uri},
+        tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent,
+                                    trial_dirname_creator=lambda trial: f"deacl_{trial.trial_id}"),
+        run_config=tune.RunConfig(name=f"{sweep.name}-deacl-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  storage_path=storage_path, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
+    )
+    tuner.fit()
+
+
+def benchmark_of(sweep: DeaclSweepCfg, runs: list[str], uri: str) -> tuple[SweepCfg, list]:
+    """The benchmark sweep of the fine-tunes' students, resolved and expanded into cells."""
+    bench = resolve_encoders(benchmark_sweep(sweep, runs), lambda source: tracking.deacl_students(
+        source.runs, source.experiment, source.epochs, uri))
+    return bench, expand(bench)
+
+
+def run_deacl_sweep(sweep: DeaclSweepCfg, tracking_uri: str | None = None, address: str | None = None,
+                    num_cpus: int | None = None, storage_path: str | None = None) -> DeaclSweepReport:
+    """Fine-tune what is missing, then benchmark every finished fine-tune's chosen epochs."""
+    uri = tracking.absolute_tracking_uri(tracking_uri)
+    tracking.ensure_experiment(sweep.name, uri)
+    configs = deacl_configs(sweep)
+    todo = [c for c in configs if c.deacl_id not in _finished(sweep, uri)]
+    report = DeaclSweepReport()
+    if todo:
+        with grid.ray_session(sweep.resources, address, num_cpus):
+            _fine_tune(sweep, todo, uri, storage_path)
+    finished = _finished(sweep, uri)
+    report.fine_tunes = [finished[c.deacl_id] for c in configs if c.deacl_id in finished]
+    report.failed = [c.deacl_id for c in configs if c.deacl_id not in finished]
+    if report.fine_tunes:
+        bench, cells = benchmark_of(sweep, report.fine_tunes, uri)
+        report.benchmark = grid.execute(bench, cells, uri, address, num_cpus, storage_path)
+    return report
