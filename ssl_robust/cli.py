@@ -17,8 +17,10 @@ from ssl_robust.encoders import check_encoder_name
 from ssl_robust.finetune import run_deacl
 from ssl_robust.registry import UnknownNameError
 from ssl_robust.report import write_report
+from ssl_robust.search_config import describe_space, load_search
 from ssl_robust.sweep_config import DeaclSweepCfg, deacl_configs, expand, read_sweep, resolve_encoders
 from ssl_robust.tracking.deacl import checkpoint_artifact
+from ssl_robust.tune.search import masked, run_search
 from ssl_robust.tune import deacl_sweep, grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +131,22 @@ def cmd_deacl_sweep(args: argparse.Namespace) -> int:
     return 1 if report.failed or (report.benchmark and report.benchmark.failed) else 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    if args.config is None and all("=" in item for item in args.overrides):
+        raise ConfigError("search: give the search YAML (CONFIG or --config)")
+    search = load_search(*_sweep_file_and_overrides(args))
+    check_encoder_name(search.deacl.encoder.name)
+    print(f"search {search.name}: {search.n_trials} trials of {search.deacl.epochs} epochs, "
+          f"{search.deacl.encoder.name} on {search.deacl.data.name}; study {masked(search.storage_url)}",
+          file=sys.stderr)
+    if args.dry_run:
+        print("\n".join(describe_space(search)))
+        return 0
+    report = run_search(search, args.tracking_uri, args.storage_path, args.address, args.num_cpus)
+    print("\n".join(report.lines()))
+    return 1 if report.failed or report.front.empty else 0
+
+
 def _tracking_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
@@ -176,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     deacl.add_argument("--experiment", default=None, help="MLflow experiment (default: the config's name)")
     _tracking_option(deacl)
     deacl.set_defaults(func=cmd_deacl)
+
+    search = sub.add_parser("search", help="Optuna search of DeACL hyperparameters on Ray Tune (Pareto front "
+                                           "of clean vs robust probe accuracy), tracked in MLflow")
+    search.add_argument("overrides", nargs="*", metavar="CONFIG [KEY=VALUE ...]",
+                        help="search YAML (see sweeps/deacl_search_quickstart.yaml) and dotted overrides, e.g. n_trials=32")
+    search.add_argument("--config", default=None, help="the search YAML, as an option (`ray submit ... -- --config`)")
+    _tracking_option(search)
+    search.add_argument("--experiment", default=None, help="MLflow experiment and Optuna study (default: its name)")
+    search.add_argument("--address", default=None,
+                        help="Ray address: none joins a running cluster or starts one; 'local' starts one")
+    search.add_argument("--num-cpus", type=int, default=None, help="CPUs of a Ray instance started here")
+    search.add_argument("--storage-path", default=None, help="Ray Tune results folder or URI")
+    search.add_argument("--dry-run", action="store_true", help="validate and print the space, run nothing")
+    search.set_defaults(func=cmd_search)
 
     report = sub.add_parser("report", help="poster tables and robustness plots from a sweep's MLflow runs")
     report.add_argument("experiment", help="the sweep's MLflow experiment (its `name`)")

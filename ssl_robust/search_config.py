@@ -152,3 +152,16 @@ def load_search(path: str | Path, overrides: list[str] = ()) -> SearchCfg:
     if isinstance(section, dict) and isinstance(section.get("root"), str):
         section["root"] = str(Path(section["root"]).expanduser().resolve())
     return parse_search(data, str(path))
+
+
+def describe_space(search: SearchCfg) -> list[str]:
+    """One line per searched field: its choices, or its range (integer, linear or log)."""
+    lines = []
+    for key, space in normalized(search).items():
+        if space.choices is not None:
+            text = f"choices {space.choices}"
+        else:
+            kind = "integer" if isinstance(space.low, int) else "log-uniform" if space.log else "uniform"
+            text = f"{kind} [{space.low:.4g}, {space.high:.4g}]" + (" log" if kind == "integer" and space.log else "")
+        lines.append(f"{key:<14} {text}")
+    return lines

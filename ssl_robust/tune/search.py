@@ -89,19 +89,19 @@ class ParetoSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr("deacl_id", trial_config(self.base, params).deacl_id)
         return params
 
-    def _record(self, trial_id: str, result: dict[str, Any], prefix: str) -> None:
+    def _record(self, trial_id: str, result: dict[str, Any], keys: tuple[str, ...], prefix: str = "") -> None:
         ot_trial = self._ot_trials.get(trial_id)
-        for key in (EPOCH, *OBJECTIVES) if ot_trial is not None else ():
+        for key in keys if ot_trial is not None else ():
             if isinstance(result.get(key), (int, float)):
                 ot_trial.set_user_attr(prefix + key, result[key])
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if result.get(EPOCH) == 0:
-            self._record(trial_id, result, TEACHER)
+            self._record(trial_id, result, OBJECTIVES, TEACHER)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if result:
-            self._record(trial_id, result, "")
+            self._record(trial_id, result, (EPOCH, *OBJECTIVES))
         full = bool(result) and not error and result.get(EPOCH, -1) >= self.base.epochs
         super().on_trial_complete(trial_id, result if full else None, error)
 
@@ -145,6 +145,7 @@ class SearchReport:
     storage: str  # the study's URL, password hidden
     parent_run_id: str
     ran: int
+    failed: int
     params: list[str]
     trials: pd.DataFrame
     front: pd.DataFrame
@@ -153,7 +154,7 @@ class SearchReport:
         cols = ["number", *[p for p in self.params if p in self.front], *OBJECTIVES]
         out = [self.front[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}")] if len(self.front) else []
         states = self.trials["state"].value_counts().to_dict() if len(self.trials) else {}
-        out.append(f"search {self.name}: {self.ran} trials run now; study has {len(self.trials)} {states}; "
+        out.append(f"search {self.name}: {self.ran} trials run now ({self.failed} failed); study: {states}; "
                    f"Pareto front {len(self.front)} trials; MLflow parent run {self.parent_run_id}")
         return out + [f"optuna-dashboard {self.storage}"]
 
@@ -168,13 +169,14 @@ def _open_study(search: SearchCfg, storage: optuna.storages.RDBStorage) -> tuple
     study and its number of finished (COMPLETE or PRUNED) trials."""
     study = optuna.create_study(study_name=search.name, storage=storage, directions=["maximize", "maximize"],
                                 load_if_exists=True)
-    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        storage.set_trial_state_values(stale._trial_id, TrialState.FAIL)
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(stale.number, state=TrialState.FAIL)
     return study, len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
 def _tune(search: SearchCfg, study: optuna.Study, storage: Any, remaining: int, context: dict[str, Any],
-          storage_path: str | None) -> None:
+          storage_path: str | None) -> int:
+    """Run ``remaining`` trials; returns how many failed."""
     searcher = ParetoSearch(distributions(search), metric=list(OBJECTIVES), mode=["max", "max"], storage=storage,
                             study_name=search.name, seed=search.seed + len(study.trials), base=search.deacl)
     scheduler = AsyncHyperBandScheduler(time_attr=EPOCH, metric=OBJECTIVES[1], mode="max", max_t=search.deacl.epochs,
@@ -195,6 +197,7 @@ def _tune(search: SearchCfg, study: optuna.Study, storage: Any, remaining: int, 
     finally:
         if progress.bar is not None:
             progress.bar.close()
+    return progress.counts["failed"]
 
 
 def trials_frame(study: optuna.Study, experiment: str, tracking_uri: str) -> pd.DataFrame:
@@ -213,7 +216,7 @@ def trials_frame(study: optuna.Study, experiment: str, tracking_uri: str) -> pd.
     return pd.DataFrame(rows)
 
 
-def _report(search: SearchCfg, study: optuna.Study, parent: str, uri: str, ran: int) -> SearchReport:
+def _report(search: SearchCfg, study: optuna.Study, parent: str, uri: str, ran: int, failed: int) -> SearchReport:
     """Plot and tabulate the study, log both and the front's metrics to the parent run, finish it."""
     table = trials_frame(study, search.name, uri)
     scored = table.dropna(subset=list(OBJECTIVES)) if len(table) else table
@@ -229,7 +232,7 @@ def _report(search: SearchCfg, study: optuna.Study, parent: str, uri: str, ran: 
         metrics += [(f"best/{k}", front[k].max(), 0) for k in OBJECTIVES if len(front)]
         metrics.append(("front/size", len(front), 0))
         tracked.finish_parent_run(parent, uri, [p for p in (png, csv) if p.exists()], metrics)
-    return SearchReport(search.name, masked(search.storage_url), parent, ran, list(search.space), table, front)
+    return SearchReport(search.name, masked(search.storage_url), parent, ran, failed, list(search.space), table, front)
 
 
 def _check_resources(search: SearchCfg) -> None:
@@ -257,18 +260,19 @@ def run_search(search: SearchCfg, tracking_uri: str | None = None, storage_path:
           f"study: optuna-dashboard {masked(search.storage_url)}", file=sys.stderr)
     context = {"deacl": search.deacl.model_dump(mode="json"), "tracking_uri": uri,
                "experiment": search.name, "parent_run_id": parent}
+    failed = 0
     try:
         if remaining:
             started = _init_ray(address, num_cpus)
             try:
                 if started:
                     _check_resources(search)
-                _tune(search, study, storage, remaining, context, storage_path)
+                failed = _tune(search, study, storage, remaining, context, storage_path)
             finally:
                 if started:
                     ray.shutdown()
         tracked.kill_running(search.name, uri, parent_run_id=parent)
-        return _report(search, study, parent, uri, remaining)
+        return _report(search, study, parent, uri, remaining, failed)
     except BaseException:
         tracked.finish_parent_run(parent, uri, [], [], "FAILED")
         raise
