@@ -159,7 +159,7 @@ def describe_space(search: SearchCfg) -> list[str]:
     lines = []
     for key, space in normalized(search).items():
         if space.choices is not None:
-            text = f"choices {space.choices}"
+            text = "choices [" + ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in space.choices) + "]"
         else:
             kind = "integer" if isinstance(space.low, int) else "log-uniform" if space.log else "uniform"
             text = f"{kind} [{space.low:.4g}, {space.high:.4g}]" + (" log" if kind == "integer" and space.log else "")

@@ -55,8 +55,8 @@ def test_shipped_sweeps_validate() -> None:
     assert len(cells) == 3 * 7 * 2 * 6  # encoders x data sets x (embed + task attack) x eps
     assert len(head_groups(cells)) == 3 * 7
     assert sorted({round(c.attack.eps * 255, 6) for c in cells}) == [0, 1, 2, 4, 8, 16]
-    deacl = [e for e in sweep.encoders if e.checkpoint]
-    assert deacl and not deacl[0].enabled
+    deacl = [e for e in sweep.encoders if e.deacl]
+    assert deacl and not deacl[0].enabled and deacl[0].deacl.experiment == "deacl"
     quick, quick_cells = load_sweep(REPO_ROOT / "sweeps" / "quickstart.yaml")
     assert {c.data.resolved_task for c in quick_cells} == {"classification", "segmentation", "depth"}
     assert {c.attack.name for c in quick_cells} == {"embed", "pgd", "segpgd", "depthpgd"}
