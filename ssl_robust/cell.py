@@ -21,16 +21,11 @@ from ssl_robust.attacks import ATTACKS
 from ssl_robust.config import CellCfg
 from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.load import load_split, task_info
+from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import Encoder, create_encoder, input_size, local_file
 from ssl_robust.heads import TaskModel, extract_features, fit_head
 from ssl_robust.pgd import AttackResult, pgd
 from ssl_robust.tasks import TASKS, TaskSpec
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _loader(cfg: CellCfg, split: str, image_size: int, batch_size: int) -> DataLoader:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -29,6 +30,7 @@ from ssl_robust.config import DeaclCfg
 from ssl_robust.data import DATASETS
 from ssl_robust.data.load import load_split
 from ssl_robust.deacl_loss import augment, deacl_loss, embed_attack, probe_attack
+from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import Encoder, create_encoder, input_size
 
 RESUME_FILE = "resume.pt"
@@ -69,12 +71,6 @@ def derive_seed(seed: int, *parts: int | str) -> int:
     """A 56-bit seed for one random stream, e.g. ``derive_seed(seed, "augment", epoch, batch)``."""
     blob = ":".join(str(p) for p in (seed, *parts)).encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:7], "big")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def lr_factor(step: int, warmup_steps: float, total_steps: int) -> float:
@@ -253,8 +249,6 @@ def _probe(run: _Run) -> dict[str, float]:
 
 def _save_checkpoint(run: _Run, work_dir: Path, epoch: int, metrics: dict[str, float]) -> tuple[Path, Path]:
     """Write the student's timm weights (safetensors) and the resume file (atomically)."""
-    from safetensors.torch import save_file
-
     work_dir.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in run.student.model.state_dict().items()}
     weights_path = work_dir / f"epoch_{epoch:03d}.safetensors"

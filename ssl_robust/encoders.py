@@ -13,6 +13,8 @@ from typing import Any
 
 import timm
 import torch
+from safetensors.torch import load_file
+from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
 from ssl_robust.aliases import ENCODERS, EncoderSpec
@@ -132,8 +134,6 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a safetensors file or a weights-only torch checkpoint."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     with torch.serialization.safe_globals([argparse.Namespace]):  # DINO saves its args alongside
         return _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -141,8 +141,6 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     """Load a DINO/DINOv2/timm checkpoint into a timm ViT; classifier/projection heads are dropped."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
     state = _strip_prefixes(read_checkpoint(path))
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "dino_head", "ibot_head"))}
     state = checkpoint_filter_fn(state, model)
