@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -43,9 +45,9 @@ def _fit(cfg: CellCfg, encoder: Encoder, loaders: tuple[DataLoader, DataLoader],
     start = time.perf_counter()
     train_loader, val_loader = loaders
     task, info = TASKS.get(cfg.data.resolved_task), task_info(cfg.data)
-    train = extract_features(encoder, train_loader, device, desc="train features")
-    val = extract_features(encoder, val_loader, device, desc="val features")
-    head = task.build_head(info, encoder.embed_dim, cfg.head.n_bins)
+    train = extract_features(encoder, train_loader, device, desc="train features", token_grid=task.token_grid)
+    val = extract_features(encoder, val_loader, device, desc="val features", token_grid=task.token_grid)
+    head = task.build_head(info, encoder.embed_dim, cfg.head)
     head, metrics = fit_head(head, train, val, loss_fn=task.loss(info),
                              val_score=lambda out, y: task.validation_score(info, out, y),
                              epochs=cfg.head.epochs, lr=cfg.head.lr,
@@ -70,26 +72,66 @@ def prepare_head(cfg: CellCfg, out_path: Path) -> dict[str, float]:
 
 def load_head(cfg: CellCfg, encoder: Encoder, path: str) -> nn.Module:
     """The head saved by ``prepare_head`` at a local ``path``."""
-    head = TASKS.get(cfg.data.resolved_task).build_head(task_info(cfg.data), encoder.embed_dim, cfg.head.n_bins)
+    head = TASKS.get(cfg.data.resolved_task).build_head(task_info(cfg.data), encoder.embed_dim, cfg.head)
     head.load_state_dict(load_file(str(local_file(path))))
     return head.eval()
 
 
-def _attack(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo, x: torch.Tensor,
-            labels: torch.Tensor, eps: float, steps: int, seed: int) -> AttackResult:
-    """Run the configured attack: on the representation the head reads (EmbedAttack, target = the
-    clean one), or on the task output (target = the labels)."""
+@dataclass
+class AttackSetup:
+    """What the engine attacks: ``forward`` and ``objective`` against ``target``, and how the
+    attack's own view of a clean batch is scored (``reference``: the output it must agree with)."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    objective: Callable[..., torch.Tensor]
+    success: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    damage: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    on_embedding: bool
+
+    def target(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Labels, or (EmbedAttack) the clean representation."""
+        if not self.on_embedding:
+            return labels
+        with torch.no_grad():
+            return self.forward(x)
+
+
+def attack_setup(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo) -> AttackSetup:
+    """EmbedAttack pushes the representation the head reads (CLS or token grid) of block
+    ``attack.layer`` (None = the last); task attacks ascend the task objective on the model."""
     on_embedding = ATTACKS.get(cfg.attack.name).on_embedding
     if on_embedding:
-        forward = model.encoder.embed if task.embedding == "cls" else model.encoder.tokens
-        with torch.no_grad():
-            target = forward(x)
+        part = 0 if task.embedding == "cls" else 1
+        forward: Callable[[torch.Tensor], torch.Tensor] = \
+            lambda x: model.encoder.features_at(x, cfg.attack.layer)[part]
     else:
-        forward, target = model, labels
+        forward = model
+    worst = cfg.attack.select == "worst" and not on_embedding and task.damage is not None
+    return AttackSetup(forward, task.objective(cfg.attack.name, info), None if on_embedding else task.fooled,
+                       task.damage(info) if worst else None, on_embedding)
+
+
+def _attack(cfg: CellCfg, setup: AttackSetup, x: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
+            seed: int) -> AttackResult:
     a = cfg.attack
-    return pgd(forward, task.objective(a.name, info), x, target, eps=eps, step_size=a.resolved_step_size,
-               steps=steps, norm=a.norm, random_start=a.random_start, restarts=a.restarts, seed=seed,
-               success_fn=None if on_embedding else task.fooled, stop_when_fooled=a.stop_when_fooled)
+    return pgd(setup.forward, setup.objective, x, setup.target(x, labels), eps=eps,
+               step_size=a.resolved_step_size, steps=steps, norm=a.norm, random_start=a.random_start,
+               restarts=a.restarts, seed=seed, success_fn=setup.success, stop_when_fooled=a.stop_when_fooled,
+               damage_fn=setup.damage)
+
+
+@torch.no_grad()
+def eps0_gap(cfg: CellCfg, setup: AttackSetup, model: TaskModel, x: torch.Tensor, labels: torch.Tensor,
+             clean_out: torch.Tensor) -> float:
+    """How far the attack path at eps = 0 is from the scored model: its returned input rescored,
+    and its loss against the objective of the scored output (a forward that differs from the
+    scored model, or is not deterministic, shows here)."""
+    with torch.enable_grad():
+        zero = _attack(cfg, setup, x, labels, eps=0.0, steps=1, seed=cfg.seed)
+    target = setup.target(x, labels)
+    reference = target if setup.on_embedding else clean_out
+    expected = setup.objective(reference, target, 1, 1)
+    return max(float((model(zero.x_adv) - clean_out).abs().max()), float((zero.loss - expected).abs().max()))
 
 
 def _save_examples(x: torch.Tensor, x_adv: torch.Tensor, path: Path, n: int = 4) -> None:
@@ -113,8 +155,9 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
         head, metrics = _fit(cfg, encoder, fit_loaders, device)
     model = TaskModel(encoder, head.to(device)).eval().requires_grad_(False)
     task, info = TASKS.get(cfg.data.resolved_task), task_info(cfg.data)
+    setup = attack_setup(cfg, model, task, info)
     clean, adv = task.scores(info), task.scores(info)
-    bounds, losses, eps0_gap = [], [], 0.0
+    bounds, losses, gap, disagreements = [], [], 0.0, 0
     grad_finite, grad_nonzero = True, 1.0
     attack_start = time.perf_counter()
     for i, (x, y) in enumerate(tqdm(loader, desc=f"{cfg.attack.name} eps={cfg.attack.eps:.4f}", leave=False)):
@@ -123,13 +166,13 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
             clean_out = model(x)
         clean.add(clean_out, y)
         if i == 0:
-            zero = _attack(cfg, model, task, info, x, y, eps=0.0, steps=1, seed=cfg.seed)
-            with torch.no_grad():
-                eps0_gap = float((model(zero.x_adv) - clean_out).abs().max())
-        result = _attack(cfg, model, task, info, x, y, eps=cfg.attack.eps, steps=cfg.attack.steps,
-                         seed=cfg.seed + i)
+            gap = eps0_gap(cfg, setup, model, x, y, clean_out)
+        result = _attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=cfg.attack.steps, seed=cfg.seed + i)
         with torch.no_grad():
-            adv.add(model(result.x_adv), y)
+            adv_out = model(result.x_adv)
+        adv.add(adv_out, y)
+        if result.success is not None:
+            disagreements += int((result.success != task.fooled(adv_out, y)).sum())
         bounds.append(checks.perturbation_checks(x, result.x_adv, cfg.attack.eps, cfg.attack.norm))
         losses.extend(result.loss.cpu().tolist())
         grad_finite &= result.grad_finite
@@ -147,7 +190,8 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
     metrics.update({k: min(b[k] for b in bounds) for k in ("check/delta_in_ball", "check/x_adv_in_box")})
     metrics["attack/max_delta"] = max(b["attack/max_delta"] for b in bounds)
     metrics.update(checks.gradient_checks(grad_finite, grad_nonzero, cfg.attack.eps, cfg.attack.steps))
-    metrics.update(checks.score_checks(clean_scores[key], adv_scores[key], task.higher_is_better, eps0_gap))
+    metrics.update(checks.score_checks(clean_scores[key], adv_scores[key], task.higher_is_better, gap))
+    metrics.update(checks.rescore_checks(disagreements))
     metrics["check/all_passed"] = checks.all_passed(metrics)
     if out_dir is not None:
         _write_per_sample(Path(out_dir) / "per_sample.csv", task.per_sample, clean.per_sample, adv.per_sample,

@@ -37,6 +37,13 @@ def score_checks(clean: float, adv: float, higher_is_better: bool, eps0_gap: flo
     }
 
 
+def rescore_checks(disagreements: int) -> dict[str, float]:
+    """The samples the attack reported fooled are exactly those the scored model misclassifies on
+    the returned inputs (a mismatch means the attack's forward is not the scored model)."""
+    return {"check/success_matches_rescore": float(disagreements == 0),
+            "attack/rescore_disagreements": float(disagreements)}
+
+
 def all_passed(checks: dict[str, float]) -> float:
     return float(all(v == 1.0 for k, v in checks.items() if k.startswith("check/")
                      and k != "check/eps0_max_output_gap"))

@@ -97,6 +97,9 @@ class DataCfg(StrictModel):
     n_samples: int | None = Field(default=64, gt=0)  # attacked test images (None = whole test split)
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
     eigen_crop: bool = True  # NYUv2 evaluation crop
+    eval: Literal["resize", "slide"] | None = None  # test-split protocol; None = slide (dense), resize (classification)
+    slide_stride: int | None = Field(default=None, gt=0)  # sliding-window stride; None = round(2/3 of the window)
+    nyu_train: Literal["labelled", "sync"] = "labelled"  # NYUv2 train/val source: labelled .mat or raw sync frames
 
     @field_validator("name")
     @classmethod
@@ -125,6 +128,8 @@ class HeadCfg(StrictModel):
     weight_decay: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=64, gt=0)
     n_bins: int = Field(default=256, gt=1)  # depth head; its range is the data set's depth range
+    classifier_input: Literal["cls", "cls_patch_mean"] = "cls"  # DINOv2's linear protocol: cls_patch_mean
+    depth_head: Literal["smooth", "dinov2"] = "smooth"  # softmax over bins, or DINOv2's (x4 upsampling, ReLU + 0.1)
     checkpoint: str | None = None  # a fitted head to reuse instead of fitting
 
 
@@ -139,6 +144,8 @@ class AttackCfg(StrictModel):
     restarts: int = Field(default=1, ge=1)
     random_start: bool = True
     stop_when_fooled: bool = True  # classification: stop attacking samples already fooled
+    select: Literal["final", "worst"] = "worst"  # dense tasks: each image's final or most damaging iterate
+    layer: int | None = None  # EmbedAttack's target block; None = the last (after the final norm)
 
     @field_validator("name")
     @classmethod

@@ -87,11 +87,16 @@ class Encoder(nn.Module):
         return (x - self.mean) / self.std
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pass: (CLS embedding [B, D], patch tokens [B, D, h, w]), both after the final norm."""
+        """One pass: (CLS embedding [B, D], patch tokens [B, D, h, w]) of the configured layer
+        (the heads' input), both after the final norm."""
+        return self.features_at(x, self.layer)
+
+    def features_at(self, x: torch.Tensor, layer: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(CLS, patch tokens) of block ``layer`` (None = the last), after the final norm."""
         x = self.normalize(x)
-        if self.layer is not None:
+        if layer is not None:
             (grid, prefix), = self.model.forward_intermediates(
-                x, indices=[self.layer], norm=True, output_fmt="NCHW", intermediates_only=True,
+                x, indices=[layer], norm=True, output_fmt="NCHW", intermediates_only=True,
                 return_prefix_tokens=True)
             return prefix[:, 0], grid
         tokens = self.model.forward_features(x)

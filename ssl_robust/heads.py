@@ -16,15 +16,21 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 
-class LinearClassifier(nn.Module):
-    """Linear layer on the CLS embedding."""
+def pooled(tokens: torch.Tensor) -> torch.Tensor:
+    """The mean patch token [B, D] of a grid [B, D, h, w] (a cached mean passes through)."""
+    return tokens.mean(dim=(2, 3)) if tokens.dim() == 4 else tokens
 
-    def __init__(self, embed_dim: int, num_classes: int) -> None:
+
+class LinearClassifier(nn.Module):
+    """Linear layer on the CLS embedding, or on CLS ⊕ mean patch token (DINOv2's linear protocol)."""
+
+    def __init__(self, embed_dim: int, num_classes: int, inputs: str = "cls") -> None:
         super().__init__()
-        self.linear = nn.Linear(embed_dim, num_classes)
+        self.inputs = inputs
+        self.linear = nn.Linear(embed_dim * (2 if inputs == "cls_patch_mean" else 1), num_classes)
 
     def forward(self, cls: torch.Tensor, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        return self.linear(cls)
+        return self.linear(torch.cat([cls, pooled(tokens)], dim=1) if self.inputs == "cls_patch_mean" else cls)
 
 
 class LinearSegmenter(nn.Module):
@@ -61,6 +67,27 @@ class LinearDepthHead(nn.Module):
         return F.interpolate(depth, size=out_size, mode="bilinear", align_corners=False)[:, 0]
 
 
+class DINOv2DepthHead(nn.Module):
+    """DINOv2's linear depth head: patch tokens ⊕ CLS upsampled x4, BatchNorm + 1x1 conv to bins
+    uniform over [min_depth, max_depth], ReLU + 0.1 normalised to weights ("linear" strategy),
+    expected depth upsampled to the output size."""
+
+    def __init__(self, embed_dim: int, n_bins: int, min_depth: float, max_depth: float, upsample: int = 4) -> None:
+        super().__init__()
+        self.upsample = upsample
+        self.norm = nn.BatchNorm2d(2 * embed_dim)
+        self.conv = nn.Conv2d(2 * embed_dim, n_bins, kernel_size=1)
+        self.register_buffer("centres", torch.linspace(min_depth, max_depth, n_bins).view(1, -1, 1, 1))
+
+    def forward(self, cls: torch.Tensor, tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        features = torch.cat([tokens, cls[:, :, None, None].expand_as(tokens)], dim=1)
+        features = F.interpolate(features, scale_factor=self.upsample, mode="bilinear", align_corners=False)
+        weights = F.relu(self.conv(self.norm(features))) + 0.1
+        weights = weights / weights.sum(dim=1, keepdim=True)
+        depth = (weights * self.centres).sum(dim=1, keepdim=True)
+        return F.interpolate(depth, size=out_size, mode="bilinear", align_corners=False)[:, 0]
+
+
 class TaskModel(nn.Module):
     """encoder + head as one pixel-space function x in [0,1] -> task output."""
 
@@ -74,12 +101,15 @@ class TaskModel(nn.Module):
 
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, loader: DataLoader, device: torch.device,
-                     desc: str = "features") -> TensorDataset:
-    """Run the frozen encoder once over a loader; keep (cls, tokens, target) on the CPU."""
+def extract_features(encoder: nn.Module, loader: DataLoader, device: torch.device, desc: str = "features",
+                     token_grid: bool = True) -> TensorDataset:
+    """Run the frozen encoder once over a loader; keep (cls, tokens, target) on the CPU. Without
+    ``token_grid`` (heads that read CLS and at most the mean patch token) only the mean patch token
+    is kept: memory per image is 2·D numbers instead of (1 + h·w)·D."""
     cls_all, tok_all, tgt_all = [], [], []
     for images, targets in tqdm(loader, desc=desc, leave=False):
         cls, tokens = encoder.features(images.to(device))
+        tokens = tokens if token_grid else pooled(tokens)
         cls_all.append(cls.cpu()), tok_all.append(tokens.cpu()), tgt_all.append(torch.as_tensor(targets))
     return TensorDataset(torch.cat(cls_all), torch.cat(tok_all), torch.cat(tgt_all))
 

@@ -36,6 +36,29 @@ def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_
     return miou_from_confusion(confusion_matrix(pred, target, num_classes, ignore_index))
 
 
+def per_image_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                  ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image and class: (intersection [B, C], union [B, C]) pixel counts over labelled pixels."""
+    b = pred.shape[0]
+    keep = target != ignore_index
+    image = torch.arange(b, device=pred.device).view(-1, *([1] * (pred.dim() - 1))).expand_as(pred)[keep]
+    t, p = target[keep].long(), pred[keep].long()
+    size = b * num_classes
+    inter = torch.bincount((image * num_classes + t)[p == t], minlength=size)
+    area_t = torch.bincount(image * num_classes + t, minlength=size)
+    area_p = torch.bincount(image * num_classes + p, minlength=size)
+    return inter.view(b, -1), (area_t + area_p - inter).view(b, -1)
+
+
+def per_image_miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                   ignore_index: int = 255) -> torch.Tensor:
+    """mIoU of each image over the classes present in its labels or prediction ([B]; NaN for none)."""
+    inter, union = per_image_iou(pred, target, num_classes, ignore_index)
+    present = union > 0
+    iou = inter.double() / union.clamp_min(1)
+    return (iou * present).sum(1) / present.sum(1)
+
+
 def valid_depth_mask(target: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:
     return (target > min_depth) & (target <= max_depth)
 

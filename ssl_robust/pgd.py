@@ -16,6 +16,7 @@ import torch
 Forward = Callable[[torch.Tensor], torch.Tensor]
 ObjectiveFn = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 SuccessFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DamageFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -73,12 +74,17 @@ def pgd(
     seed: int = 0,
     success_fn: SuccessFn | None = None,
     stop_when_fooled: bool = False,
+    damage_fn: DamageFn | None = None,
 ) -> AttackResult:
     """Maximise ``objective(forward(x + delta), target)`` per sample within the eps-ball.
 
     With ``success_fn`` (e.g. misclassification), a sample counts as fooled if any iterate fooled
     it, and its fooling iterate is returned; with ``stop_when_fooled`` fooled samples leave the batch
     (attack only the still-robust ones), which changes no outcome but saves their compute.
+
+    With ``damage_fn`` (a per-sample measure of how much an output hurts the task, comparable
+    across steps, e.g. minus the pixel accuracy), each sample's most damaging iterate over all steps
+    and restarts is returned, not the final one: the outputs are computed anyway.
     """
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
@@ -89,19 +95,26 @@ def pgd(
     generator = torch.Generator().manual_seed(seed)
     best_x = x.clone()
     best_loss = torch.full((n,), -float("inf"), device=x.device)
+    best_damage = torch.full((n,), -float("inf"), device=x.device)
     fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
     grad_finite, grad_nonzero, forwards = True, None, 0
 
     def record(idx: torch.Tensor, x_now: torch.Tensor, output: torch.Tensor, loss: torch.Tensor,
                final: bool) -> None:
-        """Keep the first fooling iterate; else the final iterate of the highest-loss restart.
+        """Keep the first fooling iterate; else the most damaging iterate (``damage_fn``); else the
+        final iterate of the highest-loss restart.
 
         Losses are compared only between final iterates: objectives such as SegPGD weigh their
         terms by step, so losses of different steps are not comparable.
         """
         loss = loss.detach()
         now_fooled = success_fn(output.detach(), target[idx]) if success_fn else torch.zeros_like(fooled[idx])
-        better = ~fooled[idx] & (now_fooled | (final & (loss > best_loss[idx])))
+        if damage_fn is not None:
+            damage = damage_fn(output.detach(), target[idx]).to(best_damage.dtype)
+            better = damage > best_damage[idx]
+            best_damage[idx[better]] = damage[better]
+        else:
+            better = ~fooled[idx] & (now_fooled | (final & (loss > best_loss[idx])))
         sel = idx[better]
         best_x[sel] = x_now[better].detach()
         best_loss[sel] = loss[better]
@@ -125,7 +138,7 @@ def pgd(
             if grad_nonzero is None:
                 grad_nonzero = float((grad.flatten(1).abs().sum(dim=1) > 0).float().mean())
             forwards += active.numel()
-            if success_fn is not None:
+            if success_fn is not None or damage_fn is not None:
                 record(active, x_now, output, loss, final=False)
             with torch.no_grad():
                 delta = project(delta.detach() + step_size * _ascent_direction(grad, norm), x[active], eps, norm)

@@ -16,9 +16,12 @@ from torch import nn
 
 from ssl_robust.attacks import ATTACKS, attacks_for, task_attack
 from ssl_robust.data.catalog import TaskInfo
-from ssl_robust.heads import LinearClassifier, LinearDepthHead, LinearSegmenter
-from ssl_robust.metrics import ClassificationScores, DepthScores, SegmentationScores
+from ssl_robust.config import HeadCfg
+from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, LinearDepthHead, LinearSegmenter
+from ssl_robust.metrics import (ClassificationScores, DepthScores, SegmentationScores, depth_errors, per_image_miou,
+                                valid_depth_mask)
 from ssl_robust.objectives import OBJECTIVES, silog
+from ssl_robust.pgd import DamageFn
 from ssl_robust.registry import Registry
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -42,10 +45,13 @@ class TaskSpec:
     higher_is_better: bool
     per_sample: str  # what the per-sample column holds
     embedding: Literal["cls", "tokens"]  # the representation the head reads (EmbedAttack's target)
-    build_head: Callable[[TaskInfo, int, int], nn.Module]  # (info, embed_dim, n_bins) -> head
+    token_grid: bool  # the head reads the patch-token grid (else CLS and at most the mean token)
+    build_head: Callable[[TaskInfo, int, HeadCfg], nn.Module]  # (info, embed_dim, head config) -> head
     loss: Callable[[TaskInfo], LossFn]  # training loss of the head
     scores: Callable[[TaskInfo], Scores]  # accumulator of the task's scores over batches
     fooled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # per-sample success
+    damage: Callable[[TaskInfo], DamageFn] | None = None  # per-sample harm of an output, to pick the worst iterate
+    default_eval: Literal["resize", "slide"] = "resize"  # how test images are sized and scored
     objective_kwargs: Callable[[TaskInfo], dict[str, Any]] = field(default=lambda info: {})
 
     @property
@@ -73,6 +79,9 @@ class TaskSpec:
         return fn if spec.on_embedding else functools.partial(fn, **self.objective_kwargs(info))
 
 
+DEPTH_HEADS = {"smooth": LinearDepthHead, "dinov2": DINOv2DepthHead}
+
+
 def _misclassified(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1) != labels
 
@@ -80,25 +89,29 @@ def _misclassified(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 TASKS: Registry[TaskSpec] = Registry("task")
 TASKS.register("classification")(TaskSpec(
     name="classification", metric="acc", label="Accuracy", higher_is_better=True, per_sample="correct",
-    embedding="cls",
-    build_head=lambda info, dim, n_bins: LinearClassifier(dim, info.num_classes),
+    embedding="cls", token_grid=False,
+    build_head=lambda info, dim, head: LinearClassifier(dim, info.num_classes, head.classifier_input),
     loss=lambda info: F.cross_entropy,
     scores=ClassificationScores,
     fooled=_misclassified,
 ))
 TASKS.register("segmentation")(TaskSpec(
     name="segmentation", metric="miou", label="mIoU", higher_is_better=True, per_sample="pixel_acc",
-    embedding="tokens",
-    build_head=lambda info, dim, n_bins: LinearSegmenter(dim, info.num_classes),
+    embedding="tokens", token_grid=True, default_eval="slide",
+    build_head=lambda info, dim, head: LinearSegmenter(dim, info.num_classes),
     loss=lambda info: functools.partial(F.cross_entropy, ignore_index=info.ignore_index),
     scores=SegmentationScores,
+    damage=lambda info: lambda logits, masks: -per_image_miou(logits.argmax(1), masks, info.num_classes,
+                                                              info.ignore_index).nan_to_num(1.0),
     objective_kwargs=lambda info: {"ignore_index": info.ignore_index},
 ))
 TASKS.register("depth")(TaskSpec(
     name="depth", metric="rmse", label="RMSE", higher_is_better=False, per_sample="rmse",
-    embedding="tokens",
-    build_head=lambda info, dim, n_bins: LinearDepthHead(dim, n_bins, info.min_depth, info.max_depth),
+    embedding="tokens", token_grid=True, default_eval="slide",
+    build_head=lambda info, dim, head: DEPTH_HEADS[head.depth_head](dim, head.n_bins, info.min_depth, info.max_depth),
     loss=lambda info: lambda out, y: silog(out, y, min_depth=info.min_depth).mean(),
     scores=DepthScores,
+    damage=lambda info: lambda depth, target: depth_errors(
+        depth, target, valid_depth_mask(target, info.min_depth, info.max_depth))["rmse"].nan_to_num(0.0),
     objective_kwargs=lambda info: {"min_depth": info.min_depth},
 ))

@@ -178,3 +178,83 @@ def test_other_embedding_attacks_run_with_all_checks_passing(make_cell_cfg, fitt
     metrics = run_cell(cfg)
     assert check_flags(metrics) == {k: 1.0 for k in check_flags(metrics)}
     assert metrics["adv/loss"] > 0
+
+
+# ----------------------------------------------------------------------------- attack path checks
+
+
+def _setup(make_cell_cfg, model, **updates):
+    from ssl_robust.cell import attack_setup
+    from ssl_robust.data.load import task_info
+    from ssl_robust.tasks import TASKS
+
+    cfg = make_cell_cfg("classification", **updates)
+    return cfg, attack_setup(cfg, model, TASKS.get("classification"), task_info(cfg.data))
+
+
+@pytest.mark.parametrize("attack", ["pgd", "embed"])
+def test_eps0_check_fails_when_the_attacked_forward_is_not_the_scored_model(make_cell_cfg, fitted_classifier,
+                                                                           attack: str) -> None:
+    import dataclasses
+
+    import torch
+
+    from ssl_robust.cell import eps0_gap
+
+    model, x, y = fitted_classifier
+    cfg, setup = _setup(make_cell_cfg, model, attack={"name": attack})
+    with torch.no_grad():
+        clean = model(x)
+    assert eps0_gap(cfg, setup, model, x, y, clean) < 1e-5
+    noisy = dataclasses.replace(setup, forward=lambda z: setup.forward(z) + 0.1 * torch.randn_like(setup.forward(z)))
+    assert eps0_gap(cfg, noisy, model, x, y, clean) > 1e-3
+
+
+def test_rescored_successes_disagree_with_an_attack_on_another_forward(make_cell_cfg, fitted_classifier) -> None:
+    import dataclasses
+
+    import torch
+
+    from ssl_robust.cell import _attack
+    from ssl_robust.tasks import TASKS
+
+    model, x, y = fitted_classifier
+    cfg, setup = _setup(make_cell_cfg, model)
+    fooled = TASKS.get("classification").fooled
+    honest = _attack(cfg, setup, x, y, eps=8 / 255, steps=3, seed=0)
+    assert torch.equal(honest.success, fooled(model(honest.x_adv), y))
+    broken = _attack(cfg, dataclasses.replace(setup, forward=lambda z: -model(z)), x, y, eps=8 / 255, steps=3, seed=0)
+    assert int((broken.success != fooled(model(broken.x_adv), y)).sum()) > 0
+
+
+def test_cells_record_that_rescoring_agrees_with_the_attack(make_cell_cfg, fitted_head) -> None:
+    cfg = make_cell_cfg("classification", head={"checkpoint": str(fitted_head("classification"))})
+    metrics = run_cell(cfg)
+    assert metrics["check/success_matches_rescore"] == 1.0 and metrics["attack/rescore_disagreements"] == 0
+
+
+def test_embed_attack_targets_the_last_block_unless_attack_layer_says_otherwise(make_cell_cfg) -> None:
+    import torch
+
+    from ssl_robust.config import EncoderCfg
+    from ssl_robust.encoders import create_encoder
+    from ssl_robust.heads import LinearClassifier, TaskModel
+
+    torch.manual_seed(0)
+    encoder = create_encoder(EncoderCfg(name="tiny_dinov2", layer=0))
+    model = TaskModel(encoder, LinearClassifier(encoder.embed_dim, 4))
+    x = torch.rand(2, 3, 28, 28)
+    _, last = _setup(make_cell_cfg, model, encoder={"layer": 0}, attack={"name": "embed"})
+    torch.testing.assert_close(last.forward(x), encoder.features_at(x, None)[0])
+    assert not torch.allclose(last.forward(x), encoder.features(x)[0])  # the heads read block 0
+    _, first = _setup(make_cell_cfg, model, encoder={"layer": 0}, attack={"name": "embed", "layer": 0})
+    torch.testing.assert_close(first.forward(x), encoder.features(x)[0])
+
+
+@pytest.mark.parametrize("select", ["final", "worst"])
+def test_dense_attacks_select_the_final_or_the_worst_iterate(make_cell_cfg, fitted_head, select: str) -> None:
+    cfg = make_cell_cfg("segmentation", attack={"select": select, "steps": 4},
+                        head={"checkpoint": str(fitted_head("segmentation"))})
+    metrics = run_cell(cfg)
+    assert metrics["check/all_passed"] == 1.0
+    assert metrics["adv/miou"] <= metrics["clean/miou"]

@@ -11,7 +11,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from ssl_robust.data import TaskInfo
 from ssl_robust.metrics import (ClassificationScores, DepthScores, SegmentationScores, accuracy, confusion_matrix, depth_metrics,
-                                mean_iou, miou_from_confusion)
+                                mean_iou, miou_from_confusion, per_image_miou)
 
 IGNORE = 255
 NUM_CLASSES = 6  # labels and predictions use only 0..3: classes 4 and 5 are absent from both
@@ -196,3 +196,10 @@ def test_depth_image_without_valid_pixels_does_not_count_towards_the_average() -
     expected = numpy_depth_metrics(pred[[0, 2]], target[[0, 2]], 1e-3, 10.0)
     for key in ("rmse", "abs_rel", "delta1"):
         assert got[key] == pytest.approx(expected[key], rel=1e-5), key
+
+
+def test_per_image_miou_matches_sklearn_image_by_image() -> None:
+    pred, target = random_segmentation(7, shape=(4, 9, 11))
+    got = per_image_miou(pred, target, NUM_CLASSES, IGNORE)
+    for i in range(4):
+        assert float(got[i]) == pytest.approx(mean_iou(pred[i:i + 1], target[i:i + 1], NUM_CLASSES, IGNORE))

@@ -351,3 +351,17 @@ def test_invalid_arguments_raise_value_error(kwargs) -> None:
     args = dict(eps=8 / 255, step_size=1 / 255, steps=2, norm="linf") | kwargs
     with pytest.raises(ValueError):
         pgd(model, cross_entropy, x, y, **args)
+
+
+def test_damage_fn_returns_each_samples_most_damaging_iterate_not_the_final_one() -> None:
+    """The objective climbs x (1, 2, 3 steps of 0.1) but damage peaks at the first step: with a
+    damage function the engine must return that iterate, without one the final iterate."""
+    x = torch.full((2, 1, 1, 1), 0.5)
+    forward = lambda z: z.flatten(1)  # noqa: E731
+    objective = lambda out, target, step=1, steps=1: out[:, 0]  # noqa: E731
+    damage = lambda out, target: -(out[:, 0] - 0.6).abs()  # noqa: E731  (highest at x = 0.6)
+    kwargs = dict(eps=0.3, step_size=0.1, steps=3, random_start=False)
+    worst = pgd(forward, objective, x, torch.zeros(2), damage_fn=damage, **kwargs)
+    final = pgd(forward, objective, x, torch.zeros(2), **kwargs)
+    torch.testing.assert_close(worst.x_adv, torch.full_like(x, 0.6))
+    torch.testing.assert_close(final.x_adv, torch.full_like(x, 0.8))

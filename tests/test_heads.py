@@ -1,0 +1,45 @@
+"""Heads: the classifier's inputs, DINOv2's linear depth head, and feature caching."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, extract_features
+
+
+def test_classifier_reads_cls_or_cls_and_the_mean_patch_token() -> None:
+    cls, tokens = torch.randn(3, 8), torch.randn(3, 8, 2, 2)
+    only_cls = LinearClassifier(8, 5)
+    assert only_cls.linear.in_features == 8
+    both = LinearClassifier(8, 5, "cls_patch_mean")
+    assert both.linear.in_features == 16
+    pooled = tokens.mean(dim=(2, 3))
+    torch.testing.assert_close(both(cls, tokens, (1, 1)), both(cls, pooled, (1, 1)))  # a cached mean works too
+    torch.testing.assert_close(both(cls, tokens, (1, 1)), both.linear(torch.cat([cls, pooled], 1)))
+
+
+def test_dinov2_depth_head_weighs_its_bins_with_relu_plus_0_1_and_upsamples_x4() -> None:
+    head = DINOv2DepthHead(8, n_bins=4, min_depth=1.0, max_depth=4.0).eval()
+    seen = {}
+    head.conv.register_forward_hook(lambda m, i, o: seen.update(shape=o.shape))
+    depth = head(torch.randn(2, 8), torch.randn(2, 8, 3, 3), (24, 24))
+    assert seen["shape"][-2:] == (12, 12) and depth.shape == (2, 24, 24)
+    assert bool(((depth >= 1.0) & (depth <= 4.0)).all())
+    with torch.no_grad():
+        head.conv.weight.zero_(), head.conv.bias.fill_(-1.0)  # every logit below 0: ReLU + 0.1 is uniform
+    torch.testing.assert_close(head(torch.randn(1, 8), torch.randn(1, 8, 2, 2), (4, 4)),
+                               torch.full((1, 4, 4), 2.5))
+
+
+class _Grid(torch.nn.Module):
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.mean(dim=(2, 3)), x
+
+
+def test_features_for_a_cls_head_keep_the_mean_token_not_the_grid() -> None:
+    images = torch.rand(6, 3, 4, 4)
+    loader = DataLoader(TensorDataset(images, torch.arange(6)), batch_size=4)
+    grid = extract_features(_Grid(), loader, torch.device("cpu"))
+    pooled = extract_features(_Grid(), loader, torch.device("cpu"), token_grid=False)
+    assert grid.tensors[1].shape == (6, 3, 4, 4) and pooled.tensors[1].shape == (6, 3)
+    torch.testing.assert_close(pooled.tensors[1], images.mean(dim=(2, 3)))
