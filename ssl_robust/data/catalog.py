@@ -79,4 +79,8 @@ DATASETS.register("cityscapes")(_segmentation(19, (
 DATASETS.register("nyuv2")(DatasetSpec({"depth": TaskInfo("depth", min_depth=1e-3, max_depth=10.0)}, how_to_get=(
     "Download nyu_depth_v2_labeled.mat (the labelled data set) and splits.mat (the standard "
     "795/654 train/test split) from https://cs.nyu.edu/~fergus/datasets/nyu_depth_v2.html into "
-    "data.root" + _MANUAL)))
+    "data.root" + _MANUAL + " With data.nyu_train=sync the head trains on the raw frames instead: "
+    "get BTS's sync.zip (https://github.com/cleinc/bts, pytorch/README.md 'Preparation for "
+    "Training': utils/download_from_gdrive.py 1AysroWpfISmm-yRFGBgFTrLy6FjQwvwP sync.zip) and unzip "
+    "it into data.root, giving data.root/sync/<scene>/rgb_XXXXX.jpg and sync_depth_XXXXX.png; "
+    "optionally copy BTS's train_test_inputs/nyudepthv2_train_files_with_gt.txt into data.root.")))

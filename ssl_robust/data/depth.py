@@ -115,7 +115,11 @@ class NYUDepth(Dataset):
 
 
 def build_nyuv2(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> Dataset:
-    """Train/val carved from the 795 train images; test = the 654 standard test images."""
+    """Train/val carved from the 795 train images (or, with ``data.nyu_train: sync``, from the raw
+    sync frames: ``data/nyu_sync.py``); test = the 654 standard test images."""
+    if cfg.nyu_train == "sync" and split != "test":
+        from ssl_robust.data.nyu_sync import build_nyu_sync  # here: data/depth.py's imports are shared
+        return build_nyu_sync(cfg, split, info, image_size)
     root = require_files("nyuv2", cfg.root, [NYU_MAT, NYU_SPLITS])
     total = check_nyu_mat(root / NYU_MAT)
     train, test = read_nyu_splits(root / NYU_SPLITS, total)

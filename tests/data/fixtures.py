@@ -203,3 +203,39 @@ def write_nyuv2(root: Path, n_train: int = 6, n_test: int = 4,
                                            "testNdxs": test[:, None].astype(float)})
     return {"images": images, "depths": depths,
             "train": (train - 1).tolist(), "test": (test - 1).tolist()}
+
+
+NYU_SYNC_LIST = "nyudepthv2_train_files_with_gt.txt"
+
+
+def write_nyu_sync(root: Path, n_scenes: int = 2, frames: int = 3, shape: tuple[int, int] = (48, 64),
+                   file_list: bool = True) -> dict:
+    """BTS's raw-frame layout: ``sync/<scene>/rgb_XXXXX.jpg`` + ``sync_depth_XXXXX.png`` (uint16 mm).
+
+    Depth PNGs hold 0 (invalid), 10000 (10 m, valid), 12000 and 65535 (beyond 10 m) at row 0,
+    cols 0..3; scene 0 also has an ``rgb_`` frame without depth (not a training frame). With
+    ``file_list`` writes ``nyudepthv2_train_files_with_gt.txt`` (BTS's line format) naming every
+    frame. Returns ``{"lines": [...], "rgb": [path], "depth": [path], "depth_mm": [uint16 [H, W]]}``
+    in sorted (= glob) order.
+    """
+    rng, root = _rng(518), Path(root)
+    out: dict = {"lines": [], "rgb": [], "depth": [], "depth_mm": []}
+    for s in range(n_scenes):
+        scene = f"scene_{s:04d}"
+        for k in range(frames):
+            number = f"{7 * k:05d}"  # BTS samples every 7th raw frame
+            rgb = root / "sync" / scene / f"rgb_{number}.jpg"
+            depth = rgb.with_name(f"sync_depth_{number}.png")
+            _write_image(rgb, rng, shape)
+            depth_mm = rng.integers(500, 9500, shape).astype(np.uint16)
+            depth_mm[0, :4] = [0, 10000, 12000, 65535]
+            Image.fromarray(depth_mm).save(depth)
+            out["lines"].append(f"/{scene}/{rgb.name} /{scene}/{depth.name} 518.8579")
+            out["rgb"].append(rgb)
+            out["depth"].append(depth)
+            out["depth_mm"].append(depth_mm)
+    if n_scenes and frames:
+        _write_image(root / "sync" / "scene_0000" / f"rgb_{7 * frames:05d}.jpg", rng, shape)
+    if file_list:
+        (root / NYU_SYNC_LIST).write_text("\n".join(out["lines"]) + "\n")
+    return out
