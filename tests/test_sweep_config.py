@@ -171,3 +171,21 @@ def test_shipped_deacl_sweeps_validate() -> None:
     poster = load_config(DeaclSweepCfg, REPO_ROOT / "sweeps" / "deacl.yaml")
     assert [c.gamma for c in deacl_configs(poster)] == [1, 2, 4]
     assert poster.deacl.encoder.name == "dino_vitb16" and poster.benchmark.epochs == [0, 25, 50, 75, 101]
+
+
+def test_the_poster_preset_expands_to_the_posters_protocol(capsys: pytest.CaptureFixture) -> None:
+    assert main(["sweep", str(REPO_ROOT / "sweeps" / "poster.yaml"), "--dry-run"]) == 0
+    listed = capsys.readouterr().out.strip().splitlines()
+    sweep, cells = load_sweep(REPO_ROOT / "sweeps" / "poster.yaml")
+    assert len(listed) == len(cells) == 3 * 7 * 2 * 4
+    assert {(c.encoder.name, c.encoder.image_size) for c in cells} == {
+        ("dino_vitb16", 224), ("dinov2_vits14", 518), ("dinov2_vitb14", 518)}
+    assert all(c.attack.steps == 20 and c.attack.step_size == pytest.approx(2 / 255) for c in cells)
+    assert all(c.attack.select == "final" and c.attack.norm == "linf" for c in cells)
+    assert any(abs(c.attack.eps - 8 / 255) < 1e-9 for c in cells)
+    sizes = {c.data.resolved_task: set() for c in cells}
+    for c in cells:
+        sizes[c.data.resolved_task].add(c.data.n_samples)
+    assert sizes == {"classification": {1000}, "segmentation": {None}, "depth": {None}}
+    assert {c.data.eval for c in cells} == {None}  # the task's default: sliding windows for dense tasks
+    assert [e.deacl.experiment for e in sweep.encoders if e.deacl] == ["deacl"]
