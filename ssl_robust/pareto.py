@@ -27,11 +27,11 @@ def plot_pareto(frame: pd.DataFrame, path: Path, x: str, y: str, front_col: str 
     front = frame[on_front].sort_values(x)
     fig = Figure(figsize=(6.4, 4.8))
     ax = fig.add_subplot()
-    complete = frame["state"].eq("COMPLETE") if "state" in frame else pd.Series(True, index=frame.index)
     others = frame[~on_front]
-    ax.scatter(others.loc[complete, x], others.loc[complete, y], c="tab:blue", alpha=0.6, label="trials")
-    if (~complete).any():
-        ax.scatter(others.loc[~complete, x], others.loc[~complete, y], c="lightgray", edgecolors="gray",
+    done = others["state"].eq("COMPLETE") if "state" in others else pd.Series(True, index=others.index)
+    ax.scatter(others.loc[done, x], others.loc[done, y], c="tab:blue", alpha=0.6, label="trials")
+    if (~done).any():
+        ax.scatter(others.loc[~done, x], others.loc[~done, y], c="lightgray", edgecolors="gray",
                    label="stopped early (last epoch)")
     ax.plot(front[x], front[y], "o-", c="tab:red", drawstyle="steps-pre", label="Pareto front")
     for _, row in front.iterrows():

@@ -38,17 +38,30 @@ def open_parent_run(name: str, tracking_uri: str | None, tags: dict[str, str], p
     return run_id
 
 
-def kill_running(experiment: str, tracking_uri: str | None, *, deacl_id: str | None = None,
-                 parent_run_id: str | None = None) -> list[str]:
-    """Mark KILLED the RUNNING DeACL runs of one config or of one parent run; return their ids.
+def close_trial_run(experiment: str, tracking_uri: str | None, deacl_id: str, outcome: str) -> str | None:
+    """Tag the newest DeACL run of a config with its trial's ``search_outcome`` and mark it KILLED if
+    it is still RUNNING; returns its id.
 
-    A trial stopped by the scheduler gets SystemExit inside ``tune.report``; its process may end
-    before the run is closed, so the driver closes it.
+    A trial stopped by the scheduler gets SystemExit inside ``tune.report``: its run usually ends
+    FAILED, but the trial's process may exit before it is closed.
     """
     uri = absolute_tracking_uri(tracking_uri)
+    runs = deacl_runs(experiment, uri, deacl_id=deacl_id)
+    if not runs:
+        return None
+    client, run = MlflowClient(uri), runs[-1]
+    client.set_tag(run.info.run_id, "search_outcome", outcome)
+    if run.info.status == "RUNNING":
+        client.set_terminated(run.info.run_id, "KILLED")
+    return run.info.run_id
+
+
+def kill_running(experiment: str, tracking_uri: str | None, parent_run_id: str) -> list[str]:
+    """Mark KILLED the RUNNING DeACL runs under a parent run (left by killed workers); return their ids."""
+    uri = absolute_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
-    runs = deacl_runs(experiment, uri, "RUNNING", deacl_id)
-    ids = [r.info.run_id for r in runs if parent_run_id is None or r.data.tags.get(PARENT_TAG) == parent_run_id]
+    ids = [r.info.run_id for r in deacl_runs(experiment, uri, "RUNNING")
+           if r.data.tags.get(PARENT_TAG) == parent_run_id]
     for run_id in ids:
         client.set_terminated(run_id, "KILLED")
     return ids

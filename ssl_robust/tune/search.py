@@ -16,7 +16,6 @@ from typing import Any
 
 import optuna
 import pandas as pd
-import ray
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -26,13 +25,13 @@ from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
-from ssl_robust.config import ConfigError, DeaclCfg
+from ssl_robust.config import DeaclCfg
 from ssl_robust.finetune import run_deacl
 from ssl_robust.pareto import plot_pareto
 from ssl_robust.search_config import ParamSpace, SearchCfg, check_search, normalized, trial_config
 from ssl_robust.tracking import absolute_tracking_uri, flatten
 from ssl_robust.tracking import search as tracked
-from ssl_robust.tune.grid import _init_ray
+from ssl_robust.tune.grid import ray_session
 
 OBJECTIVES = ("probe/clean_acc", "probe/embed_acc")
 EPOCH = "epoch"
@@ -107,11 +106,11 @@ class ParetoSearch(OptunaSearch):
 
 
 class Progress(tune.Callback):
-    """Trials done / total; closes the MLflow run of a trial that ended while its run was RUNNING."""
+    """Trials done / total; tags each trial's MLflow run with its outcome and closes it if RUNNING."""
 
     def __init__(self, total: int, search: SearchCfg, tracking_uri: str) -> None:
         self.total, self.search, self.uri = total, search, tracking_uri
-        self.counts = {"stopped early": 0, "failed": 0}
+        self.counts = {"pruned": 0, "failed": 0}
         self.bar: tqdm | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -120,18 +119,17 @@ class Progress(tune.Callback):
     def setup(self, **info: Any) -> None:
         self.bar = tqdm(total=self.total, desc="trials", unit="trial", file=sys.stderr)
 
-    def _ended(self, trial: Any, outcome: str | None) -> None:
+    def _ended(self, trial: Any, outcome: str) -> None:
         deacl_id = trial_config(self.search.deacl, trial.config).deacl_id
-        tracked.kill_running(self.search.name, self.uri, deacl_id=deacl_id)
-        if outcome:
-            self.counts[outcome] += 1
+        tracked.close_trial_run(self.search.name, self.uri, deacl_id, outcome)
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
         if self.bar is not None:
-            self.bar.set_postfix(self.counts)
+            self.bar.set_postfix({k: v for k, v in self.counts.items() if k != "complete"})
             self.bar.update(1)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         early = (trial.last_result or {}).get(EPOCH, -1) < self.search.deacl.epochs
-        self._ended(trial, "stopped early" if early else None)
+        self._ended(trial, "pruned" if early else "complete")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._ended(trial, "failed")
@@ -235,15 +233,6 @@ def _report(search: SearchCfg, study: optuna.Study, parent: str, uri: str, ran: 
     return SearchReport(search.name, masked(search.storage_url), parent, ran, failed, list(search.space), table, front)
 
 
-def _check_resources(search: SearchCfg) -> None:
-    """Fail fast when a local instance cannot host one trial (a cluster may still scale up)."""
-    have = ray.cluster_resources()
-    for name, want in (("CPU", search.resources.cpu), ("GPU", search.resources.gpu)):
-        if want > have.get(name, 0):
-            raise ConfigError(f"resources.{name.lower()}={want} but this Ray instance has {have.get(name, 0)} "
-                              f"{name}; lower it or join a cluster")
-
-
 def run_search(search: SearchCfg, tracking_uri: str | None = None, storage_path: str | None = None,
                address: str | None = None, num_cpus: int | None = None) -> SearchReport:
     """Run the trials the study still lacks (Ray is joined or started only if some are missing),
@@ -263,15 +252,9 @@ def run_search(search: SearchCfg, tracking_uri: str | None = None, storage_path:
     failed = 0
     try:
         if remaining:
-            started = _init_ray(address, num_cpus)
-            try:
-                if started:
-                    _check_resources(search)
+            with ray_session(search.resources, address, num_cpus):
                 failed = _tune(search, study, storage, remaining, context, storage_path)
-            finally:
-                if started:
-                    ray.shutdown()
-        tracked.kill_running(search.name, uri, parent_run_id=parent)
+        tracked.kill_running(search.name, uri, parent)
         return _report(search, study, parent, uri, remaining, failed)
     except BaseException:
         tracked.finish_parent_run(parent, uri, [], [], "FAILED")
