@@ -49,10 +49,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_report(experiment: str, tracking_uri: str | None, out_dir: Path, eps: float | None = None) -> int:
+def _write_report(experiment: str, tracking_uri: str | None, out_dir: Path, eps: float | None = None,
+                  cell_ids: set[str] | None = None) -> int:
+    """The report of the experiment's FINISHED cells; with ``cell_ids`` (a sweep's own), of those only."""
     rows = tracking.run_results(experiment, tracking_uri=tracking_uri)
+    if cell_ids is not None:
+        rows = [row for row in rows if row.get("cell_id") in cell_ids]
     if not rows:
-        print(f"no finished cells in experiment {experiment!r}", file=sys.stderr)
+        print(f"no finished cells in experiment {experiment!r}" + (" among the sweep's" if cell_ids else ""),
+              file=sys.stderr)
         return 2
     page = write_report(rows, out_dir, eps=eps, title=f"ssl_robust: {experiment}")
     print(f"report ({len(rows)} cells): {page}", file=sys.stderr)
@@ -85,7 +90,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     report = grid.execute(sweep, cells, args.tracking_uri, args.address, args.num_cpus, args.storage_path)
     print("\n".join(report.lines()))
     if not args.no_report:
-        _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)))
+        _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)),
+                      cell_ids={c.cell_id for c in cells})
     return 1 if report.failed else 0
 
 
@@ -127,7 +133,9 @@ def cmd_deacl_sweep(args: argparse.Namespace) -> int:
     report = deacl_sweep.run_deacl_sweep(sweep, args.tracking_uri, args.address, args.num_cpus, args.storage_path)
     print("\n".join(report.lines()))
     if not args.no_report and report.benchmark is not None:
-        _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)))
+        _, cells = deacl_sweep.benchmark_of(sweep, report.fine_tunes, tracking.absolute_tracking_uri(args.tracking_uri))
+        _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)),
+                      cell_ids={c.cell_id for c in cells})
     return 1 if report.failed or (report.benchmark and report.benchmark.failed) else 0
 
 

@@ -1,23 +1,47 @@
 """The poster's tables and robustness-vs-eps plots, from a sweep's finished cell results.
 
-Works on plain rows (one dict per finished cell: params such as ``encoder``, ``dataset``, ``task``,
-``attack``, ``eps`` and metrics such as ``clean/acc``), so it needs no tracking server to test.
+Works on plain rows (one dict per finished cell: the flattened resolved cell config such as
+``attack.steps``, short names such as ``encoder``, ``dataset``, ``task``, ``attack``, ``eps`` and
+metrics such as ``clean/acc``), so it needs no tracking server to test.
+
+No number is averaged with another. A run's *configuration* is every field of its flattened cell
+config except the tables' axes (``AXES``: the attack and its eps), the per-attack settings
+(``PER_ATTACK``: they belong to the attack's column) and the locations (``LOCATIONS``: where things
+are, not what is computed). Runs of one (task, data set, encoder) whose configurations differ get
+their own table rows and curves, labelled with the fields that vary in that group, e.g.
+``dinov2_vits14 [steps=20, encoder.image_size=518]``; an attack run with different per-attack
+settings gets its own column and curve, e.g. ``PGD [attack.restarts=5]``. Two runs with the same
+configuration, attack, per-attack settings and eps are duplicates: the oldest (``start_time``,
+else the first given) is kept and the others are listed on the page.
 """
 from __future__ import annotations
 
 import html
+import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
 
 import matplotlib
 import pandas as pd
+from pydantic import BaseModel
 
 from ssl_robust.attacks import ATTACKS
+from ssl_robust.config import AttackCfg, CellFields
 from ssl_robust.tasks import TASKS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+
+AXES = ("attack.name", "attack.eps")  # the tables' columns and the curves' x axis
+LOCATIONS = ("device", "head.checkpoint", "data.root", "data.download")  # do not change the number
+PER_ATTACK = tuple(f"attack.{name}" for name in AttackCfg.model_fields if name not in ("name", "eps", "steps"))
+MISSING = "(not logged)"
+_SECTIONS = {name for name, f in CellFields.model_fields.items()
+             if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+_SCALARS = set(CellFields.model_fields) - _SECTIONS  # seed, batch_size, device
+_SHORT = {"attack.steps": "steps"}
+_IDENTITY = ["task", "dataset", "encoder_label", "config", "attack", "attack_config", "eps"]
 
 
 def _attack_label(name: str) -> str:
@@ -61,8 +85,50 @@ def summary_table(rows: list[dict[str, Any]], cell_ids: set[str]) -> pd.DataFram
     return out.sort_values(["encoder", "dataset", "task", "attack", "eps_255"]).reset_index(drop=True)
 
 
+def config_fields(columns: Iterable[str]) -> list[str]:
+    """The columns that make up a run's configuration: cell-config fields less axes and locations."""
+    return sorted(c for c in columns if (c in _SCALARS or ("." in c and c.split(".", 1)[0] in _SECTIONS))
+                  and c not in AXES + LOCATIONS)
+
+
+def _text(value: Any) -> str:
+    return MISSING if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
+def _describe(fields: list[str], values: Iterable[str]) -> str:
+    return ", ".join(f"{_SHORT.get(f, f)}={v if v != '' else 'None'}" for f, v in zip(fields, values))
+
+
+def _labels(frame: pd.DataFrame, group: list[str], fields: list[str], base: pd.Series) -> pd.Series:
+    """``base``, plus ``[field=value, ...]`` for the fields that vary within the row's group."""
+    out = base.astype(str).copy()
+    for _, sub in frame.groupby(group, sort=False):
+        varying = [f for f in fields if sub[f].nunique() > 1]
+        if varying:
+            out[sub.index] = [f"{b} [{_describe(varying, vals)}]"
+                              for b, vals in zip(base[sub.index], sub[varying].itertuples(index=False))]
+    return out
+
+
+def _drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Keep the oldest run of each (configuration, attack, settings, eps); describe the others."""
+    if "start_time" in frame:
+        frame = frame.sort_values("start_time", kind="stable")
+    ids = frame["run_id"].astype(str) if "run_id" in frame else pd.Series(
+        [f"row {i}" for i in frame.index], index=frame.index)
+    kept = ids.groupby([frame[c] for c in _IDENTITY], sort=False).transform("first")
+    dup = frame.duplicated(_IDENTITY, keep="first")
+    notes = [f"{ids[i]} (same as {kept[i]}: {frame.at[i, 'config_label']} · {frame.at[i, 'attack_label']} "
+             f"at ε = {frame.at[i, 'eps'] * 255:.3g}/255)" for i in frame.index[dup]]
+    return frame[~dup].sort_index(), notes
+
+
 def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Rows -> one frame with numeric eps, a readable encoder label and the task's score columns."""
+    """Rows -> one frame with numeric eps, the task's scores, configuration keys and labels.
+
+    ``config`` / ``attack_config`` key the configuration and the per-attack settings,
+    ``config_label`` / ``attack_label`` name them; duplicates are dropped (``attrs["duplicates"]``).
+    """
     frame = pd.DataFrame(list(rows))
     if frame.empty:
         raise ValueError("no finished cells to report on")
@@ -70,6 +136,17 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     frame["encoder_label"] = _encoder_labels(frame)
     frame["clean"] = [_primary(row, "clean") for _, row in frame.iterrows()]
     frame["adv"] = [_primary(row, "adv") for _, row in frame.iterrows()]
+    fields = config_fields(frame.columns)
+    for name in fields:
+        frame[name] = [_text(v) for v in frame[name]]
+    row_fields = [f for f in fields if f not in PER_ATTACK]
+    attack_fields = [f for f in fields if f in PER_ATTACK]
+    frame["config"] = [json.dumps(v) for v in frame[row_fields].values.tolist()]
+    frame["attack_config"] = [json.dumps(v) for v in frame[attack_fields].values.tolist()]
+    frame["config_label"] = _labels(frame, ["task", "dataset", "encoder_label"], row_fields, frame["encoder_label"])
+    frame["attack_label"] = _labels(frame, ["task", "attack"], attack_fields, frame["attack"].map(_attack_label))
+    frame, duplicates = _drop_duplicates(frame)
+    frame.attrs.update(duplicates=duplicates, fields=fields)
     return frame
 
 
@@ -86,29 +163,47 @@ def reference_eps(frame: pd.DataFrame, wanted: float | None = None) -> float:
 
 
 def poster_table(frame: pd.DataFrame, task: str, eps: float) -> pd.DataFrame:
-    """Dataset x encoder rows with clean, EmbedAttack and the task attack's score at ``eps``."""
+    """A row per (data set, configuration) with clean, EmbedAttack and the task attack's score at ``eps``.
+
+    An attack run with more than one set of per-attack settings gets a column per set.
+    """
     label = TASKS.get(task).label
     sub = frame[(frame["task"] == task) & ((frame["eps"] - eps).abs() < 1e-9)]
     if sub.empty:
         return pd.DataFrame()
-    clean = sub.groupby(["dataset", "encoder_label"])["clean"].mean().rename(f"Clean {label}")
-    columns = [clean]
+    keys = ["dataset", "encoder_label", "config"]
+    rows = sub.drop_duplicates(keys).set_index(keys)["config_label"].rename("Encoder")
+    # the clean score depends on the configuration only (not the attack): every run of a row has it
+    columns = [rows, sub.groupby(keys)["clean"].first().rename(f"Clean {label}")]
     for attack in ("embed", TASKS.get(task).own_attack):
-        scores = sub[sub["attack"] == attack].groupby(["dataset", "encoder_label"])["adv"].mean()
-        columns.append(scores.rename(f"{_attack_label(attack)} {label}"))
-    table = pd.concat(columns, axis=1).reset_index()
-    return table.rename(columns={"dataset": "Dataset", "encoder_label": "Encoder"})
+        runs = sub[sub["attack"] == attack]
+        if runs.empty:
+            columns.append(pd.Series(float("nan"), index=rows.index, name=f"{_attack_label(attack)} {label}"))
+        for _, one in runs.groupby("attack_config", sort=False):
+            scores = one.set_index(keys)["adv"]
+            assert scores.index.is_unique, "results_frame drops duplicate runs"
+            columns.append(scores.rename(f"{one['attack_label'].iloc[0]} {label}"))
+    table = pd.concat(columns, axis=1).reset_index().sort_values(["dataset", "Encoder"])
+    return table.drop(columns=["encoder_label", "config"]).rename(columns={"dataset": "Dataset"}) \
+        .reset_index(drop=True)
+
+
+def curves(frame: pd.DataFrame) -> pd.DataFrame:
+    """The robustness-vs-eps points: one line per (task, data set, configuration, attack settings)."""
+    out = frame[["task", "dataset", "config_label", "attack_label", "eps", "adv"]]
+    out = out.rename(columns={"config_label": "configuration", "attack_label": "attack"})
+    return out.assign(eps_255=out["eps"] * 255).sort_values(["task", "dataset", "configuration", "attack", "eps"]) \
+        .reset_index(drop=True)
 
 
 def plot_curves(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """One PNG per (task, data set): attacked score against eps*255, a line per encoder x attack."""
+    """One PNG per (task, data set): attacked score against eps*255, a line per configuration x attack."""
     paths = []
-    for (task, dataset), sub in frame.groupby(["task", "dataset"]):
+    for (task, dataset), sub in curves(frame).groupby(["task", "dataset"]):
         spec = TASKS.get(task)
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        for (encoder, attack), line in sub.groupby(["encoder_label", "attack"]):
-            line = line.groupby("eps")["adv"].mean().sort_index()
-            ax.plot(line.index * 255, line.values, marker="o", label=f"{encoder} · {_attack_label(attack)}")
+        for (config, attack), line in sub.groupby(["configuration", "attack"]):
+            ax.plot(line["eps_255"], line["adv"], marker="o", label=f"{config} · {attack}")
         ax.set(xlabel="ε × 255", ylabel=f"{spec.label} {spec.arrow()}", title=f"{dataset} ({task})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -121,35 +216,66 @@ def plot_curves(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def failed_checks(frame: pd.DataFrame) -> pd.DataFrame:
-    """Cells whose sanity checks did not all hold, with the checks that failed."""
+    """Runs whose sanity checks did not all hold, with their configuration and the checks that failed."""
     check_cols = [c for c in frame.columns if c.startswith("check/") and c != "check/eps0_max_output_gap"]
     if not check_cols:
         return pd.DataFrame()
     bad = frame[(frame[check_cols] < 1).any(axis=1)]
     failed = [", ".join(c for c in check_cols if row[c] < 1) for _, row in bad.iterrows()]
-    return bad.assign(failed=failed)[["encoder_label", "dataset", "attack", "eps", "failed"]]
+    columns = ["config_label", "dataset", "attack_label", "eps", "failed"] + (["run_id"] if "run_id" in bad else [])
+    return bad.assign(failed=failed)[columns].rename(columns={"config_label": "configuration",
+                                                                "attack_label": "attack"})
+
+
+def configuration_lines(frame: pd.DataFrame) -> list[str]:
+    """What is fixed across the report, what is set per attack, and what varies (named per row)."""
+    fields = frame.attrs.get("fields") or config_fields(frame.columns)
+    fixed = [f for f in fields if frame[f].nunique() == 1]
+    per_attack = [f for f in fields if f in PER_ATTACK and f not in fixed
+                  and frame.groupby("attack")[f].nunique().max() == 1]
+    varying = [f for f in fields if f not in fixed and f not in per_attack]
+    lines = [f"Fixed across this report: {_describe(fixed, (frame[f].iloc[0] for f in fixed)) or '(no fields)'}."]
+    if per_attack:
+        by_attack = frame.groupby("attack")[per_attack].first()
+        lines.append("Set per attack: " + "; ".join(f"{_attack_label(a)}: {_describe(per_attack, row)}"
+                                                    for a, row in zip(by_attack.index, by_attack.values)) + ".")
+    lines.append("Varying (named in a row's or column's label where they differ within its data set and "
+                 f"encoder): {', '.join(_SHORT.get(f, f) for f in varying) or '(none)'}.")
+    lines.append(f"Left out as locations, not settings: {', '.join(LOCATIONS)}.")
+    return lines
 
 
 def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | None = None,
-                 title: str = "ssl_robust report") -> Path:
-    """Write tables (CSV + HTML) and plots (PNG) to ``out_dir``; return the HTML page's path."""
+                 title: str = "ssl_robust report", cell_ids: Iterable[str] | None = None) -> Path:
+    """Write tables (CSV + HTML) and plots (PNG) to ``out_dir``; return the HTML page's path.
+
+    With ``cell_ids``, only those cells' rows are reported (a sweep's own cells).
+    """
+    if cell_ids is not None:
+        wanted = set(cell_ids)
+        rows = [row for row in rows if row.get("cell_id") in wanted]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = results_frame(rows)
     ref = reference_eps(frame, eps)
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p>Tables at ε = {ref * 255:.3g}/255.</p>"]
+    parts += [f"<p>{html.escape(line)}</p>" for line in configuration_lines(frame)]
     for task in TASKS.names():
         table = poster_table(frame, task, ref)
         if table.empty:
             continue
         table.to_csv(out_dir / f"table_{task}.csv", index=False)
         parts += [f"<h2>{task.capitalize()}</h2>", table.to_html(index=False, float_format="%.2f")]
+    curves(frame).to_csv(out_dir / "curves.csv", index=False)
     for path in plot_curves(frame, out_dir):
         parts.append(f'<img src="{path.name}" alt="{html.escape(path.stem)}">')
     bad = failed_checks(frame)
     parts.append("<h2>Sanity checks</h2>")
     parts.append(bad.to_html(index=False) if not bad.empty else "<p>All cells passed every check.</p>")
-    frame.drop(columns=["clean", "adv"]).to_csv(out_dir / "cells.csv", index=False)
+    if frame.attrs["duplicates"]:
+        parts.append("<h2>Duplicate runs left out</h2><ul>" + "".join(
+            f"<li>{html.escape(note)}</li>" for note in frame.attrs["duplicates"]) + "</ul>")
+    frame.drop(columns=["clean", "adv", "config", "attack_config"]).to_csv(out_dir / "cells.csv", index=False)
     page = out_dir / "index.html"
     page.write_text("<!doctype html><meta charset='utf-8'><body>" + "\n".join(parts) + "</body>")
     return page
