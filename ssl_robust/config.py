@@ -301,6 +301,8 @@ class ProbeCfg(StrictModel):
     epochs: int = Field(default=20, ge=1)
     lr: float = Field(default=1e-2, gt=0)
     batch_size: int = Field(default=64, gt=0)
+    eps: Budget | None = None  # the probe's EmbedAttack; None = the training attack's (fix it when searching eps)
+    steps: int | None = Field(default=None, ge=0)
 
 
 class DeaclCfg(StrictModel):

@@ -237,7 +237,8 @@ def _probe(run: _Run) -> dict[str, float]:
         with _autocast(run):
             with torch.no_grad():
                 clean = run.student.embed(x).float()
-            x_adv = probe_attack(run.student.embed, x, clean, eps=a.eps, step_size=a.step_size, steps=a.steps,
+            eps, steps = (a.eps if p.eps is None else p.eps), (a.steps if p.steps is None else p.steps)
+            x_adv = probe_attack(run.student.embed, x, clean, eps=eps, step_size=a.step_size, steps=steps,
                                  norm=a.norm, random_start=a.random_start, seed=derive_seed(cfg.seed, "probe", i))
             with torch.no_grad():
                 adv = run.student.embed(x_adv).float()

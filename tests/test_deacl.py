@@ -193,3 +193,9 @@ def test_data_set_without_classification_fails_before_training(tmp_path: Path) -
     with pytest.raises(ValueError, match="data.name.*classification"):
         fine_tune(cfg, tmp_path, Recorder())
     assert not any(tmp_path.iterdir())
+
+
+def test_the_probe_attack_can_be_fixed_apart_from_the_training_attack(tmp_path: Path) -> None:
+    """A zero-budget probe attack scores the embedding attack like the clean probe."""
+    metrics = fine_tune(make_cfg(epochs=1, probe={"eps": 0, "steps": 0}), tmp_path)
+    assert metrics["probe/embed_acc"] == metrics["probe/clean_acc"]

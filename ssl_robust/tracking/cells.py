@@ -79,7 +79,7 @@ def run_results(experiment: str, phase: str = "attack", tracking_uri: str | None
     if exp_id is None:
         return []
     return [{**run.data.params, **run.data.metrics, "run_id": run.info.run_id,
-             KEY_TAG[phase]: run.data.tags.get(KEY_TAG[phase])}
+             "start_time": run.info.start_time, KEY_TAG[phase]: run.data.tags.get(KEY_TAG[phase])}
             for run in search_runs(client, exp_id, _filter(phase, "FINISHED"))]
 
 
