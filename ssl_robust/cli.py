@@ -133,16 +133,13 @@ def cmd_deacl_sweep(args: argparse.Namespace) -> int:
     report = deacl_sweep.run_deacl_sweep(sweep, args.tracking_uri, args.address, args.num_cpus, args.storage_path)
     print("\n".join(report.lines()))
     if not args.no_report and report.benchmark is not None:
-        _, cells = deacl_sweep.benchmark_of(sweep, report.fine_tunes, tracking.absolute_tracking_uri(args.tracking_uri))
         _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)),
-                      cell_ids={c.cell_id for c in cells})
+                      cell_ids=report.cell_ids)
     return 1 if report.failed or (report.benchmark and report.benchmark.failed) else 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    if args.config is None and all("=" in item for item in args.overrides):
-        raise ConfigError("search: give the search YAML (CONFIG or --config)")
-    search = load_search(*_sweep_file_and_overrides(args))
+    search = load_search(*_sweep_file_and_overrides(args, "sweeps/deacl_search.yaml"))
     check_encoder_name(search.deacl.encoder.name)
     print(f"search {search.name}: {search.n_trials} trials of {search.deacl.epochs} epochs, "
           f"{search.deacl.encoder.name} on {search.deacl.data.name}; study {masked(search.storage_url)}",
@@ -160,7 +157,7 @@ def _tracking_option(parser: argparse.ArgumentParser) -> None:
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
 
 
-def _ray_sweep_options(parser: argparse.ArgumentParser, default_config: str) -> None:
+def _ray_sweep_options(parser: argparse.ArgumentParser, default_config: str, with_report: bool = True) -> None:
     parser.add_argument("overrides", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]",
                         help=f"sweep YAML (default {default_config}) and dotted overrides, e.g. defaults.seed=1")
     parser.add_argument("--config", default=None, help="the sweep YAML, as an option (`ray submit ... -- --config`)")
@@ -171,6 +168,8 @@ def _ray_sweep_options(parser: argparse.ArgumentParser, default_config: str) -> 
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a Ray instance started here")
     parser.add_argument("--storage-path", default=None, help="Ray Tune results folder or URI")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the grid, run nothing")
+    if not with_report:
+        return
     parser.add_argument("--report", default="dashboards/{name}",
                         help="folder for the report of the finished cells ({name} = the sweep's name)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report")
@@ -205,16 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="Optuna search of DeACL hyperparameters on Ray Tune (Pareto front "
                                            "of clean vs robust probe accuracy), tracked in MLflow")
-    search.add_argument("overrides", nargs="*", metavar="CONFIG [KEY=VALUE ...]",
-                        help="search YAML (see sweeps/deacl_search_quickstart.yaml) and dotted overrides, e.g. n_trials=32")
-    search.add_argument("--config", default=None, help="the search YAML, as an option (`ray submit ... -- --config`)")
-    _tracking_option(search)
-    search.add_argument("--experiment", default=None, help="MLflow experiment and Optuna study (default: its name)")
-    search.add_argument("--address", default=None,
-                        help="Ray address: none joins a running cluster or starts one; 'local' starts one")
-    search.add_argument("--num-cpus", type=int, default=None, help="CPUs of a Ray instance started here")
-    search.add_argument("--storage-path", default=None, help="Ray Tune results folder or URI")
-    search.add_argument("--dry-run", action="store_true", help="validate and print the space, run nothing")
+    _ray_sweep_options(search, "sweeps/deacl_search.yaml", with_report=False)
     search.set_defaults(func=cmd_search)
 
     report = sub.add_parser("report", help="poster tables and robustness plots from a sweep's MLflow runs")

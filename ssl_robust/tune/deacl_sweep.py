@@ -28,6 +28,7 @@ class DeaclSweepReport:
     fine_tunes: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # deacl_ids that did not finish
     benchmark: grid.SweepReport | None = None
+    cell_ids: set[str] = field(default_factory=set)  # the benchmark's cells
 
     def lines(self) -> list[str]:
         out = [f"fine-tunes: {len(self.fine_tunes)} finished, {len(self.failed)} failed"]
@@ -87,5 +88,6 @@ def run_deacl_sweep(sweep: DeaclSweepCfg, tracking_uri: str | None = None, addre
     report.failed = [c.deacl_id for c in configs if c.deacl_id not in finished]
     if report.fine_tunes:
         bench, cells = benchmark_of(sweep, report.fine_tunes, uri)
+        report.cell_ids = {c.cell_id for c in cells}
         report.benchmark = grid.execute(bench, cells, uri, address, num_cpus, storage_path)
     return report
