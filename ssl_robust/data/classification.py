@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from ssl_robust.data.base import LOADERS, Split, pick_split, require_files
 from ssl_robust.data.catalog import TaskInfo
-from ssl_robust.data.transforms import image_to_tensor
+from ssl_robust.data.transforms import Sizing, image_to_tensor
 from ssl_robust.config import DataCfg
 
 
@@ -49,6 +49,9 @@ class ArrayClassification(Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def native_size(self, i: int) -> tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         k = self.indices[i]
@@ -134,7 +137,8 @@ def _build_cifar(name: str) -> Callable[..., Dataset]:
     """A ``DatasetSpec.build`` for CIFAR: train/val from the train batches, test = the test batch."""
     _, folder, files = CIFAR_LAYOUTS[name]
 
-    def build(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> Dataset:
+    def build(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int,
+              sizing: Sizing = "square") -> Dataset:  # classification is always square
         root = _torchvision_root(cfg, name, folder, files)
         where = f"data set {name!r} ({root / folder})"
         cls = structural_class(name)
@@ -150,8 +154,11 @@ def _build_cifar(name: str) -> Callable[..., Dataset]:
     return build
 
 
-def build_stl10(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> Dataset:
-    """STL-10: the 5000 labelled train images give train/val, the 8000 test images give test."""
+def build_stl10(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int,
+                sizing: Sizing = "square") -> Dataset:
+    """STL-10: the 5000 labelled train images give train/val, the 8000 test images give test.
+
+    Classification is always square: ``sizing`` is ignored."""
     root = _torchvision_root(cfg, "stl10", "stl10_binary", STL10_FILES)
     where = f"data set 'stl10' ({root / 'stl10_binary'})"
     problems = stl10_problems(root / "stl10_binary")

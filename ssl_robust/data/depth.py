@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from ssl_robust.data.base import LOADERS, Split, pick_split, require_files
 from ssl_robust.data.catalog import TaskInfo
-from ssl_robust.data.transforms import depth_to_tensor, image_to_tensor
+from ssl_robust.data.transforms import Sizing, depth_to_tensor, sized_image_to_tensor, target_size
 from ssl_robust.config import DataCfg
 
 
@@ -82,12 +82,17 @@ def read_nyu_splits(path: Path, total: int) -> tuple[list[int], list[int]]:
 
 
 class NYUDepth(Dataset):
-    """Items ``(image [3,S,S] in [0,1], depth float32 [S,S] in m, 0 = invalid)`` read lazily."""
+    """Items ``(image [3,H,W] in [0,1], depth float32 [h,w] in m, 0 = invalid)`` read lazily.
+
+    ``sizing="square"``: H = W = h = w = image_size. ``"short_side"``: the image's short side is
+    image_size (aspect ratio kept; 480x640 -> S x round(4S/3)) and the depth keeps the native
+    480x640, with the Eigen crop (``crop``) applied at native resolution.
+    """
 
     def __init__(self, path: Path, indices: list[int], image_size: int, max_depth: float,
-                 crop: bool) -> None:
+                 crop: bool, sizing: Sizing = "square") -> None:
         self.path, self.indices, self.image_size = path, indices, image_size
-        self.max_depth, self.crop = max_depth, crop
+        self.max_depth, self.crop, self.sizing = max_depth, crop, sizing
         self._handle: h5py.File | None = None
         self._pid = os.getpid()
 
@@ -105,16 +110,23 @@ class NYUDepth(Dataset):
             self._handle, self._pid = h5py.File(self.path, "r"), os.getpid()
         return self._handle
 
+    def native_size(self, i: int) -> tuple[int, int]:
+        """(H, W) of every frame: the .mat stores [N, 3, W, H]."""
+        _, _, width, height = self._file()["images"].shape
+        return int(height), int(width)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         handle, k = self._file(), self.indices[i]
         image = np.asarray(handle["images"][k]).transpose(2, 1, 0)  # [3, W, H] -> [H, W, 3]
         depth = clean_depth(np.asarray(handle["depths"][k]).T, self.max_depth)  # [W, H] -> [H, W]
         if self.crop:
             depth[~eigen_crop_mask(*depth.shape)] = 0.0
-        return image_to_tensor(image, self.image_size), depth_to_tensor(depth, self.image_size)
+        return (sized_image_to_tensor(image, self.image_size, self.sizing),
+                depth_to_tensor(depth, target_size(self.image_size, self.sizing)))
 
 
-def build_nyuv2(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> Dataset:
+def build_nyuv2(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int,
+                sizing: Sizing = "square") -> Dataset:
     """Train/val carved from the 795 train images (or, with ``data.nyu_train: sync``, from the raw
     sync frames: ``data/nyu_sync.py``); test = the 654 standard test images."""
     if cfg.nyu_train == "sync" and split != "test":
@@ -126,7 +138,7 @@ def build_nyuv2(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> 
     official = test if split == "test" else train
     chosen = [official[i] for i in pick_split(len(official), split, cfg.val_fraction)]
     crop = cfg.eigen_crop and split == "test"
-    return NYUDepth(root / NYU_MAT, chosen, image_size, info.max_depth, crop)
+    return NYUDepth(root / NYU_MAT, chosen, image_size, info.max_depth, crop, sizing)
 
 
 LOADERS.register("nyuv2")(build_nyuv2)

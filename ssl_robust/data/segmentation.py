@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ssl_robust.data.base import LOADERS, DatasetNotFoundError, Split, pick_split, require_files
 from ssl_robust.data.catalog import DATASETS, TaskInfo
-from ssl_robust.data.transforms import image_to_tensor, mask_to_tensor
+from ssl_robust.data.transforms import Sizing, mask_to_tensor, sized_image_to_tensor, target_size
 from ssl_robust.config import DataCfg
 
 
@@ -80,20 +80,32 @@ def read_label_png(path: Path) -> np.ndarray:
 
 
 class PairedSegmentation(Dataset):
-    """Items ``(image [3,S,S] in [0,1], mask long [S,S])`` from (image file, label PNG) pairs."""
+    """Items ``(image [3,H,W] in [0,1], mask long [h,w])`` from (image file, label PNG) pairs.
 
-    def __init__(self, pairs: list[Pair], label_map: LabelMap, image_size: int) -> None:
+    ``sizing="square"``: H = W = h = w = image_size. ``"short_side"``: the image's short side is
+    image_size (aspect ratio kept) and the mask keeps the label file's native resolution.
+    """
+
+    def __init__(self, pairs: list[Pair], label_map: LabelMap, image_size: int,
+                 sizing: Sizing = "square") -> None:
         self.pairs, self.label_map, self.image_size = pairs, label_map, image_size
+        self.sizing = sizing
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def native_size(self, i: int) -> tuple[int, int]:
+        """(H, W) of the label file of item ``i``, from its PNG header."""
+        with Image.open(self.pairs[i][1]) as mask:
+            width, height = mask.size
+        return height, width
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.pairs[i]
         with Image.open(image_path) as image:
-            pixels = image_to_tensor(np.array(image.convert("RGB")), self.image_size)
+            pixels = sized_image_to_tensor(np.array(image.convert("RGB")), self.image_size, self.sizing)
         labels = self.label_map(read_label_png(mask_path), mask_path)
-        return pixels, mask_to_tensor(labels, self.image_size)
+        return pixels, mask_to_tensor(labels, target_size(self.image_size, self.sizing))
 
 
 def require_pairs(dataset: str, searched: Path, pairs: list[Pair]) -> list[Pair]:
@@ -152,10 +164,11 @@ def _builder(find_pairs: Callable[[Path | None, str], list[Pair]],
              make_map: Callable[[int], LabelMap], official: tuple[str, str]):
     """A ``DatasetSpec.build``: train/val carved from ``official[0]``, test = ``official[1]``."""
 
-    def build(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int) -> Dataset:
+    def build(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int,
+              sizing: Sizing = "square") -> Dataset:
         pairs = find_pairs(cfg.root, official[1] if split == "test" else official[0])
         chosen = [pairs[i] for i in pick_split(len(pairs), split, cfg.val_fraction)]
-        return PairedSegmentation(chosen, make_map(info.ignore_index), image_size)
+        return PairedSegmentation(chosen, make_map(info.ignore_index), image_size, sizing)
 
     return build
 
