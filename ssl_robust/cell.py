@@ -22,17 +22,27 @@ from ssl_robust import checks
 from ssl_robust.attacks import ATTACKS
 from ssl_robust.config import CellCfg
 from ssl_robust.data.catalog import TaskInfo
-from ssl_robust.data.load import load_split, task_info
+from ssl_robust.data.load import load_split, size_batches, slide_stride, task_info
 from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import Encoder, create_encoder, input_size, local_file
 from ssl_robust.heads import TaskModel, extract_features, fit_head
 from ssl_robust.pgd import AttackResult, pgd
-from ssl_robust.tasks import TASKS, TaskSpec
+from ssl_robust.sliding import resize_to, slide, slide_tokens
+from ssl_robust.tasks import TASKS, TaskSpec, eval_mode, eval_sizing
 
 
 def _loader(cfg: CellCfg, split: str, image_size: int, batch_size: int) -> DataLoader:
     dataset, _ = load_split(cfg.data, split, image_size, seed=cfg.seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def _test_loader(cfg: CellCfg) -> DataLoader:
+    """The test split, sized for the evaluation mode; short-side images batched by equal size."""
+    sizing = eval_sizing(cfg.data)
+    dataset, _ = load_split(cfg.data, "test", input_size(cfg.encoder), seed=cfg.seed, sizing=sizing)
+    if sizing == "short_side":
+        return DataLoader(dataset, batch_sampler=size_batches(dataset, cfg.batch_size))
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
 
 
 def _fit_loaders(cfg: CellCfg) -> tuple[DataLoader, DataLoader]:
@@ -78,9 +88,35 @@ def load_head(cfg: CellCfg, encoder: Encoder, path: str) -> nn.Module:
 
 
 @dataclass
+class Views:
+    """What a batch is scored through (the task output at the labels' size) and what EmbedAttack
+    pushes (the representation the head reads) — whole images, or sliding windows under ``slide``."""
+
+    scored: Callable[[torch.Tensor], torch.Tensor]
+    representation: Callable[[torch.Tensor], torch.Tensor]
+
+
+def views(cfg: CellCfg, model: TaskModel, task: TaskSpec, out_size: tuple[int, int]) -> Views:
+    """Under ``slide`` every S x S window runs through the model (gradients reach every pixel), the
+    averaged output is upsampled to the labels' native ``out_size``; EmbedAttack pushes the token
+    grids of all windows. The representation is block ``attack.layer``'s (None = the last)."""
+    part = 0 if task.embedding == "cls" else 1
+
+    def represent(x: torch.Tensor) -> torch.Tensor:
+        return model.encoder.features_at(x, cfg.attack.layer)[part]
+
+    if eval_mode(cfg.data) == "resize":
+        return Views(model, represent)
+    crop = input_size(cfg.encoder)
+    stride = slide_stride(cfg.data, crop)
+    return Views(lambda x: resize_to(slide(model, x, crop, stride), out_size),
+                 lambda x: slide_tokens(represent, x, crop, stride))
+
+
+@dataclass
 class AttackSetup:
-    """What the engine attacks: ``forward`` and ``objective`` against ``target``, and how the
-    attack's own view of a clean batch is scored (``reference``: the output it must agree with)."""
+    """What the engine attacks: ``forward`` and ``objective`` against the target, the success
+    (cascade) and damage (worst iterate) functions."""
 
     forward: Callable[[torch.Tensor], torch.Tensor]
     objective: Callable[..., torch.Tensor]
@@ -96,19 +132,13 @@ class AttackSetup:
             return self.forward(x)
 
 
-def attack_setup(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo) -> AttackSetup:
-    """EmbedAttack pushes the representation the head reads (CLS or token grid) of block
-    ``attack.layer`` (None = the last); task attacks ascend the task objective on the model."""
+def attack_setup(cfg: CellCfg, view: Views, task: TaskSpec, info: TaskInfo) -> AttackSetup:
+    """EmbedAttack pushes the representation; task attacks ascend the task objective on the
+    scored output."""
     on_embedding = ATTACKS.get(cfg.attack.name).on_embedding
-    if on_embedding:
-        part = 0 if task.embedding == "cls" else 1
-        forward: Callable[[torch.Tensor], torch.Tensor] = \
-            lambda x: model.encoder.features_at(x, cfg.attack.layer)[part]
-    else:
-        forward = model
     worst = cfg.attack.select == "worst" and not on_embedding and task.damage is not None
-    return AttackSetup(forward, task.objective(cfg.attack.name, info), None if on_embedding else task.fooled,
-                       task.damage(info) if worst else None, on_embedding)
+    return AttackSetup(view.representation if on_embedding else view.scored, task.objective(cfg.attack.name, info),
+                       None if on_embedding else task.fooled, task.damage(info) if worst else None, on_embedding)
 
 
 def _attack(cfg: CellCfg, setup: AttackSetup, x: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
@@ -121,8 +151,8 @@ def _attack(cfg: CellCfg, setup: AttackSetup, x: torch.Tensor, labels: torch.Ten
 
 
 @torch.no_grad()
-def eps0_gap(cfg: CellCfg, setup: AttackSetup, model: TaskModel, x: torch.Tensor, labels: torch.Tensor,
-             clean_out: torch.Tensor) -> float:
+def eps0_gap(cfg: CellCfg, setup: AttackSetup, scored: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+             labels: torch.Tensor, clean_out: torch.Tensor) -> float:
     """How far the attack path at eps = 0 is from the scored model: its returned input rescored,
     and its loss against the objective of the scored output (a forward that differs from the
     scored model, or is not deterministic, shows here)."""
@@ -131,7 +161,7 @@ def eps0_gap(cfg: CellCfg, setup: AttackSetup, model: TaskModel, x: torch.Tensor
     target = setup.target(x, labels)
     reference = target if setup.on_embedding else clean_out
     expected = setup.objective(reference, target, 1, 1)
-    return max(float((model(zero.x_adv) - clean_out).abs().max()), float((zero.loss - expected).abs().max()))
+    return max(float((scored(zero.x_adv) - clean_out).abs().max()), float((zero.loss - expected).abs().max()))
 
 
 def _save_examples(x: torch.Tensor, x_adv: torch.Tensor, path: Path, n: int = 4) -> None:
@@ -145,7 +175,7 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    loader = _loader(cfg, "test", input_size(cfg.encoder), cfg.batch_size)  # fails before any work
+    loader = _test_loader(cfg)  # fails before any work
     fit_loaders = None if cfg.head.checkpoint else _fit_loaders(cfg)
     encoder = create_encoder(cfg.encoder).to(device)
     metrics: dict[str, float] = {}
@@ -155,21 +185,22 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
         head, metrics = _fit(cfg, encoder, fit_loaders, device)
     model = TaskModel(encoder, head.to(device)).eval().requires_grad_(False)
     task, info = TASKS.get(cfg.data.resolved_task), task_info(cfg.data)
-    setup = attack_setup(cfg, model, task, info)
     clean, adv = task.scores(info), task.scores(info)
     bounds, losses, gap, disagreements = [], [], 0.0, 0
     grad_finite, grad_nonzero = True, 1.0
     attack_start = time.perf_counter()
     for i, (x, y) in enumerate(tqdm(loader, desc=f"{cfg.attack.name} eps={cfg.attack.eps:.4f}", leave=False)):
         x, y = x.to(device), torch.as_tensor(y).to(device)
+        view = views(cfg, model, task, tuple(y.shape[-2:]))
+        setup = attack_setup(cfg, view, task, info)
         with torch.no_grad():
-            clean_out = model(x)
+            clean_out = view.scored(x)
         clean.add(clean_out, y)
         if i == 0:
-            gap = eps0_gap(cfg, setup, model, x, y, clean_out)
+            gap = eps0_gap(cfg, setup, view.scored, x, y, clean_out)
         result = _attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=cfg.attack.steps, seed=cfg.seed + i)
         with torch.no_grad():
-            adv_out = model(result.x_adv)
+            adv_out = view.scored(result.x_adv)
         adv.add(adv_out, y)
         if result.success is not None:
             disagreements += int((result.success != task.fooled(adv_out, y)).sum())
@@ -186,6 +217,9 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
     metrics.update({f"adv/{k}": v for k, v in adv_scores.items()})
     metrics["adv/loss"] = sum(losses) / max(len(losses), 1)
     metrics["n_samples"] = float(len(clean.per_sample))
+    metrics["eval/slide"] = float(eval_mode(cfg.data) == "slide")
+    if clean.pixels:
+        metrics["eval/pixels"] = float(clean.pixels)
     key = task.metric
     metrics.update({k: min(b[k] for b in bounds) for k in ("check/delta_in_ball", "check/x_adv_in_box")})
     metrics["attack/max_delta"] = max(b["attack/max_delta"] for b in bounds)

@@ -88,6 +88,8 @@ def depth_metrics(pred: torch.Tensor, target: torch.Tensor, min_depth: float = 1
 class ClassificationScores:
     """Accuracy over batches; per sample: 1.0 if correct."""
 
+    pixels = 0  # no pixels are scored
+
     def __init__(self, info: TaskInfo) -> None:
         self.per_sample: list[float] = []
 
@@ -112,6 +114,11 @@ class SegmentationScores:
         correct = ((pred == masks) & labelled).flatten(1).sum(1)
         self.per_sample.extend(correct.div(labelled.flatten(1).sum(1).clamp_min(1)).tolist())
 
+    @property
+    def pixels(self) -> int:
+        """Labelled pixels scored."""
+        return int(self.conf.sum())
+
     def summary(self) -> dict[str, float]:
         return {"miou": miou_from_confusion(self.conf),
                 "pixel_acc": float(self.conf.diag().sum() / self.conf.sum().clamp_min(1))}
@@ -123,10 +130,12 @@ class DepthScores:
     def __init__(self, info: TaskInfo) -> None:
         self.info, self.per_sample = info, []
         self.errors: dict[str, list[torch.Tensor]] = {"rmse": [], "abs_rel": [], "delta1": []}
+        self.pixels = 0  # valid pixels scored
 
     def add(self, depth: torch.Tensor, target: torch.Tensor) -> None:
         depth, target = depth.detach().cpu(), target.cpu()
         valid = valid_depth_mask(target, self.info.min_depth, self.info.max_depth)
+        self.pixels += int(valid.sum())
         for key, value in depth_errors(depth, target, valid).items():
             self.errors[key].append(value)
         self.per_sample.extend(self.errors["rmse"][-1].tolist())

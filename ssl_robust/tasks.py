@@ -16,7 +16,8 @@ from torch import nn
 
 from ssl_robust.attacks import ATTACKS, attacks_for, task_attack
 from ssl_robust.data.catalog import TaskInfo
-from ssl_robust.config import HeadCfg
+from ssl_robust.data.transforms import Sizing
+from ssl_robust.config import DataCfg, HeadCfg
 from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, LinearDepthHead, LinearSegmenter
 from ssl_robust.metrics import (ClassificationScores, DepthScores, SegmentationScores, depth_errors, per_image_miou,
                                 valid_depth_mask)
@@ -29,6 +30,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 class Scores(Protocol):
     per_sample: list[float]
+    pixels: int  # labelled (valid) pixels scored; 0 for classification
 
     def add(self, output: torch.Tensor, target: torch.Tensor) -> None: ...
 
@@ -115,3 +117,16 @@ TASKS.register("depth")(TaskSpec(
         depth, target, valid_depth_mask(target, info.min_depth, info.max_depth))["rmse"].nan_to_num(0.0),
     objective_kwargs=lambda info: {"min_depth": info.min_depth},
 ))
+
+
+def eval_mode(data: DataCfg) -> Literal["resize", "slide"]:
+    """``data.eval`` resolved by the task's default; ``slide`` needs a task with a dense output."""
+    spec = TASKS.get(data.resolved_task)
+    if data.eval == "slide" and spec.default_eval != "slide":
+        raise ValueError(f"data.eval='slide' needs a dense task; {data.name!r} is evaluated on {spec.name!r}")
+    return data.eval or spec.default_eval
+
+
+def eval_sizing(data: DataCfg) -> Sizing:
+    """How the test split is sized: ``short_side`` (native-resolution targets) under ``slide``."""
+    return "short_side" if eval_mode(data) == "slide" else "square"

@@ -184,12 +184,13 @@ def test_other_embedding_attacks_run_with_all_checks_passing(make_cell_cfg, fitt
 
 
 def _setup(make_cell_cfg, model, **updates):
-    from ssl_robust.cell import attack_setup
+    from ssl_robust.cell import attack_setup, views
     from ssl_robust.data.load import task_info
     from ssl_robust.tasks import TASKS
 
     cfg = make_cell_cfg("classification", **updates)
-    return cfg, attack_setup(cfg, model, TASKS.get("classification"), task_info(cfg.data))
+    task = TASKS.get("classification")
+    return cfg, attack_setup(cfg, views(cfg, model, task, (28, 28)), task, task_info(cfg.data))
 
 
 @pytest.mark.parametrize("attack", ["pgd", "embed"])
@@ -258,3 +259,45 @@ def test_dense_attacks_select_the_final_or_the_worst_iterate(make_cell_cfg, fitt
     metrics = run_cell(cfg)
     assert metrics["check/all_passed"] == 1.0
     assert metrics["adv/miou"] <= metrics["clean/miou"]
+
+
+# ----------------------------------------------------------------------------- sliding windows
+
+
+def test_slide_scores_a_non_square_image_at_its_native_label_resolution(make_cell_cfg, fitted_head) -> None:
+    from ssl_robust.data.load import load_split
+
+    head = str(fitted_head("segmentation"))
+    cfg = make_cell_cfg("segmentation", data={"n_samples": 4}, head={"checkpoint": head})
+    assert cfg.data.eval is None  # the task's default: slide
+    metrics = run_cell(cfg)
+    test, _ = load_split(cfg.data, "test", 28, seed=cfg.seed, sizing="short_side")
+    labels = [test[i][1] for i in range(len(test))]
+    assert all(mask.shape[0] != mask.shape[1] for mask in labels)  # native 2:3 or 3:2 labels
+    assert metrics["eval/slide"] == 1.0
+    assert metrics["eval/pixels"] == sum(int((mask != 255).sum()) for mask in labels)
+    assert metrics["check/all_passed"] == 1.0
+    resized = run_cell(make_cell_cfg("segmentation", data={"n_samples": 4, "eval": "resize"},
+                                     head={"checkpoint": head}))
+    square, _ = load_split(cfg.data, "test", 28, seed=cfg.seed)
+    assert resized["eval/slide"] == 0.0
+    assert resized["eval/pixels"] == sum(int((square[i][1] != 255).sum()) for i in range(len(square)))
+
+
+def test_slide_gradients_reach_every_pixel_of_the_whole_image(make_cell_cfg, fitted_head) -> None:
+    import torch
+
+    from ssl_robust.cell import load_head, views
+    from ssl_robust.encoders import create_encoder
+    from ssl_robust.heads import TaskModel
+    from ssl_robust.tasks import TASKS
+
+    cfg = make_cell_cfg("segmentation")
+    torch.manual_seed(cfg.seed)
+    encoder = create_encoder(cfg.encoder)
+    model = TaskModel(encoder, load_head(cfg, encoder, str(fitted_head("segmentation")))).eval()
+    x = torch.rand(1, 3, 28, 42, requires_grad=True)
+    out = views(cfg, model, TASKS.get("segmentation"), (60, 90)).scored(x)
+    assert out.shape == (1, 5, 60, 90)
+    out.pow(2).sum().backward()
+    assert bool((x.grad.abs().sum(1) > 0).all())

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from ssl_robust.data.base import LOADERS, Split, pick_split, require_files
 from ssl_robust.data.catalog import TaskInfo
+from ssl_robust.data.nyu_sync import build_nyu_sync
 from ssl_robust.data.transforms import Sizing, depth_to_tensor, sized_image_to_tensor, target_size
 from ssl_robust.config import DataCfg
 
@@ -130,7 +131,6 @@ def build_nyuv2(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int,
     """Train/val carved from the 795 train images (or, with ``data.nyu_train: sync``, from the raw
     sync frames: ``data/nyu_sync.py``); test = the 654 standard test images."""
     if cfg.nyu_train == "sync" and split != "test":
-        from ssl_robust.data.nyu_sync import build_nyu_sync  # here: data/depth.py's imports are shared
         return build_nyu_sync(cfg, split, info, image_size)
     root = require_files("nyuv2", cfg.root, [NYU_MAT, NYU_SPLITS])
     total = check_nyu_mat(root / NYU_MAT)

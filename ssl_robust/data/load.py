@@ -1,8 +1,6 @@
 """``load_split(cfg, split, image_size, sizing=...)``: one split of a configured data set, built by its loader."""
 from __future__ import annotations
 
-from typing import Literal
-
 from torch.utils.data import Dataset
 
 from ssl_robust.data import classification, depth, segmentation, synthetic  # noqa: F401  (register loaders)
@@ -10,9 +8,6 @@ from ssl_robust.data.base import LOADERS, Split, deterministic_subset, size_batc
 from ssl_robust.data.catalog import DATASETS, TaskInfo
 from ssl_robust.data.transforms import Sizing
 from ssl_robust.config import DataCfg
-
-EvalMode = Literal["resize", "slide"]
-
 
 def task_info(cfg: DataCfg) -> TaskInfo:
     """The configured task's facts on the configured data set."""
@@ -36,24 +31,6 @@ def load_split(cfg: DataCfg, split: Split, image_size: int, seed: int = 0,
     return deterministic_subset(dataset, limit, seed), info
 
 
-def eval_mode(cfg: DataCfg) -> EvalMode:
-    """``data.eval`` resolved: None means ``slide`` for dense tasks and ``resize`` for classification.
-
-    Classification has no sliding-window protocol: ``eval: slide`` there is a ValueError.
-    """
-    dense = cfg.resolved_task != "classification"
-    if cfg.eval == "slide" and not dense:
-        raise ValueError(f"data.eval='slide' needs a dense task; {cfg.name!r} is evaluated on "
-                         f"{cfg.resolved_task!r}")
-    return cfg.eval or ("slide" if dense else "resize")
-
-
-def split_sizing(cfg: DataCfg, split: Split) -> Sizing:
-    """The sizing of ``split``: ``short_side`` for the test split under ``slide``, else ``square``
-    (train/val, which fit the head, are always square)."""
-    return "short_side" if split == "test" and eval_mode(cfg) == "slide" else "square"
-
-
 def slide_stride(cfg: DataCfg, crop: int) -> int:
-    """``data.slide_stride``, or round(2/3 of the window) when unset (341 for 518, 149 for 224)."""
+    """``data.slide_stride``, or round(2/3 of the window) when unset (345 for 518, 149 for 224)."""
     return cfg.slide_stride if cfg.slide_stride is not None else max(1, round(2 * crop / 3))

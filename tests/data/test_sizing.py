@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_robust.config import DataCfg
 from ssl_robust.data.base import size_batches
-from ssl_robust.data.load import eval_mode, load_split, slide_stride, split_sizing
+from ssl_robust.data.load import load_split, slide_stride
+from ssl_robust.tasks import eval_mode, eval_sizing
 from ssl_robust.data.transforms import depth_to_tensor, image_to_tensor, mask_to_tensor, short_side_size
 
 from .fixtures import _blocks, _rng, _write_image, _write_mask, write_ade20k, write_cityscapes, write_nyuv2, write_voc
@@ -161,8 +162,7 @@ def test_eval_mode_split_sizing_and_stride():
     dense, classification = DataCfg(task="segmentation"), DataCfg(task="classification")
     assert eval_mode(dense) == "slide" and eval_mode(classification) == "resize"
     assert eval_mode(DataCfg(task="depth", eval="resize")) == "resize"
-    assert [split_sizing(dense, s) for s in ("train", "val", "test")] == ["square", "square", "short_side"]
-    assert split_sizing(classification, "test") == "square"
+    assert eval_sizing(dense) == "short_side" and eval_sizing(classification) == "square"
     with pytest.raises(ValueError, match="slide"):
         eval_mode(DataCfg(task="classification", eval="slide"))
     assert slide_stride(dense, 518) == 345 and slide_stride(dense, 224) == 149
