@@ -13,20 +13,19 @@ from ssl_robust.registry import Registry
 class AttackSpec:
     objective: str  # name in objectives.OBJECTIVES (the function of the same name)
     label: str  # how tables and plots name it
-    tasks: tuple[str, ...] | None = None  # None: every task (an attack on the embedding)
-
-    @property
-    def on_embedding(self) -> bool:
-        """Attacks the encoder's representation (task-agnostic, no labels)."""
-        return self.tasks is None
+    tasks: tuple[str, ...] | None = None  # None: every task
+    on_embedding: bool = False  # ascends a distance on the encoder's representation (no labels)
+    gradient_free: bool = False  # only the random start: uniform noise in the eps-ball, no steps
 
     def applies_to(self, task: str) -> bool:
         return self.tasks is None or task in self.tasks
 
 
 ATTACKS: Registry[AttackSpec] = Registry("attack")
-ATTACKS.register("embed")(AttackSpec("embed_l2", "EmbedAttack"))
-ATTACKS.register("embed_cos")(AttackSpec("embed_cos", "EmbedAttack (cos)"))
+ATTACKS.register("embed")(AttackSpec("embed_l2", "EmbedAttack", on_embedding=True))
+ATTACKS.register("embed_cos")(AttackSpec("embed_cos", "EmbedAttack (cos)", on_embedding=True))
+# The baseline every gradient attack must beat: its loss is the embedding's distance under noise.
+ATTACKS.register("noise")(AttackSpec("embed_l2", "Uniform noise", on_embedding=True, gradient_free=True))
 ATTACKS.register("pgd")(AttackSpec("cross_entropy", "PGD", ("classification",)))
 ATTACKS.register("segpgd")(AttackSpec("segpgd", "SegPGD", ("segmentation",)))
 ATTACKS.register("depthpgd")(AttackSpec("silog", "DepthPGD (SILog)", ("depth",)))
@@ -39,7 +38,7 @@ def attacks_for(task: str) -> list[str]:
 
 def task_attack(task: str) -> str | None:
     """The task's own downstream attack (not an embedding attack), if it has one."""
-    own = [name for name in attacks_for(task) if not ATTACKS.get(name).on_embedding]
+    own = [name for name in attacks_for(task) if ATTACKS.get(name).tasks is not None]
     return own[0] if own else None
 
 

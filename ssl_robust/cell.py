@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -28,7 +29,7 @@ from ssl_robust.encoders import Encoder, create_encoder, input_size, local_file
 from ssl_robust.heads import TaskModel, extract_features, fit_head
 from ssl_robust.pgd import AttackResult, pgd
 from ssl_robust.sliding import resize_to, slide, slide_tokens
-from ssl_robust.tasks import TASKS, TaskSpec, eval_mode, eval_sizing
+from ssl_robust.tasks import TASKS, Scores, TaskSpec, eval_mode, eval_sizing
 
 
 def _loader(cfg: CellCfg, split: str, image_size: int, batch_size: int) -> DataLoader:
@@ -36,13 +37,15 @@ def _loader(cfg: CellCfg, split: str, image_size: int, batch_size: int) -> DataL
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
-def _test_loader(cfg: CellCfg) -> DataLoader:
-    """The test split, sized for the evaluation mode; short-side images batched by equal size."""
+def _test_loader(cfg: CellCfg) -> tuple[DataLoader, list[list[int]]]:
+    """The test split, sized for the evaluation mode (short-side images batched by equal size),
+    and the items' indices batch by batch: per-sample results name their item."""
     sizing = eval_sizing(cfg.data)
     dataset, _ = load_split(cfg.data, "test", input_size(cfg.encoder), seed=cfg.seed, sizing=sizing)
-    if sizing == "short_side":
-        return DataLoader(dataset, batch_sampler=size_batches(dataset, cfg.batch_size))
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
+    n, size = len(dataset), cfg.batch_size
+    batches = size_batches(dataset, size) if sizing == "short_side" else \
+        [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+    return DataLoader(dataset, batch_sampler=batches), batches
 
 
 def _fit_loaders(cfg: CellCfg) -> tuple[DataLoader, DataLoader]:
@@ -170,12 +173,84 @@ def _save_examples(x: torch.Tensor, x_adv: torch.Tensor, path: Path, n: int = 4)
     save_image(torch.cat([x[:n], x_adv[:n], delta / (2 * scale) + 0.5]), str(path), nrow=min(n, len(x)))
 
 
+@dataclass
+class Tally:
+    """What a cell accumulates over its test batches."""
+
+    clean: Scores
+    adv: Scores
+    indices: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    bounds: list[dict[str, float]] = field(default_factory=list)
+    eps0_gap: float = 0.0
+    disagreements: int = 0
+    grad_finite: bool = True
+    grad_nonzero: float = 1.0
+    step_loss: torch.Tensor | None = None  # summed loss per gradient step
+    step_count: torch.Tensor | None = None
+
+    def add_attack(self, result: AttackResult, indices: list[int]) -> None:
+        self.indices.extend(indices)
+        self.losses.extend(result.loss.cpu().tolist())
+        self.grad_finite &= result.grad_finite
+        self.grad_nonzero = min(self.grad_nonzero, result.grad_nonzero)
+        if self.step_loss is None:
+            self.step_loss, self.step_count = result.step_loss_sum.cpu(), result.step_count.cpu()
+        else:
+            self.step_loss += result.step_loss_sum.cpu()
+            self.step_count += result.step_count.cpu()
+
+
+def _attack_batch(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo, tally: Tally,
+                  x: torch.Tensor, y: torch.Tensor, i: int, indices: list[int]) -> AttackResult:
+    """Score one batch clean and attacked (through the same view), and run its checks."""
+    view = views(cfg, model, task, tuple(y.shape[-2:]))
+    setup = attack_setup(cfg, view, task, info)
+    with torch.no_grad():
+        clean_out = view.scored(x)
+    tally.clean.add(clean_out, y)
+    if i == 0:
+        tally.eps0_gap = eps0_gap(cfg, setup, view.scored, x, y, clean_out)
+    steps = 0 if ATTACKS.get(cfg.attack.name).gradient_free else cfg.attack.steps
+    result = _attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=steps, seed=cfg.seed + i)
+    with torch.no_grad():
+        adv_out = view.scored(result.x_adv)
+    tally.adv.add(adv_out, y)
+    if result.success is not None:
+        tally.disagreements += int((result.success != task.fooled(adv_out, y)).sum())
+    tally.bounds.append(checks.perturbation_checks(x, result.x_adv, cfg.attack.eps, cfg.attack.norm))
+    tally.add_attack(result, indices)
+    return result
+
+
+def _summary(cfg: CellCfg, task: TaskSpec, tally: Tally) -> dict[str, float]:
+    """Scores, counts and checks of a finished cell."""
+    clean_scores, adv_scores = tally.clean.summary(), tally.adv.summary()
+    metrics = {f"clean/{k}": v for k, v in clean_scores.items()}
+    metrics.update({f"adv/{k}": v for k, v in adv_scores.items()})
+    metrics["adv/loss"] = sum(tally.losses) / max(len(tally.losses), 1)
+    metrics["n_samples"] = float(len(tally.clean.per_sample))
+    metrics["eval/slide"] = float(eval_mode(cfg.data) == "slide")
+    if tally.clean.pixels:
+        metrics["eval/pixels"] = float(tally.clean.pixels)
+    metrics.update({k: min(b[k] for b in tally.bounds) for k in ("check/delta_in_ball", "check/x_adv_in_box")})
+    metrics["attack/max_delta"] = max(b["attack/max_delta"] for b in tally.bounds)
+    steps = 0 if ATTACKS.get(cfg.attack.name).gradient_free else cfg.attack.steps
+    metrics.update(checks.gradient_checks(tally.grad_finite, tally.grad_nonzero, cfg.attack.eps, steps))
+    metrics.update(checks.score_checks(clean_scores[task.metric], adv_scores[task.metric], task.higher_is_better,
+                                       tally.eps0_gap))
+    metrics.update(checks.rescore_checks(tally.disagreements))
+    metrics["check/all_passed"] = checks.all_passed(metrics)
+    return metrics
+
+
 def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
-    """Phase 2: clean and attacked scores on the cell's test images, with sanity checks."""
+    """Phase 2: clean and attacked scores on the cell's test images, with sanity checks; with
+    ``out_dir``, per-sample results, per-image IoU (segmentation), the loss curve and examples."""
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    loader = _test_loader(cfg)  # fails before any work
+    loader, batches = _test_loader(cfg)  # fails before any work
     fit_loaders = None if cfg.head.checkpoint else _fit_loaders(cfg)
     encoder = create_encoder(cfg.encoder).to(device)
     metrics: dict[str, float] = {}
@@ -185,57 +260,39 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
         head, metrics = _fit(cfg, encoder, fit_loaders, device)
     model = TaskModel(encoder, head.to(device)).eval().requires_grad_(False)
     task, info = TASKS.get(cfg.data.resolved_task), task_info(cfg.data)
-    clean, adv = task.scores(info), task.scores(info)
-    bounds, losses, gap, disagreements = [], [], 0.0, 0
-    grad_finite, grad_nonzero = True, 1.0
+    tally = Tally(task.scores(info), task.scores(info))
     attack_start = time.perf_counter()
     for i, (x, y) in enumerate(tqdm(loader, desc=f"{cfg.attack.name} eps={cfg.attack.eps:.4f}", leave=False)):
         x, y = x.to(device), torch.as_tensor(y).to(device)
-        view = views(cfg, model, task, tuple(y.shape[-2:]))
-        setup = attack_setup(cfg, view, task, info)
-        with torch.no_grad():
-            clean_out = view.scored(x)
-        clean.add(clean_out, y)
-        if i == 0:
-            gap = eps0_gap(cfg, setup, view.scored, x, y, clean_out)
-        result = _attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=cfg.attack.steps, seed=cfg.seed + i)
-        with torch.no_grad():
-            adv_out = view.scored(result.x_adv)
-        adv.add(adv_out, y)
-        if result.success is not None:
-            disagreements += int((result.success != task.fooled(adv_out, y)).sum())
-        bounds.append(checks.perturbation_checks(x, result.x_adv, cfg.attack.eps, cfg.attack.norm))
-        losses.extend(result.loss.cpu().tolist())
-        grad_finite &= result.grad_finite
-        grad_nonzero = min(grad_nonzero, result.grad_nonzero)
+        result = _attack_batch(cfg, model, task, info, tally, x, y, i, batches[i])
         if out_dir is not None and i == 0:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             _save_examples(x.cpu(), result.x_adv.cpu(), Path(out_dir) / "adv_examples.png")
     metrics["time/attack_seconds"] = time.perf_counter() - attack_start
-    clean_scores, adv_scores = clean.summary(), adv.summary()
-    metrics.update({f"clean/{k}": v for k, v in clean_scores.items()})
-    metrics.update({f"adv/{k}": v for k, v in adv_scores.items()})
-    metrics["adv/loss"] = sum(losses) / max(len(losses), 1)
-    metrics["n_samples"] = float(len(clean.per_sample))
-    metrics["eval/slide"] = float(eval_mode(cfg.data) == "slide")
-    if clean.pixels:
-        metrics["eval/pixels"] = float(clean.pixels)
-    key = task.metric
-    metrics.update({k: min(b[k] for b in bounds) for k in ("check/delta_in_ball", "check/x_adv_in_box")})
-    metrics["attack/max_delta"] = max(b["attack/max_delta"] for b in bounds)
-    metrics.update(checks.gradient_checks(grad_finite, grad_nonzero, cfg.attack.eps, cfg.attack.steps))
-    metrics.update(checks.score_checks(clean_scores[key], adv_scores[key], task.higher_is_better, gap))
-    metrics.update(checks.rescore_checks(disagreements))
-    metrics["check/all_passed"] = checks.all_passed(metrics)
+    metrics.update(_summary(cfg, task, tally))
     if out_dir is not None:
-        _write_per_sample(Path(out_dir) / "per_sample.csv", task.per_sample, clean.per_sample, adv.per_sample,
-                          losses)
+        write_results(Path(out_dir), task, tally)
     metrics["time/cell_seconds"] = time.perf_counter() - start
     return metrics
 
 
-def _write_per_sample(path: Path, name: str, clean: list[float], adv: list[float], losses: list[float]) -> None:
-    with open(path, "w", newline="") as f:
+def write_results(out_dir: Path, task: TaskSpec, tally: Tally) -> None:
+    """``per_sample.csv`` (item index, clean and attacked per-sample score, attack loss),
+    ``per_image_iou.npz`` (segmentation: intersections and unions per image and class) and
+    ``loss_curve.csv`` (mean attack loss per gradient step)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = task.per_sample
+    with open(out_dir / "per_sample.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", f"clean_{name}", f"adv_{name}", "attack_loss"])
-        writer.writerows(zip(range(len(clean)), clean, adv, losses))
+        writer.writerows(zip(tally.indices, tally.clean.per_sample, tally.adv.per_sample, tally.losses))
+    clean, adv = tally.clean.per_image(), tally.adv.per_image()
+    if clean:
+        np.savez(out_dir / "per_image_iou.npz", index=np.array(tally.indices), clean_inter=clean["inter"].numpy(),
+                 clean_union=clean["union"].numpy(), adv_inter=adv["inter"].numpy(), adv_union=adv["union"].numpy())
+    with open(out_dir / "loss_curve.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "mean_loss"])
+        if tally.step_loss is not None:
+            mean = (tally.step_loss / tally.step_count.clamp_min(1)).tolist()
+            writer.writerows((step, loss) for step, (loss, n) in enumerate(zip(mean, tally.step_count.tolist()), 1) if n)

@@ -93,6 +93,9 @@ class ClassificationScores:
     def __init__(self, info: TaskInfo) -> None:
         self.per_sample: list[float] = []
 
+    def per_image(self) -> dict[str, torch.Tensor]:
+        return {}
+
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.per_sample.extend((logits.detach().cpu().argmax(1) == labels.cpu()).float().tolist())
 
@@ -106,10 +109,14 @@ class SegmentationScores:
     def __init__(self, info: TaskInfo) -> None:
         self.info, self.per_sample = info, []
         self.conf = torch.zeros(info.num_classes, info.num_classes, dtype=torch.long)
+        self.inter: list[torch.Tensor] = []
+        self.union: list[torch.Tensor] = []
 
     def add(self, logits: torch.Tensor, masks: torch.Tensor) -> None:
         pred, masks, ignore = logits.detach().cpu().argmax(1), masks.cpu(), self.info.ignore_index
         self.conf += confusion_matrix(pred, masks, self.info.num_classes, ignore)
+        inter, union = per_image_iou(pred, masks, self.info.num_classes, ignore)
+        self.inter.append(inter), self.union.append(union)
         labelled = masks != ignore
         correct = ((pred == masks) & labelled).flatten(1).sum(1)
         self.per_sample.extend(correct.div(labelled.flatten(1).sum(1).clamp_min(1)).tolist())
@@ -118,6 +125,11 @@ class SegmentationScores:
     def pixels(self) -> int:
         """Labelled pixels scored."""
         return int(self.conf.sum())
+
+    def per_image(self) -> dict[str, torch.Tensor]:
+        """Per image and class intersections and unions [N, C]: mIoU of any subset of images (worst
+        case over attacks, bootstrap intervals) is exact from them."""
+        return {"inter": torch.cat(self.inter), "union": torch.cat(self.union)} if self.inter else {}
 
     def summary(self) -> dict[str, float]:
         return {"miou": miou_from_confusion(self.conf),
@@ -131,6 +143,9 @@ class DepthScores:
         self.info, self.per_sample = info, []
         self.errors: dict[str, list[torch.Tensor]] = {"rmse": [], "abs_rel": [], "delta1": []}
         self.pixels = 0  # valid pixels scored
+
+    def per_image(self) -> dict[str, torch.Tensor]:
+        return {}
 
     def add(self, depth: torch.Tensor, target: torch.Tensor) -> None:
         depth, target = depth.detach().cpu(), target.cpu()

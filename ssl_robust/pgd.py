@@ -27,6 +27,8 @@ class AttackResult:
     grad_finite: bool = True  # every gradient seen was finite
     grad_nonzero: float = 1.0  # fraction of samples with a non-zero gradient at the first step
     forward_passes: int = 0  # sample-forwards spent (for throughput accounting)
+    step_loss_sum: torch.Tensor | None = None  # [steps] summed loss of the samples attacked at each step
+    step_count: torch.Tensor | None = None  # [steps] how many samples were attacked at each step
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
@@ -98,6 +100,8 @@ def pgd(
     best_damage = torch.full((n,), -float("inf"), device=x.device)
     fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
     grad_finite, grad_nonzero, forwards = True, None, 0
+    step_loss_sum = torch.zeros(steps, dtype=torch.float64, device=x.device)
+    step_count = torch.zeros(steps, dtype=torch.long, device=x.device)
 
     def record(idx: torch.Tensor, x_now: torch.Tensor, output: torch.Tensor, loss: torch.Tensor,
                final: bool) -> None:
@@ -134,6 +138,8 @@ def pgd(
             output = forward(x_now)
             loss = objective(output, target[active], step, steps)
             (grad,) = torch.autograd.grad(loss.sum(), delta)
+            step_loss_sum[step - 1] += loss.detach().sum().double()
+            step_count[step - 1] += active.numel()
             grad_finite = grad_finite and bool(torch.isfinite(grad).all())
             if grad_nonzero is None:
                 grad_nonzero = float((grad.flatten(1).abs().sum(dim=1) > 0).float().mean())
@@ -161,4 +167,6 @@ def pgd(
         grad_finite=grad_finite,
         grad_nonzero=1.0 if grad_nonzero is None else grad_nonzero,
         forward_passes=forwards,
+        step_loss_sum=step_loss_sum,
+        step_count=step_count,
     )

@@ -36,6 +36,8 @@ class Scores(Protocol):
 
     def summary(self) -> dict[str, float]: ...
 
+    def per_image(self) -> dict[str, torch.Tensor]: ...
+
 
 @dataclass(frozen=True)
 class TaskSpec:

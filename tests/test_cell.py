@@ -90,7 +90,7 @@ def test_cell_writes_one_csv_row_per_sample(cell_run, task: str, attack: str) ->
     with open(out_dir / "per_sample.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == N_SAMPLES
-    assert [int(r["index"]) for r in rows] == list(range(N_SAMPLES))
+    assert sorted(int(r["index"]) for r in rows) == list(range(N_SAMPLES))  # each item once, by its index
     column = {"classification": "correct", "segmentation": "pixel_acc", "depth": "rmse"}[task]
     assert set(rows[0]) == {"index", f"clean_{column}", f"adv_{column}", "attack_loss"}
     clean = [float(r[f"clean_{column}"]) for r in rows]
@@ -301,3 +301,35 @@ def test_slide_gradients_reach_every_pixel_of_the_whole_image(make_cell_cfg, fit
     assert out.shape == (1, 5, 60, 90)
     out.pow(2).sum().backward()
     assert bool((x.grad.abs().sum(1) > 0).all())
+
+
+def test_segmentation_cells_store_per_image_intersections_and_unions(cell_run) -> None:
+    import numpy as np
+
+    from ssl_robust.metrics import miou_from_confusion  # noqa: F401  (the definition the sums must reproduce)
+
+    metrics, out_dir = cell_run("segmentation", "segpgd")
+    arrays = np.load(out_dir / "per_image_iou.npz")
+    assert sorted(arrays["index"].tolist()) == list(range(N_SAMPLES))
+    for side in ("clean", "adv"):
+        inter, union = arrays[f"{side}_inter"].sum(0), arrays[f"{side}_union"].sum(0)
+        present = union > 0
+        assert float((inter[present] / union[present]).mean()) == pytest.approx(metrics[f"{side}/miou"])
+
+
+def test_cells_record_the_mean_loss_of_every_gradient_step(cell_run, make_cell_cfg) -> None:
+    _, out_dir = cell_run("classification", "embed")
+    with open(out_dir / "loss_curve.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, make_cell_cfg().attack.steps + 1))
+    assert float(rows[-1]["mean_loss"]) > float(rows[0]["mean_loss"])  # EmbedAttack climbs its loss
+
+
+def test_the_noise_baseline_takes_no_gradient_step(make_cell_cfg, fitted_head, tmp_path: Path) -> None:
+    cfg = make_cell_cfg("classification", attack={"name": "noise"},
+                        head={"checkpoint": str(fitted_head("classification"))})
+    metrics = run_cell(cfg, tmp_path)
+    with open(tmp_path / "loss_curve.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == []
+    assert metrics["check/all_passed"] == 1.0
+    assert 0 < metrics["attack/max_delta"] <= cfg.attack.eps + 1e-6
