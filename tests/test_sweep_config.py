@@ -59,7 +59,7 @@ def test_shipped_sweeps_validate() -> None:
     assert deacl and not deacl[0].enabled and deacl[0].deacl.experiment == "deacl"
     quick, quick_cells = load_sweep(REPO_ROOT / "sweeps" / "quickstart.yaml")
     assert {c.data.resolved_task for c in quick_cells} == {"classification", "segmentation", "depth"}
-    assert {c.attack.name for c in quick_cells} == {"embed", "pgd", "segpgd", "depthpgd"}
+    assert {c.attack.name for c in quick_cells} == {"embed", "noise", "pgd", "segpgd", "depthpgd"}
     assert all(not c.encoder.pretrained for c in quick_cells)
 
 
