@@ -49,7 +49,6 @@ class TaskSpec:
     higher_is_better: bool
     per_sample: str  # what the per-sample column holds
     embedding: Literal["cls", "tokens"]  # the representation the head reads (EmbedAttack's target)
-    token_grid: bool  # the head reads the patch-token grid (else CLS and at most the mean token)
     build_head: Callable[[TaskInfo, int, HeadCfg], nn.Module]  # (info, embed_dim, head config) -> head
     loss: Callable[[TaskInfo], LossFn]  # training loss of the head
     scores: Callable[[TaskInfo], Scores]  # accumulator of the task's scores over batches
@@ -57,6 +56,11 @@ class TaskSpec:
     damage: Callable[[TaskInfo], DamageFn] | None = None  # per-sample harm of an output, to pick the worst iterate
     default_eval: Literal["resize", "slide"] = "resize"  # how test images are sized and scored
     objective_kwargs: Callable[[TaskInfo], dict[str, Any]] = field(default=lambda info: {})
+
+    @property
+    def token_grid(self) -> bool:
+        """The head reads the patch-token grid (else CLS and at most the mean patch token)."""
+        return self.embedding == "tokens"
 
     @property
     def attacks(self) -> list[str]:
@@ -93,7 +97,7 @@ def _misclassified(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 TASKS: Registry[TaskSpec] = Registry("task")
 TASKS.register("classification")(TaskSpec(
     name="classification", metric="acc", label="Accuracy", higher_is_better=True, per_sample="correct",
-    embedding="cls", token_grid=False,
+    embedding="cls",
     build_head=lambda info, dim, head: LinearClassifier(dim, info.num_classes, head.classifier_input),
     loss=lambda info: F.cross_entropy,
     scores=ClassificationScores,
@@ -101,7 +105,7 @@ TASKS.register("classification")(TaskSpec(
 ))
 TASKS.register("segmentation")(TaskSpec(
     name="segmentation", metric="miou", label="mIoU", higher_is_better=True, per_sample="pixel_acc",
-    embedding="tokens", token_grid=True, default_eval="slide",
+    embedding="tokens", default_eval="slide",
     build_head=lambda info, dim, head: LinearSegmenter(dim, info.num_classes),
     loss=lambda info: functools.partial(F.cross_entropy, ignore_index=info.ignore_index),
     scores=SegmentationScores,
@@ -111,7 +115,7 @@ TASKS.register("segmentation")(TaskSpec(
 ))
 TASKS.register("depth")(TaskSpec(
     name="depth", metric="rmse", label="RMSE", higher_is_better=False, per_sample="rmse",
-    embedding="tokens", token_grid=True, default_eval="slide",
+    embedding="tokens", default_eval="slide",
     build_head=lambda info, dim, head: DEPTH_HEADS[head.depth_head](dim, head.n_bins, info.min_depth, info.max_depth),
     loss=lambda info: lambda out, y: silog(out, y, min_depth=info.min_depth).mean(),
     scores=DepthScores,
