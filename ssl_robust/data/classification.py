@@ -1,23 +1,27 @@
 """CIFAR-10, CIFAR-100 and STL-10 from torchvision's on-disk layouts.
 
-torchvision checks the MD5 of the released files; these loaders check structure instead (files
-exist, pickles/binaries parse, shapes and labels are right), so re-packed copies and small test
-fixtures in the official format load too.
+These loaders check structure (files exist, pickles/binaries parse, shapes and labels are right),
+so re-packed copies and small test fixtures in the official format load too. CIFAR's pickles are
+read as data only (``safe_pickle``: a tampered file cannot run code), and a file of the size of the
+released one must also carry the released MD5 (torchvision's published sums).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pickle
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssl_robust.data import safe_pickle
 from ssl_robust.data.base import LOADERS, Split, pick_split, require_files
 from ssl_robust.data.catalog import TaskInfo
+from ssl_robust.data.safe_pickle import DataFileError
 from ssl_robust.data.transforms import Sizing, image_to_tensor
 from ssl_robust.config import DataCfg
 
@@ -27,15 +31,21 @@ CIFAR_LAYOUTS = {  # name: (torchvision class, folder, files)
                 [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]),
     "cifar100": ("CIFAR100", "cifar-100-python", ["train", "test", "meta"]),
 }
+# Sizes in bytes of the released cifar-10-batches-py files; CIFAR-100's are not recorded, so its
+# train/test files count as released ones when they hold at least the release's pixel bytes.
+CIFAR_RELEASE_SIZES = {"data_batch_1": 31035704, "data_batch_2": 31035320, "data_batch_3": 31035999,
+                       "data_batch_4": 31035696, "data_batch_5": 31035623, "test_batch": 31035526,
+                       "batches.meta": 158}
+CIFAR100_RELEASE_PIXELS = {"train": 50000 * 3072, "test": 10000 * 3072}
 STL10_FILES = ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"]
 STL10_IMAGE_BYTES = 3 * 96 * 96
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str, first: int = 0) -> None:
-    """Raise a ValueError naming the first label outside ``first..first+num_classes-1``."""
+    """Raise a DataFileError naming the first label outside ``first..first+num_classes-1``."""
     bad = np.flatnonzero((labels < first) | (labels >= first + num_classes))
     if bad.size:
-        raise ValueError(f"{where}: label {int(labels[bad[0]])} at index {int(bad[0])} "
+        raise DataFileError(f"{where}: label {int(labels[bad[0]])} at index {int(bad[0])} "
                          f"is outside {first}..{first + num_classes - 1}")
 
 
@@ -59,7 +69,7 @@ class ArrayClassification(Dataset):
 
 
 class _CifarStructure:
-    """Replaces torchvision's MD5 checks of CIFAR files with existence checks; parsing validates."""
+    """torchvision's CIFAR class for its ``download()`` only: files present = nothing to fetch."""
 
     base_folder: str
     train_list: list
@@ -72,11 +82,77 @@ class _CifarStructure:
         names = [name for name, _ in self.train_list + self.test_list] + [self.meta["filename"]]
         return all(os.path.isfile(os.path.join(folder, name)) for name in names)
 
-    def _load_meta(self) -> None:
-        path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-        with open(path, "rb") as infile:
-            self.classes = pickle.load(infile, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+def is_release_size(name: str, size: int) -> bool:
+    """Whether a CIFAR file called ``name`` is as large as the released file of that name."""
+    if name in CIFAR_RELEASE_SIZES:
+        return size == CIFAR_RELEASE_SIZES[name]
+    return name in CIFAR100_RELEASE_PIXELS and size >= CIFAR100_RELEASE_PIXELS[name]
+
+
+@functools.lru_cache(maxsize=64)
+def _md5(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_release_md5(path: Path, expected: str, archive: str) -> None:
+    """Raise a DataFileError naming ``path`` when a release-size file has another MD5 than ``expected``."""
+    stat = path.stat()
+    if not is_release_size(path.name, stat.st_size):
+        return
+    got = _md5(str(path), stat.st_size, stat.st_mtime_ns)
+    if got != expected:
+        raise DataFileError(f"{path}: MD5 {got} differs from the released file's {expected} (same size as "
+                            f"the release, other content: corrupt or tampered); re-extract it from {archive}")
+
+
+def read_cifar_file(path: Path, expected_md5: str, archive: str) -> dict[str, Any]:
+    """One CIFAR pickle as a dict, read as data only; DataFileError names the file otherwise."""
+    check_release_md5(path, expected_md5, archive)
+    try:
+        entry = safe_pickle.load_path(path)
+    except safe_pickle.ForbiddenGlobalError as err:
+        raise DataFileError(f"{path}: {err}") from err
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            MemoryError) as err:
+        raise DataFileError(f"{path}: does not parse as a pickle ({err!r})") from err
+    if not isinstance(entry, dict):
+        raise DataFileError(f"{path}: holds {type(entry).__name__}, expected a dict")
+    return entry
+
+
+def read_cifar(name: str, root: Path, train: bool) -> tuple[np.ndarray, list[int]]:
+    """Images [N, 32, 32, 3] uint8 and labels of the train or test files, plus a meta-file check."""
+    cls = structural_class(name)
+    folder, archive = root / cls.base_folder, cls.filename
+    images, labels = [], []
+    for file_name, md5 in (cls.train_list if train else cls.test_list):
+        entry = read_cifar_file(folder / file_name, md5, archive)
+        key = "labels" if "labels" in entry else "fine_labels"
+        if "data" not in entry or key not in entry:
+            raise DataFileError(f"{folder / file_name}: missing 'data' or '{key}' (found {sorted(entry)})")
+        data = np.asarray(entry["data"])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise DataFileError(f"{folder / file_name}: 'data' is {data.dtype} {data.shape}, "
+                                "expected uint8 [N, 3072]")
+        images.append(data)
+        labels.extend(entry[key])
+    meta_path = folder / cls.meta["filename"]
+    if cls.meta["key"] not in read_cifar_file(meta_path, cls.meta["md5"], archive):
+        raise DataFileError(f"{meta_path}: missing {cls.meta['key']!r}")
+    return np.vstack(images).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def download_cifar(name: str, root: Path) -> None:
+    """torchvision's download of the archive into ``root``, unless every file is already there."""
+    cls = structural_class(name)
+    dataset = cls.__new__(cls)
+    dataset.root = str(root)
+    dataset.download()
 
 
 def stl10_problems(folder: Path) -> list[str]:
@@ -126,11 +202,11 @@ def _torchvision_root(cfg: DataCfg, name: str, folder: str, files: list[str]) ->
 
 
 def _open(factory: Callable[[], Dataset], where: str) -> Dataset:
-    """Run a torchvision constructor, turning parse failures into a ValueError naming the folder."""
+    """Run a torchvision constructor, turning parse failures into a DataFileError naming the folder."""
     try:
         return factory()
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as err:
-        raise ValueError(f"{where}: files do not parse in the official format ({err!r})") from err
+        raise DataFileError(f"{where}: files do not parse in the official format ({err!r})") from err
 
 
 def _build_cifar(name: str) -> Callable[..., Dataset]:
@@ -141,15 +217,19 @@ def _build_cifar(name: str) -> Callable[..., Dataset]:
               sizing: Sizing = "square") -> Dataset:  # classification is always square
         root = _torchvision_root(cfg, name, folder, files)
         where = f"data set {name!r} ({root / folder})"
-        cls = structural_class(name)
-        raw = _open(lambda: cls(str(root), train=split != "test", download=cfg.download), where)
-        labels = np.asarray(raw.targets, dtype=np.int64)
-        if len(labels) != len(raw.data):
-            raise ValueError(f"{where}: {len(labels)} labels for {len(raw.data)} images")
+        if cfg.download:
+            download_cifar(name, root)
+        images, raw_labels = read_cifar(name, root, train=split != "test")
+        try:
+            labels = np.asarray(raw_labels, dtype=np.int64)
+        except (TypeError, ValueError) as err:
+            raise DataFileError(f"{where}: labels are not integers ({err})") from err
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise DataFileError(f"{where}: {labels.size} labels for {len(images)} images")
         part = "test" if split == "test" else "train"
         check_labels(labels, info.num_classes, f"{where}, {part} batches")
         indices = pick_split(len(labels), split, cfg.val_fraction)
-        return ArrayClassification(raw.data, labels, indices, image_size)
+        return ArrayClassification(images, labels, indices, image_size)
 
     return build
 
@@ -163,7 +243,7 @@ def build_stl10(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int,
     where = f"data set 'stl10' ({root / 'stl10_binary'})"
     problems = stl10_problems(root / "stl10_binary")
     if problems and not cfg.download:
-        raise ValueError(f"{where}: {'; '.join(problems)}")
+        raise DataFileError(f"{where}: {'; '.join(problems)}")
     part = "test" if split == "test" else "train"
     cls = structural_class("stl10")
     raw = _open(lambda: cls(str(root), split=part, download=cfg.download), where)

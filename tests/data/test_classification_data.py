@@ -1,16 +1,20 @@
 """CIFAR-10/100 and STL-10 loaded from official-format fixtures through the registry."""
 from __future__ import annotations
 
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from ssl_robust.config import DataCfg
-from ssl_robust.data import DATASETS
+from ssl_robust.data import DATASETS, safe_pickle
 from ssl_robust.data.base import LOADERS, DatasetNotFoundError
+from ssl_robust.data.classification import CIFAR_RELEASE_SIZES, is_release_size
 from ssl_robust.data.load import load_split
+from ssl_robust.data.safe_pickle import DataFileError
 
 from .fixtures import write_cifar10, write_cifar100, write_stl10
 
@@ -118,3 +122,79 @@ def test_download_flag_keeps_files_already_there(tmp_path, name, writer, folder,
     writer(tmp_path)  # not the released files: an MD5 check would re-download (no network here)
     test, _ = load_split(DataCfg(name=name, root=tmp_path, download=True), "test", image_size=28)
     assert len(test) == n_test
+
+
+class _OpenFile:
+    """Unpickling it would create ``marker`` (``open(marker, "w")``)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+class _System:
+    """Unpickling it would run ``touch marker`` through the shell."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _craft(path: Path, payload: object, pad_to: int | None = None) -> None:
+    blob = pickle.dumps({"data": payload, "labels": [0]}, protocol=2)
+    path.write_bytes(blob + b"\0" * ((pad_to or 0) - len(blob)))
+
+
+@pytest.mark.parametrize("name,writer,folder,victim,split", [
+    ("cifar10", write_cifar10, "cifar-10-batches-py", "data_batch_1", "train"),
+    ("cifar10", write_cifar10, "cifar-10-batches-py", "test_batch", "test"),
+    ("cifar10", write_cifar10, "cifar-10-batches-py", "batches.meta", "test"),
+    ("cifar100", write_cifar100, "cifar-100-python", "train", "train"),
+    ("cifar100", write_cifar100, "cifar-100-python", "meta", "test"),
+])
+@pytest.mark.parametrize("gadget", [_OpenFile, _System])
+def test_crafted_pickle_is_refused_and_never_runs(tmp_path, name, writer, folder, victim, split, gadget):
+    writer(tmp_path)
+    marker = tmp_path / "marker"
+    _craft(tmp_path / folder / victim, gadget(marker))
+    with pytest.raises(DataFileError, match=rf"{victim}: global \S+ is not allowed in a data file"):
+        load_split(DataCfg(name=name, root=tmp_path), split, image_size=28)
+    assert not marker.exists()
+
+
+def test_release_size_file_with_other_md5_is_refused_before_parsing(tmp_path):
+    write_cifar10(tmp_path)
+    marker = tmp_path / "marker"
+    victim = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    _craft(victim, _OpenFile(marker), pad_to=CIFAR_RELEASE_SIZES["data_batch_1"])
+    with pytest.raises(DataFileError, match=r"data_batch_1: MD5 [0-9a-f]{32} differs from the released"):
+        load_split(DataCfg(name="cifar10", root=tmp_path), "train", image_size=28)
+    assert not marker.exists()
+
+
+def test_release_size_rule():
+    assert is_release_size("data_batch_1", 31035704) and not is_release_size("data_batch_1", 31035705)
+    assert is_release_size("train", 50000 * 3072 + 10) and not is_release_size("train", 4000)
+    assert not is_release_size("meta", 1500)  # CIFAR-100's meta size is not recorded: never checked
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_restricted_unpickler_reads_arrays_and_containers(protocol):
+    data = {"data": np.arange(12, dtype=np.uint8).reshape(2, 6), "labels": [1, 2], "n": np.int64(3),
+            "raw": b"\x00\xff", "names": ("a", "b"), "tags": {1}, "frozen": frozenset({2}), "x": 1.5}
+    got = safe_pickle.loads(pickle.dumps(data, protocol=protocol))
+    assert np.array_equal(got.pop("data"), data.pop("data")) and got == data
+
+
+def test_restricted_unpickler_allows_only_latin1_bytes():
+    class Rot13:
+        def __reduce__(self):
+            import codecs
+            return codecs.encode, ("payload", "rot13")
+
+    with pytest.raises(pickle.UnpicklingError, match="rot13"):
+        safe_pickle.loads(pickle.dumps(Rot13(), protocol=2))
