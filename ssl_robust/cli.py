@@ -3,6 +3,8 @@ fine-tune, or a sweep's report.
 
 The one argument parser of the project; ``sweeps/*.py`` are thin wrappers around it for
 ``ray submit``. URIs in a config (``s3://``, ``runs:/``) are resolved to local files here.
+A bad input (config, data root, checkpoint, URI, option) ends in one line on stderr and exit
+code 2, before anything is written; ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -10,15 +12,21 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from ssl_robust import tracking
 from ssl_robust.cell import run_cell
 from ssl_robust.config import CellCfg, ConfigError, DeaclCfg, load_config, parse_budget
-from ssl_robust.encoders import check_encoder_name
+from ssl_robust.data import preflight
+from ssl_robust.data.safe_pickle import DataFileError
+from ssl_robust.devices import resolve_device
+from ssl_robust.encoders import CheckpointError, check_encoder_name
 from ssl_robust.finetune import run_deacl
 from ssl_robust.registry import UnknownNameError
 from ssl_robust.report import write_report
 from ssl_robust.search_config import describe_space, load_search
 from ssl_robust.sweep_config import DeaclSweepCfg, deacl_configs, expand, read_sweep, resolve_encoders
+from ssl_robust.tracking.artifacts import ArtifactError
 from ssl_robust.tracking.deacl import checkpoint_artifact
 from ssl_robust.tune.search import masked, run_search
 from ssl_robust.tune import deacl_sweep, grid
@@ -158,6 +166,7 @@ def _tracking_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _ray_sweep_options(parser: argparse.ArgumentParser, default_config: str, with_report: bool = True) -> None:
+    parser.set_defaults(default_config=default_config)
     parser.add_argument("overrides", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]",
                         help=f"sweep YAML (default {default_config}) and dotted overrides, e.g. defaults.seed=1")
     parser.add_argument("--config", default=None, help="the sweep YAML, as an option (`ray submit ... -- --config`)")
@@ -175,8 +184,27 @@ def _ray_sweep_options(parser: argparse.ArgumentParser, default_config: str, wit
     parser.add_argument("--no-report", action="store_true", help="do not write the report")
 
 
+class UsageError(Exception):
+    """A command line the parser rejects."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises UsageError instead of exiting, so ``main`` returns 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} -h)")
+
+
+def _budget_option(value: str) -> float:
+    try:
+        return parse_budget(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl-robust", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="ssl-robust", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback (any position)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run one cell offline and print its metrics")
@@ -210,27 +238,103 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="poster tables and robustness plots from a sweep's MLflow runs")
     report.add_argument("experiment", help="the sweep's MLflow experiment (its `name`)")
     report.add_argument("--out", default="dashboards/out", help="folder for index.html, tables and plots")
-    report.add_argument("--eps", default=None, help="eps of the tables, e.g. 8/255 (default 8/255 or the largest)")
+    report.add_argument("--eps", default=None, type=_budget_option,
+                        help="eps of the tables, e.g. 8/255 (default 8/255 or the largest)")
     _tracking_option(report)
     report.set_defaults(func=cmd_report)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse, dispatch; a bad config prints one line per bad field and returns 2."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)  # KEY=VALUE overrides may follow options too
-    if extra and (not hasattr(args, "overrides") or any("=" not in item for item in extra)):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
+USER_ERRORS = (ConfigError, UnknownNameError, FileNotFoundError, DataFileError, CheckpointError, ArtifactError,
+               UsageError)
+
+
+def check_config_file(path: Path) -> None:
+    """ConfigError for a YAML file that is empty or does not parse (naming its line); a missing file
+    is left to the reader."""
+    if not path.is_file():
+        return
     try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {err.problem or err.context}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
+    if data is None:
+        raise ConfigError(f"{path} is empty")
+
+
+def _check_store(args: argparse.Namespace) -> None:
+    """``report`` reads a store: a SQLite file that is not there would be created empty by MLflow."""
+    uri = tracking.absolute_tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise FileNotFoundError(f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}, so no experiment "
+                                f"{args.experiment!r}; give the sweep's store with --tracking-uri or MLFLOW_TRACKING_URI")
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Checks before a command starts anything: config files, a relative ``--storage-path`` (made
+    absolute: trials run elsewhere), the device of a local run, and every data set a command reads."""
+    storage = getattr(args, "storage_path", None)
+    if storage and "://" not in storage:
+        args.storage_path = str(Path(storage).expanduser().resolve())
+    if args.command == "report":
+        _check_store(args)
+        return
+    if args.command in ("run", "deacl"):
+        path, overrides = config_path(args.config), args.overrides
+    else:
+        path, overrides = _sweep_file_and_overrides(args, args.default_config)
+    check_config_file(path)
+    if args.command == "run":
+        resolve_device(load_config(CellCfg, path, overrides).device)
+    elif args.command == "deacl":
+        cfg = load_config(DeaclCfg, path, overrides)
+        resolve_device(cfg.device)
+        preflight.check_available([preflight.deacl_data(cfg)])
+    elif not args.dry_run:
+        preflight.check_available(_grid_data(args.command, path, overrides))
+
+
+def _grid_data(command: str, path: Path, overrides: list[str]) -> list:
+    """The data configs of a sweep, DeACL sweep or search file."""
+    if command == "sweep":
+        return preflight.sweep_data(read_sweep(path, overrides))
+    if command == "deacl-sweep":
+        return preflight.deacl_sweep_data(load_config(DeaclSweepCfg, path, overrides))
+    return [preflight.deacl_data(load_search(path, overrides).deacl)]
+
+
+def _message(err: Exception) -> str:
+    """The one line (a config error: one line per bad field) printed for a bad input."""
+    if isinstance(err, ConfigError):
+        text = str(err)
+        return f"invalid config:\n{text}" if "\n" in text else f"invalid config: {text}"
+    if isinstance(err, UsageError):
+        return f"error: {err}"
+    return "error: " + " ".join(str(err).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, check, dispatch; a bad input prints one line (``--debug``: the traceback) and returns 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [item for item in argv if item != "--debug"]
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)  # KEY=VALUE overrides may follow options too
+        if extra and (not hasattr(args, "overrides") or any("=" not in item for item in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra:
+            args.overrides = [*args.overrides, *extra]
+        prepare(args)
         return args.func(args)
-    except ConfigError as err:
-        print(f"invalid config:\n{err}", file=sys.stderr)
-        return 2
-    except (UnknownNameError, FileNotFoundError) as err:  # a timm name unknown to timm, a missing data set
-        print(f"error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(_message(err), file=sys.stderr)
         return 2
 
 

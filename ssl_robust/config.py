@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
 from ssl_robust.aliases import ENCODERS, is_tagged
@@ -27,6 +27,9 @@ from ssl_robust.data.catalog import DATASETS
 Norm = Literal["linf", "l2"]
 Triple = tuple[float, float, float]
 _TIMM_NAME = r"^[a-z0-9_]+(\.[a-z0-9_]+)?$"
+_DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$"
+MAX_STEPS = 10_000  # PGD steps of one attack (DeACL's and its probe's too)
+MAX_RESTARTS = 100
 
 
 def parse_budget(value: Any) -> float:
@@ -44,6 +47,34 @@ def parse_budget(value: Any) -> float:
 
 
 Budget = Annotated[float, BeforeValidator(parse_budget)]
+
+
+def _device_name(value: str) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu[:N]`` (availability is checked where
+    the device is used: the driver of a sweep need not have the trials' GPU)."""
+    if not re.match(_DEVICE, value):
+        raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+    return value
+
+
+Device = Annotated[str, AfterValidator(_device_name)]
+
+
+def patch_size_hint(name: str, model_kwargs: dict[str, Any]) -> int | None:
+    """The patch size an alias or timm name implies (``..._patch14_...``), without timm; None if unknown."""
+    if "patch_size" in model_kwargs:
+        value = model_kwargs["patch_size"]
+        return int(value[0] if isinstance(value, (list, tuple)) else value)
+    found = re.search(r"patch(\d+)", ENCODERS.get(name).timm_name if name in ENCODERS else name)
+    return int(found.group(1)) if found else None
+
+
+def check_patch_multiple(image_size: int, patch: int, name: str) -> None:
+    """Raise a ValueError naming ``encoder.image_size`` unless it is a multiple of ``patch``."""
+    if image_size % patch:
+        near = sorted({max(patch, image_size // patch * patch), (image_size // patch + 1) * patch})
+        raise ValueError(f"encoder.image_size={image_size} is not a multiple of the patch size {patch} of "
+                         f"{name!r}; use {' or '.join(map(str, near))}")
 
 
 class StrictModel(BaseModel):
@@ -82,6 +113,13 @@ class EncoderCfg(StrictModel):
             raise ValueError(f"encoder.mean/encoder.std: required for a checkpoint on the untagged timm "
                              f"name {self.name!r} (DINO and DINOv2 use ImageNet's (0.485, 0.456, 0.406) "
                              f"/ (0.229, 0.224, 0.225)); or use an alias such as 'dino_vitb16'")
+        return self
+
+    @model_validator(mode="after")
+    def _image_size_fits_patches(self) -> "EncoderCfg":
+        patch = patch_size_hint(self.name, self.model_kwargs)
+        if self.image_size is not None and patch and "name" in self.model_fields_set:  # not a defaults section
+            check_patch_multiple(self.image_size, patch, self.name)
         return self
 
 
@@ -139,9 +177,9 @@ class AttackCfg(StrictModel):
     name: str = "embed"
     eps: Budget = 8 / 255
     step_size: Budget | None = None  # None = 2.5 * eps / steps
-    steps: int = Field(default=10, ge=0)
+    steps: int = Field(default=10, ge=0, le=MAX_STEPS)
     norm: Norm = "linf"
-    restarts: int = Field(default=1, ge=1)
+    restarts: int = Field(default=1, ge=1, le=MAX_RESTARTS)
     random_start: bool = True
     stop_when_fooled: bool = True  # classification: stop attacking samples already fooled
     select: Literal["final", "worst"] = "worst"  # dense tasks: each image's final or most damaging iterate
@@ -169,7 +207,7 @@ class CellFields(StrictModel):
     attack: AttackCfg = Field(default_factory=AttackCfg)
     seed: int = 0
     batch_size: int = Field(default=16, gt=0)
-    device: str = "auto"
+    device: Device = "auto"
 
 
 
@@ -288,7 +326,7 @@ class DeaclAttackCfg(StrictModel):
 
     eps: Budget = 8 / 255
     step_size: Budget = 2 / 255
-    steps: int = Field(default=5, ge=0)
+    steps: int = Field(default=5, ge=0, le=MAX_STEPS)
     norm: Norm = "linf"
     random_start: bool = True
 
@@ -302,7 +340,7 @@ class ProbeCfg(StrictModel):
     lr: float = Field(default=1e-2, gt=0)
     batch_size: int = Field(default=64, gt=0)
     eps: Budget | None = None  # the probe's EmbedAttack; None = the training attack's (fix it when searching eps)
-    steps: int | None = Field(default=None, ge=0)
+    steps: int | None = Field(default=None, ge=0, le=MAX_STEPS)
 
 
 class DeaclCfg(StrictModel):
@@ -330,7 +368,7 @@ class DeaclCfg(StrictModel):
     checkpoint_every: int = Field(default=25, ge=1)
     probe: ProbeCfg = Field(default_factory=ProbeCfg)
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
 
     @field_validator("crop_scale")
     @classmethod
@@ -339,6 +377,14 @@ class DeaclCfg(StrictModel):
         if not 0 < low <= high <= 1:
             raise ValueError(f"need 0 < low <= high <= 1, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _probe_has_classes(self) -> "DeaclCfg":
+        infos = DATASETS.get(self.data.name).infos
+        if "classification" not in infos:
+            raise ValueError(f"data.name: DeACL's linear probe needs a classification task, but data set "
+                             f"{self.data.name!r} has only {sorted(infos)}")
+        return self
 
     @property
     def deacl_id(self) -> str:

@@ -19,11 +19,15 @@ from torch import nn
 
 from ssl_robust.aliases import ENCODERS, EncoderSpec
 from ssl_robust.registry import UnknownNameError
-from ssl_robust.config import EncoderCfg
+from ssl_robust.config import ConfigError, EncoderCfg, check_patch_multiple, patch_size_hint
 
 
 _STATE_DICT_KEYS = ("teacher", "student", "model", "state_dict", "module")
 _PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable, not weights-only, or not this model's."""
 
 
 def _alias(name: str) -> EncoderSpec | None:
@@ -135,13 +139,32 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def _load_reason(err: BaseException) -> str:
+    """The cause in torch's or safetensors' message, without torch's advice to drop ``weights_only``."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    kept = [line for line in lines if not any(word in line for word in ("weights_only", "Weights only", "torch.load"))]
+    return "; ".join(kept)[:300] or type(err).__name__
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file or a weights-only torch checkpoint."""
+    """Tensors from a safetensors file or a weights-only torch checkpoint; CheckpointError otherwise."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    with torch.serialization.safe_globals([argparse.Namespace]):  # DINO saves its args alongside
-        return _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        with torch.serialization.safe_globals([argparse.Namespace]):  # DINO saves its args alongside
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch and safetensors raise many types for a bad file
+        raise CheckpointError(
+            f"checkpoint {path}: not a safetensors file or a weights-only torch checkpoint "
+            f"({_load_reason(err)}); it is not loaded further. Use a .safetensors file, or re-save the "
+            "state dict of tensors from a copy you trust") from err
+    try:
+        return _unwrap_state_dict(state)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint {path}: {err}") from err
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
@@ -153,11 +176,11 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
     wrong = [f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
              if k in expected and v.shape != expected[k].shape]
     if wrong:
-        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: shapes differ: {wrong[:4]}")
+        raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: shapes differ: {wrong[:4]}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("head")]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}: "
+        raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: "
                          f"missing {missing[:8]}, unexpected {unexpected[:8]}")
 
 
@@ -167,15 +190,26 @@ def create_encoder(cfg: EncoderCfg) -> Encoder:
     spec = _alias(cfg.name)
     kwargs: dict[str, Any] = {**(spec.model_kwargs if spec else {}), **cfg.model_kwargs,
                               "img_size": input_size(cfg)}
+    _check_patches(cfg, kwargs["img_size"], patch_size_hint(cfg.name, kwargs))
     pretrained = (cfg.pretrained if cfg.pretrained is not None else (spec.pretrained if spec else True))
     model = timm.create_model(timm_name(cfg.name), pretrained=pretrained and cfg.checkpoint is None,
                               num_classes=0, **kwargs)
+    _check_patches(cfg, kwargs["img_size"], model.patch_embed.patch_size[0])
     if cfg.checkpoint is not None:
         load_backbone_weights(model, local_file(cfg.checkpoint))
     mean, std = input_contract(cfg)
     encoder = Encoder(model, mean, std, layer=cfg.layer)
     encoder.eval().requires_grad_(False)
     return encoder
+
+
+def _check_patches(cfg: EncoderCfg, image_size: int, patch: int | None) -> None:
+    """ConfigError naming ``encoder.image_size`` unless the input is a whole number of patches."""
+    if patch:
+        try:
+            check_patch_multiple(image_size, patch, cfg.name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
 
 
 def local_file(path: str) -> Path:

@@ -68,3 +68,24 @@ def test_bad_override_returns_two_and_names_the_field(override: str, named: str,
 def test_missing_config_file_returns_two(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_sweep_with_a_missing_data_root_fails_before_ray_starts(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import ray
+
+    from tests.helpers import tiny_sweep, write_sweep
+
+    missing = tmp_path / "nowhere"
+    sweep = write_sweep(tmp_path / "sweep.yaml", tiny_sweep("preflight", attacks=["pgd"], datasets=[
+        "synthetic", {"name": "stl10", "root": str(missing)}]))
+    assert main(["sweep", str(sweep), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
+    err = capsys.readouterr().err
+    assert "'stl10'" in err and str(missing) in err and "Traceback" not in err
+    assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_debug_flag_reraises(tmp_path: Path) -> None:
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ValueError, match="empty.yaml is empty"):
+        main(["run", str(tmp_path / "empty.yaml"), "--debug"])

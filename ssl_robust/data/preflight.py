@@ -1,0 +1,57 @@
+"""Data sets checked in the driver before Ray starts: a missing root or a file that does not parse
+fails once, with the loader's one-line message, instead of inside every trial (which Ray retries).
+
+``check_available(data_cfgs)`` builds the train and test splits of each distinct data config the
+way a trial will (file lists, headers and label files; CIFAR's pickles are parsed and checked), and
+keeps nothing. With ``data.download: true`` the download happens here, once, instead of in many
+trials at the same time. The ``*_data`` helpers list the data configs of each kind of grid.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from ssl_robust.config import CellCfg, DataCfg, DeaclCfg
+from ssl_robust.data.catalog import DATASETS
+from ssl_robust.data.load import load_split
+from ssl_robust.sweep_config import DeaclSweepCfg, EncoderEntry, SweepCfg, benchmark_sweep, deacl_configs, expand
+
+PREFLIGHT_IMAGE_SIZE = 32  # the image size does not change which files a split reads
+
+
+def check_available(data_cfgs: Iterable[DataCfg]) -> int:
+    """Build the train and test splits of every distinct data config that reads files.
+
+    Raises what the loader raises (``DatasetNotFoundError``, ``DataFileError``), naming the data set
+    and its root or file. Returns how many distinct data configs were checked.
+    """
+    checked: set[str] = set()
+    for cfg in data_cfgs:
+        key = cfg.model_dump_json()
+        if key in checked or not DATASETS.get(cfg.name).needs_root:
+            continue
+        checked.add(key)
+        for split in ("train", "test"):
+            load_split(cfg, split, PREFLIGHT_IMAGE_SIZE)
+    return len(checked)
+
+
+def cell_data(cells: Iterable[CellCfg]) -> list[DataCfg]:
+    """The data configs of a list of cells."""
+    return [cell.data for cell in cells]
+
+
+def sweep_data(sweep: SweepCfg) -> list[DataCfg]:
+    """The data configs of a sweep's cells, without resolving its encoders (no MLflow needed):
+    the grid is expanded with one encoder, the sweep's defaults."""
+    return cell_data(expand(sweep.model_copy(update={"encoders": [EncoderEntry()]})))
+
+
+def deacl_data(cfg: DeaclCfg) -> DataCfg:
+    """The data config a DeACL fine-tune reads (its linear probe needs the classification task)."""
+    return cfg.data.model_copy(update={"task": "classification"})
+
+
+def deacl_sweep_data(sweep: DeaclSweepCfg) -> list[DataCfg]:
+    """The data configs of a DeACL sweep: its fine-tunes' and its benchmark grid's."""
+    bench = benchmark_sweep(sweep, ["preflight"])
+    return [deacl_data(cfg) for cfg in deacl_configs(sweep)] + sweep_data(bench)
