@@ -378,14 +378,6 @@ class DeaclCfg(StrictModel):
             raise ValueError(f"need 0 < low <= high <= 1, got {value}")
         return value
 
-    @model_validator(mode="after")
-    def _probe_has_classes(self) -> "DeaclCfg":
-        infos = DATASETS.get(self.data.name).infos
-        if "classification" not in infos:
-            raise ValueError(f"data.name: DeACL's linear probe needs a classification task, but data set "
-                             f"{self.data.name!r} has only {sorted(infos)}")
-        return self
-
     @property
     def deacl_id(self) -> str:
         """Hash of everything that defines the fine-tune's result (not the device)."""

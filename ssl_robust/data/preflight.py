@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ssl_robust.config import CellCfg, DataCfg, DeaclCfg
+from ssl_robust.config import CellCfg, ConfigError, DataCfg, DeaclCfg
 from ssl_robust.data.catalog import DATASETS
 from ssl_robust.data.load import load_split
 from ssl_robust.sweep_config import DeaclSweepCfg, EncoderEntry, SweepCfg, benchmark_sweep, deacl_configs, expand
@@ -47,7 +47,11 @@ def sweep_data(sweep: SweepCfg) -> list[DataCfg]:
 
 
 def deacl_data(cfg: DeaclCfg) -> DataCfg:
-    """The data config a DeACL fine-tune reads (its linear probe needs the classification task)."""
+    """The data config a DeACL fine-tune reads; ConfigError if its linear probe has no classes."""
+    infos = DATASETS.get(cfg.data.name).infos
+    if "classification" not in infos:
+        raise ConfigError(f"data.name: DeACL's linear probe needs a classification task, but data set "
+                          f"{cfg.data.name!r} has only {sorted(infos)}")
     return cfg.data.model_copy(update={"task": "classification"})
 
 
