@@ -259,7 +259,9 @@ def check_config_file(path: Path) -> None:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: invalid YAML: {err.problem or err.context}") from err
+        context = (f" ({err.context} opened at line {err.context_mark.line + 1})"
+                   if err.context and err.context_mark and err.problem else "")
+        raise ConfigError(f"{where}: invalid YAML: {err.problem or err.context}{context}") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
     if data is None:

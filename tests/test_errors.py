@@ -139,7 +139,7 @@ CASES: list[tuple[str, Callable[[Path], list[str]], list[str], Callable[..., Non
      lambda t, mp: mp.setattr(torch.cuda, "is_available", lambda: False)),
     ("not a device", lambda t: ["run", TINY, "device=gpu"], ["device", "'gpu'"], None),
     ("broken YAML", lambda t: ["run", _file("broken.yaml", "encoder: {name: tiny_dinov2\ndata: [\n")(t)],
-     ["broken.yaml:2:", "invalid YAML"], None),
+     ["broken.yaml:2:", "invalid YAML", "opened at line 1"], None),
     ("empty YAML", lambda t: ["run", _file("x.yaml", "# nothing\n")(t)], ["x.yaml is empty"], None),
     ("missing YAML", lambda t: ["run", f"{t}/missing.yaml"], ["missing.yaml"], None),
     ("report --eps abc", lambda t: ["report", "exp", "--eps", "abc", "--tracking-uri", _store(t)],
