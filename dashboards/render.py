@@ -1,7 +1,9 @@
-"""Render a sweep's poster tables and robustness curves from its MLflow runs.
+"""Render a sweep's report from its MLflow runs: the poster's tables with 95 % intervals and the worst
+case over attacks, robustness-vs-eps curves, checks across cells, the DeACL figure, the Pareto front
+of a search and the poster's numbers side by side (one offline HTML page, PNG, CSV, Markdown).
 
-    python dashboards/render.py --experiment quickstart --out dashboards/quickstart
-    (same as: ssl-robust report quickstart --out dashboards/quickstart)
+    python dashboards/render.py quickstart --out dashboards/quickstart
+    (same as: ssl-robust report quickstart --out dashboards/quickstart; see docs/report.md)
 """
 import sys
 

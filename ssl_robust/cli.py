@@ -24,6 +24,7 @@ from ssl_robust.encoders import CheckpointError, check_encoder_name
 from ssl_robust.finetune import run_deacl
 from ssl_robust.registry import UnknownNameError
 from ssl_robust.report import write_report
+from ssl_robust.report.fetch import report_inputs
 from ssl_robust.search_config import describe_space, load_search
 from ssl_robust.sweep_config import DeaclSweepCfg, deacl_configs, expand, read_sweep, resolve_encoders
 from ssl_robust.tracking.artifacts import ArtifactError
@@ -58,8 +59,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _write_report(experiment: str, tracking_uri: str | None, out_dir: Path, eps: float | None = None,
-                  cell_ids: set[str] | None = None) -> int:
-    """The report of the experiment's FINISHED cells; with ``cell_ids`` (a sweep's own), of those only."""
+                  cell_ids: set[str] | None = None, searches: list[str] | tuple[str, ...] = ()) -> int:
+    """The report of the experiment's FINISHED cells (with their per-sample artifacts, its DeACL runs
+    and the Pareto front of any search among them or in ``searches``' experiments); with
+    ``cell_ids`` (a sweep's own), of those cells only."""
     rows = tracking.run_results(experiment, tracking_uri=tracking_uri)
     if cell_ids is not None:
         rows = [row for row in rows if row.get("cell_id") in cell_ids]
@@ -67,7 +70,8 @@ def _write_report(experiment: str, tracking_uri: str | None, out_dir: Path, eps:
         print(f"no finished cells in experiment {experiment!r}" + (" among the sweep's" if cell_ids else ""),
               file=sys.stderr)
         return 2
-    page = write_report(rows, out_dir, eps=eps, title=f"ssl_robust: {experiment}")
+    inputs = report_inputs(experiment, tracking_uri, rows, searches)
+    page = write_report(rows, out_dir, eps=eps, title=f"ssl_robust: {experiment}", **inputs)
     print(f"report ({len(rows)} cells): {page}", file=sys.stderr)
     return 0
 
@@ -108,7 +112,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         eps = parse_budget(args.eps) if args.eps is not None else None
     except ValueError as err:
         raise ConfigError(f"--eps: {err}") from err
-    return _write_report(args.experiment, args.tracking_uri, Path(args.out), eps)
+    return _write_report(args.experiment, args.tracking_uri, Path(args.out), eps, searches=args.search)
 
 
 def cmd_deacl(args: argparse.Namespace) -> int:
@@ -240,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="dashboards/out", help="folder for index.html, tables and plots")
     report.add_argument("--eps", default=None, type=_budget_option,
                         help="eps of the tables, e.g. 8/255 (default 8/255 or the largest)")
+    report.add_argument("--search", action="append", default=[], metavar="EXPERIMENT",
+                        help="also plot the Pareto front of the DeACL search(es) in this experiment (repeatable)")
     _tracking_option(report)
     report.set_defaults(func=cmd_report)
     return parser

@@ -170,7 +170,7 @@ def test_written_tables_curves_and_page_hold_each_configuration_s_numbers(two_co
         ["dinov2_vits14 [steps=20, encoder.image_size=518]", 0.8, 0.2, 0.0]]
     points = pd.read_csv(tmp_path / "curves.csv")
     assert len(points) == 8 and points.groupby(["configuration", "attack"]).size().tolist() == [2, 2, 2, 2]
-    assert "<td>0.10</td>" in page and "<td>0.00</td>" in page and "<td>0.05</td>" not in page
+    assert ">0.10</td>" in page and ">0.00</td>" in page and ">0.05</td>" not in page
     assert "Fixed across this report:" in page and "data.n_samples=64" in page
     assert "Varying" in page and "steps, encoder.image_size" in page
     assert "device" not in page.split("Fixed across this report:")[1].split("</p>")[0]

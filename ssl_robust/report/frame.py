@@ -1,4 +1,4 @@
-"""The poster's tables and robustness-vs-eps plots, from a sweep's finished cell results.
+"""Finished cell rows -> one frame: numeric eps, the task's primary scores, configuration keys and labels.
 
 Works on plain rows (one dict per finished cell: the flattened resolved cell config such as
 ``attack.steps``, short names such as ``encoder``, ``dataset``, ``task``, ``attack``, ``eps`` and
@@ -16,22 +16,17 @@ else the first given) is kept and the others are listed on the page.
 """
 from __future__ import annotations
 
-import html
 import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
 
-import matplotlib
 import pandas as pd
 from pydantic import BaseModel
 
 from ssl_robust.attacks import ATTACKS
 from ssl_robust.config import AttackCfg, CellFields
 from ssl_robust.tasks import TASKS
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
 AXES = ("attack.name", "attack.eps")  # the tables' columns and the curves' x axis
 LOCATIONS = ("device", "head.checkpoint", "data.root", "data.download")  # do not change the number
@@ -42,21 +37,31 @@ _SECTIONS = {name for name, f in CellFields.model_fields.items()
 _SCALARS = set(CellFields.model_fields) - _SECTIONS  # seed, batch_size, device
 _SHORT = {"attack.steps": "steps"}
 _IDENTITY = ["task", "dataset", "encoder_label", "config", "attack", "attack_config", "eps"]
+ROW = ["task", "dataset", "encoder_label", "config"]  # one table row / curve family per key
+EPS_TOL = 1e-6  # eps values are logged with 6 significant digits
 
 
-def _attack_label(name: str) -> str:
+def attack_label(name: str) -> str:
     return ATTACKS.get(name).label if name in ATTACKS else name
+
+
+def gradient_free(name: str) -> bool:
+    """An attack without gradient steps (the uniform-noise baseline)."""
+    return name in ATTACKS and bool(getattr(ATTACKS.get(name), "gradient_free", False))
+
+
+def is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _primary(row: pd.Series, prefix: str) -> float:
     value = row.get(f"{prefix}/{TASKS.get(row['task']).metric}")
-    return float(value) if value is not None and not (isinstance(value, float) and math.isnan(value)) \
-        else float("nan")
+    return float("nan") if is_missing(value) else float(value)
 
 
 def encoder_label(name: str, checkpoint: str | None) -> str:
     """``name``, or ``name (<run>/<file stem>)`` for fine-tuned weights (``runs:/`` URIs name their run)."""
-    if not checkpoint or (isinstance(checkpoint, float) and math.isnan(checkpoint)):
+    if not checkpoint or is_missing(checkpoint):
         return name
     checkpoint = str(checkpoint)
     stem = Path(checkpoint).stem or "fine-tuned"
@@ -92,11 +97,15 @@ def config_fields(columns: Iterable[str]) -> list[str]:
 
 
 def _text(value: Any) -> str:
-    return MISSING if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    return MISSING if is_missing(value) else str(value)
 
 
-def _describe(fields: list[str], values: Iterable[str]) -> str:
+def describe(fields: list[str], values: Iterable[str]) -> str:
     return ", ".join(f"{_SHORT.get(f, f)}={v if v != '' else 'None'}" for f, v in zip(fields, values))
+
+
+def short(field: str) -> str:
+    return _SHORT.get(field, field)
 
 
 def _labels(frame: pd.DataFrame, group: list[str], fields: list[str], base: pd.Series) -> pd.Series:
@@ -105,7 +114,7 @@ def _labels(frame: pd.DataFrame, group: list[str], fields: list[str], base: pd.S
     for _, sub in frame.groupby(group, sort=False):
         varying = [f for f in fields if sub[f].nunique() > 1]
         if varying:
-            out[sub.index] = [f"{b} [{_describe(varying, vals)}]"
+            out[sub.index] = [f"{b} [{describe(varying, vals)}]"
                               for b, vals in zip(base[sub.index], sub[varying].itertuples(index=False))]
     return out
 
@@ -127,7 +136,8 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Rows -> one frame with numeric eps, the task's scores, configuration keys and labels.
 
     ``config`` / ``attack_config`` key the configuration and the per-attack settings,
-    ``config_label`` / ``attack_label`` name them; duplicates are dropped (``attrs["duplicates"]``).
+    ``config_label`` / ``attack_label`` name them; duplicates are dropped (``attrs["duplicates"]``);
+    ``attrs["row_fields"]`` are the fields of ``config``.
     """
     frame = pd.DataFrame(list(rows))
     if frame.empty:
@@ -144,9 +154,9 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     frame["config"] = [json.dumps(v) for v in frame[row_fields].values.tolist()]
     frame["attack_config"] = [json.dumps(v) for v in frame[attack_fields].values.tolist()]
     frame["config_label"] = _labels(frame, ["task", "dataset", "encoder_label"], row_fields, frame["encoder_label"])
-    frame["attack_label"] = _labels(frame, ["task", "attack"], attack_fields, frame["attack"].map(_attack_label))
+    frame["attack_label"] = _labels(frame, ["task", "attack"], attack_fields, frame["attack"].map(attack_label))
     frame, duplicates = _drop_duplicates(frame)
-    frame.attrs.update(duplicates=duplicates, fields=fields)
+    frame.attrs.update(duplicates=duplicates, fields=fields, row_fields=row_fields)
     return frame
 
 
@@ -162,71 +172,6 @@ def reference_eps(frame: pd.DataFrame, wanted: float | None = None) -> float:
         else available[-1]
 
 
-def poster_table(frame: pd.DataFrame, task: str, eps: float) -> pd.DataFrame:
-    """A row per (data set, configuration) with clean, EmbedAttack and the task attack's score at ``eps``.
-
-    An attack run with more than one set of per-attack settings gets a column per set.
-    """
-    label = TASKS.get(task).label
-    sub = frame[(frame["task"] == task) & ((frame["eps"] - eps).abs() < 1e-9)]
-    if sub.empty:
-        return pd.DataFrame()
-    keys = ["dataset", "encoder_label", "config"]
-    rows = sub.drop_duplicates(keys).set_index(keys)["config_label"].rename("Encoder")
-    # the clean score depends on the configuration only (not the attack): every run of a row has it
-    columns = [rows, sub.groupby(keys)["clean"].first().rename(f"Clean {label}")]
-    for attack in ("embed", TASKS.get(task).own_attack):
-        runs = sub[sub["attack"] == attack]
-        if runs.empty:
-            columns.append(pd.Series(float("nan"), index=rows.index, name=f"{_attack_label(attack)} {label}"))
-        for _, one in runs.groupby("attack_config", sort=False):
-            scores = one.set_index(keys)["adv"]
-            assert scores.index.is_unique, "results_frame drops duplicate runs"
-            columns.append(scores.rename(f"{one['attack_label'].iloc[0]} {label}"))
-    table = pd.concat(columns, axis=1).reset_index().sort_values(["dataset", "Encoder"])
-    return table.drop(columns=["encoder_label", "config"]).rename(columns={"dataset": "Dataset"}) \
-        .reset_index(drop=True)
-
-
-def curves(frame: pd.DataFrame) -> pd.DataFrame:
-    """The robustness-vs-eps points: one line per (task, data set, configuration, attack settings)."""
-    out = frame[["task", "dataset", "config_label", "attack_label", "eps", "adv"]]
-    out = out.rename(columns={"config_label": "configuration", "attack_label": "attack"})
-    return out.assign(eps_255=out["eps"] * 255).sort_values(["task", "dataset", "configuration", "attack", "eps"]) \
-        .reset_index(drop=True)
-
-
-def plot_curves(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """One PNG per (task, data set): attacked score against eps*255, a line per configuration x attack."""
-    paths = []
-    for (task, dataset), sub in curves(frame).groupby(["task", "dataset"]):
-        spec = TASKS.get(task)
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for (config, attack), line in sub.groupby(["configuration", "attack"]):
-            ax.plot(line["eps_255"], line["adv"], marker="o", label=f"{config} · {attack}")
-        ax.set(xlabel="ε × 255", ylabel=f"{spec.label} {spec.arrow()}", title=f"{dataset} ({task})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out_dir / f"{task}_{dataset}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def failed_checks(frame: pd.DataFrame) -> pd.DataFrame:
-    """Runs whose sanity checks did not all hold, with their configuration and the checks that failed."""
-    check_cols = [c for c in frame.columns if c.startswith("check/") and c != "check/eps0_max_output_gap"]
-    if not check_cols:
-        return pd.DataFrame()
-    bad = frame[(frame[check_cols] < 1).any(axis=1)]
-    failed = [", ".join(c for c in check_cols if row[c] < 1) for _, row in bad.iterrows()]
-    columns = ["config_label", "dataset", "attack_label", "eps", "failed"] + (["run_id"] if "run_id" in bad else [])
-    return bad.assign(failed=failed)[columns].rename(columns={"config_label": "configuration",
-                                                                "attack_label": "attack"})
-
-
 def configuration_lines(frame: pd.DataFrame) -> list[str]:
     """What is fixed across the report, what is set per attack, and what varies (named per row)."""
     fields = frame.attrs.get("fields") or config_fields(frame.columns)
@@ -234,48 +179,12 @@ def configuration_lines(frame: pd.DataFrame) -> list[str]:
     per_attack = [f for f in fields if f in PER_ATTACK and f not in fixed
                   and frame.groupby("attack")[f].nunique().max() == 1]
     varying = [f for f in fields if f not in fixed and f not in per_attack]
-    lines = [f"Fixed across this report: {_describe(fixed, (frame[f].iloc[0] for f in fixed)) or '(no fields)'}."]
+    lines = [f"Fixed across this report: {describe(fixed, (frame[f].iloc[0] for f in fixed)) or '(no fields)'}."]
     if per_attack:
         by_attack = frame.groupby("attack")[per_attack].first()
-        lines.append("Set per attack: " + "; ".join(f"{_attack_label(a)}: {_describe(per_attack, row)}"
+        lines.append("Set per attack: " + "; ".join(f"{attack_label(a)}: {describe(per_attack, row)}"
                                                     for a, row in zip(by_attack.index, by_attack.values)) + ".")
     lines.append("Varying (named in a row's or column's label where they differ within its data set and "
-                 f"encoder): {', '.join(_SHORT.get(f, f) for f in varying) or '(none)'}.")
+                 f"encoder): {', '.join(short(f) for f in varying) or '(none)'}.")
     lines.append(f"Left out as locations, not settings: {', '.join(LOCATIONS)}.")
     return lines
-
-
-def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | None = None,
-                 title: str = "ssl_robust report", cell_ids: Iterable[str] | None = None) -> Path:
-    """Write tables (CSV + HTML) and plots (PNG) to ``out_dir``; return the HTML page's path.
-
-    With ``cell_ids``, only those cells' rows are reported (a sweep's own cells).
-    """
-    if cell_ids is not None:
-        wanted = set(cell_ids)
-        rows = [row for row in rows if row.get("cell_id") in wanted]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    frame = results_frame(rows)
-    ref = reference_eps(frame, eps)
-    parts = [f"<h1>{html.escape(title)}</h1>", f"<p>Tables at ε = {ref * 255:.3g}/255.</p>"]
-    parts += [f"<p>{html.escape(line)}</p>" for line in configuration_lines(frame)]
-    for task in TASKS.names():
-        table = poster_table(frame, task, ref)
-        if table.empty:
-            continue
-        table.to_csv(out_dir / f"table_{task}.csv", index=False)
-        parts += [f"<h2>{task.capitalize()}</h2>", table.to_html(index=False, float_format="%.2f")]
-    curves(frame).to_csv(out_dir / "curves.csv", index=False)
-    for path in plot_curves(frame, out_dir):
-        parts.append(f'<img src="{path.name}" alt="{html.escape(path.stem)}">')
-    bad = failed_checks(frame)
-    parts.append("<h2>Sanity checks</h2>")
-    parts.append(bad.to_html(index=False) if not bad.empty else "<p>All cells passed every check.</p>")
-    if frame.attrs["duplicates"]:
-        parts.append("<h2>Duplicate runs left out</h2><ul>" + "".join(
-            f"<li>{html.escape(note)}</li>" for note in frame.attrs["duplicates"]) + "</ul>")
-    frame.drop(columns=["clean", "adv", "config", "attack_config"]).to_csv(out_dir / "cells.csv", index=False)
-    page = out_dir / "index.html"
-    page.write_text("<!doctype html><meta charset='utf-8'><body>" + "\n".join(parts) + "</body>")
-    return page

@@ -1,0 +1,84 @@
+"""The edge of the report: what ``ssl-robust report`` fetches from MLflow (cells' ``results``
+artifacts, DeACL runs, a search's trials) and hands to ``write_report`` as local files and frames.
+The other report modules never talk to a server."""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+
+from ssl_robust import tracking
+from ssl_robust.tracking.search import PARENT_TAG
+
+RESULTS = "results"
+TRIALS = "pareto/trials.csv"
+OUTCOME_STATE = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
+
+
+def cell_results(rows: Iterable[dict[str, Any]], tracking_uri: str | None) -> dict[str, Path]:
+    """``{run_id: local results folder}`` of the cells that logged one (finished runs: cached)."""
+    found, missing = {}, 0
+    for run_id in sorted({str(r["run_id"]) for r in rows if r.get("run_id")}):
+        try:
+            found[run_id] = tracking.local_path(f"runs:/{run_id}/{RESULTS}", tracking_uri=tracking_uri)
+        except Exception:  # noqa: BLE001  (a cell logged before per-sample results existed)
+            missing += 1
+    if missing:
+        print(f"report: {missing} cells without a {RESULTS}/ artifact (no worst case or bootstrap for them)",
+              file=sys.stderr)
+    return found
+
+
+def deacl_params(experiment: str, tracking_uri: str | None) -> list[dict[str, Any]]:
+    """Every DeACL run of the experiment: id, status, params, last metrics and tags."""
+    return [{"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time, **r.data.params,
+             "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
+            for r in tracking.deacl_runs(experiment, tracking_uri)]
+
+
+def _trials_from_runs(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """A search's trials from its DeACL runs' last probe metrics (when its trials.csv is missing)."""
+    rows = [{"number": k, "state": OUTCOME_STATE.get(r["tags"].get("search_outcome", ""), r["status"]),
+             "probe/clean_acc": r["metrics"].get("probe/clean_acc"), "probe/embed_acc": r["metrics"].get("probe/embed_acc"),
+             "gamma": r.get("gamma"), "dense_weight": r.get("dense_weight"), "run_id": r["run_id"]}
+            for k, r in enumerate(sorted(runs, key=lambda r: r.get("start_time") or 0))]
+    return pd.DataFrame(rows)
+
+
+def searches(runs: list[dict[str, Any]], tracking_uri: str | None) -> dict[str, pd.DataFrame]:
+    """``{search name: trials}`` of the searches the DeACL runs belong to (their parent run's
+    ``pareto/trials.csv``, fetched afresh: a rerun search rewrites it)."""
+    parents: dict[str, str] = {}
+    for run in runs:
+        if run["tags"].get("search") and run["tags"].get(PARENT_TAG):
+            parents.setdefault(run["tags"]["search"], run["tags"][PARENT_TAG])
+    out = {}
+    for name, parent in sorted(parents.items()):
+        try:
+            with tempfile.TemporaryDirectory(prefix="report-search-") as tmp:
+                out[name] = pd.read_csv(tracking.local_path(f"runs:/{parent}/{TRIALS}", Path(tmp), tracking_uri))
+        except Exception:  # noqa: BLE001  (the search has not ended yet)
+            out[name] = _trials_from_runs([r for r in runs if r["tags"].get("search") == name])
+    return out
+
+
+def source_line(experiment: str, tracking_uri: str | None) -> str:
+    """``MLflow experiment 'x' at <uri>`` with any user:password removed from the URI."""
+    uri = tracking.absolute_tracking_uri(tracking_uri)
+    parts = urlsplit(uri)
+    if parts.username or parts.password:  # only then rebuilt: urlunsplit would shorten sqlite:////abs
+        uri = urlunsplit(parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")))
+    return f"MLflow experiment {experiment!r} at {uri}"
+
+
+def report_inputs(experiment: str, tracking_uri: str | None, rows: list[dict[str, Any]],
+                  search_experiments: Iterable[str] = ()) -> dict[str, Any]:
+    """The keyword arguments of ``write_report`` beyond the rows."""
+    deacl = deacl_params(experiment, tracking_uri)
+    others = [run for name in search_experiments for run in deacl_params(name, tracking_uri)]
+    return {"artifacts": cell_results(rows, tracking_uri), "deacl_runs": deacl,
+            "searches": searches(deacl + others, tracking_uri), "source": source_line(experiment, tracking_uri)}

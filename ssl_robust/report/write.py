@@ -1,0 +1,192 @@
+"""``write_report``: every table (CSV + Markdown), every figure (PNG) and one self-contained HTML page."""
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from ssl_robust.report import checks, html as pages, intervals
+from ssl_robust.report.artifacts import Source, as_artifacts
+from ssl_robust.report.deacl import deacl_points, deacl_tables
+from ssl_robust.report.frame import configuration_lines, reference_eps, results_frame
+from ssl_robust.report.plots import Style, plot_curves, plot_deacl, plot_losses, plot_search
+from ssl_robust.report.poster import REFERENCE, compare, load_reference, summary
+from ssl_robust.report.tables import Table, curve_table, task_table
+from ssl_robust.report.worst_case import worst_case
+from ssl_robust.tasks import TASKS
+
+_INTERNAL = ["clean", "adv", "config", "attack_config"]
+
+
+def _worst_table(worst: pd.DataFrame) -> Table:
+    data = pd.DataFrame({"Task": worst["task"], "Dataset": worst["dataset"], "Encoder": worst["config_label"],
+                         "ε": [f"{e:.3g}/255" for e in worst["eps_255"]], "Clean": worst["clean"], "Worst case": worst["worst"],
+                         "Worst case lo": worst["worst_lo"], "Worst case hi": worst["worst_hi"], "n": worst["n"],
+                         "Attacks": worst["attacks"], "Runs": worst["runs"], "Note": worst["note"]})
+    return Table("worst_case", "Worst case over attacks at every ε", data)
+
+
+def _checks_table(frame: pd.DataFrame, fails: dict[int, list[str]]) -> Table:
+    rows = frame.loc[list(fails)].sort_values(["task", "dataset", "config_label", "attack_label", "eps"]) \
+        if fails else frame.iloc[:0]
+    text = ["; ".join(fails[i]) for i in rows.index]
+    data = pd.DataFrame({"Task": rows["task"], "Dataset": rows["dataset"], "Configuration": rows["config_label"],
+                         "Attack": rows["attack_label"], "ε": [f"{e * 255:.3g}/255" for e in rows["eps"]],
+                         "Run": rows.get("run_id", pd.Series("", index=rows.index)),
+                         "Failed checks": text, "Failed checks failed": text})
+    return Table("checks", "Cells with a failed check", data, footnotes=False)
+
+
+def _runs_table(frame: pd.DataFrame) -> Table:
+    get = lambda c: frame.get(c, pd.Series("", index=frame.index))  # noqa: E731
+    data = pd.DataFrame({"Run": get("run_id"), "Cell": get("cell_id"), "Task": frame["task"],
+                         "Dataset": frame["dataset"], "Configuration": frame["config_label"],
+                         "Attack": frame["attack_label"], "ε": [f"{e * 255:.3g}/255" for e in frame["eps"]],
+                         "Started": pd.to_datetime(get("start_time"), unit="ms", errors="coerce")
+                         .dt.strftime("%Y-%m-%d %H:%M").fillna("")})
+    return Table("runs", "Runs in this report", data.assign(eps=frame["eps"]).sort_values(
+        ["Task", "Dataset", "Configuration", "Attack", "eps"]).drop(columns="eps"))
+
+
+def _search_table(name: str, front: pd.DataFrame) -> Table:
+    keep = [c for c in front.columns if c not in ("state", "pareto", "deacl_id") and not c.startswith("teacher/")]
+    return Table(f"pareto_{name}", f"Pareto front of search {name}", front[keep].reset_index(drop=True),
+                 arrows={"probe/clean_acc": "↑", "probe/embed_acc": "↑"})
+
+
+def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | None = None,
+                 title: str = "ssl_robust report", cell_ids: Iterable[str] | None = None, *,
+                 artifacts: Source | None = None, deacl_runs: list[dict[str, Any]] | None = None,
+                 searches: Mapping[str, pd.DataFrame] | None = None, reference: Path | str | None = REFERENCE,
+                 source: str = "") -> Path:
+    """Write tables (CSV + Markdown), figures (PNG) and ``index.html`` to ``out_dir``; return the page.
+
+    ``artifacts``: ``{run_id: CellArtifacts or its local results folder}``; ``deacl_runs``: the
+    DeACL runs' params (``run_id``, ``gamma``, ``dense_weight``, ...); ``searches``: ``{name: trials}``
+    (a search's ``trials.csv``). With ``cell_ids``, only those cells' rows are reported.
+    """
+    if cell_ids is not None:
+        wanted = set(cell_ids)
+        rows = [row for row in rows if row.get("cell_id") in wanted]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = results_frame(rows)
+    arts = as_artifacts(artifacts)
+    ref = reference_eps(frame, eps)
+    ivals = intervals.run_intervals(frame, arts)
+    worst = worst_case(frame, arts)
+    cross = checks.cross_checks(frame, arts)
+    fails = checks.failures(frame, cross)
+    points = deacl_points(frame, deacl_runs or [], ref, ivals)
+    searches = dict(searches or {})
+    style = Style(list(frame["encoder_label"]) + list(points["fine_tune"]) + [f"search {n}" for n in searches])
+    sections: list[tuple[str, str, str]] = []
+
+    curve_pngs = {p.stem: p for p in plot_curves(frame, ivals, worst, style, out_dir)}
+    curves_ = {i: a.loss_curve for i, a in ((i, arts.get(str(r))) for i, r in frame.get("run_id", pd.Series(
+        dtype=str)).items()) if a is not None and a.loss_curve is not None and len(a.loss_curve)}
+    loss_pngs = {p.stem: p for p in plot_losses(frame, curves_, style, out_dir, ref)}
+    for task in TASKS.names():
+        table = task_table(frame, task, ref, ivals, worst, fails)
+        if table is None:
+            continue
+        pages.write_table(table, out_dir)
+        inner = [pages.table_html(table)]
+        for dataset in sorted(frame.loc[frame["task"] == task, "dataset"].unique()):
+            if f"{task}_{dataset}" in curve_pngs:
+                inner.append(pages.image(curve_pngs[f"{task}_{dataset}"], f"{dataset} ({task}): attacked score vs ε, "
+                                         "bands = 95 % intervals, thick solid = worst case over attacks"))
+            if f"loss_{task}_{dataset}" in loss_pngs:
+                inner.append(pages.image(loss_pngs[f"loss_{task}_{dataset}"],
+                                         f"{dataset} ({task}): attack loss per gradient step"))
+        sections.append((task, f"{task.capitalize()} (ε = {ref * 255:.3g}/255)", "".join(inner)))
+
+    worst_t = _worst_table(worst)
+    pages.write_table(worst_t, out_dir)
+    sections.append(("worst", "Worst case over attacks",
+                     pages.paragraph(_WORST_TEXT) +
+                     f"<details><summary>{html.escape(worst_t.title)}</summary>{pages.table_html(worst_t)}</details>"))
+
+    compared = compare(frame, load_reference(reference), ivals)
+    if compared:
+        inner = []
+        for task, table in compared.items():
+            pages.write_table(table, out_dir)
+            inner += [f"<h3>{html.escape(table.title)}</h3>", pages.paragraph(summary(table), "note")]
+            inner += [pages.table_html(table)] if len(table.data) else []
+        sections.append(("poster", "Compared with the poster", pages.paragraph(_POSTER_TEXT) + "".join(inner)))
+
+    if not points.empty:
+        points.to_csv(out_dir / "deacl_points.csv", index=False)
+        inner = [pages.image(plot_deacl(points, style, out_dir / "deacl.png", ref),
+                             "Clean and attacked scores against DeACL fine-tuning epoch")]
+        for table in deacl_tables(points, ref):
+            pages.write_table(table, out_dir)
+            inner += [f"<h3>{html.escape(table.title)}</h3>", pages.table_html(table)]
+        sections.append(("deacl", "DeACL fine-tuning", "".join(inner)))
+
+    for name, trials in searches.items():
+        png = out_dir / f"pareto_{name}.png"
+        front = plot_search(name, trials, png, style.colour(f"search {name}"))
+        table = _search_table(name, front)
+        pages.write_table(table, out_dir)
+        sections.append((f"search-{name}", f"DeACL search {name}: Pareto front",
+                         pages.image(png, f"search {name}: clean vs EmbedAttack probe accuracy") +
+                         pages.table_html(table)))
+
+    sections.append(("checks", "Checks", _checks_section(frame, cross, fails, out_dir)))
+    runs = _runs_table(frame)
+    pages.write_table(runs, out_dir)
+    inner = f"<details><summary>{len(frame)} runs</summary>{pages.table_html(runs)}</details>"
+    if frame.attrs["duplicates"]:
+        inner += "<h3>Duplicate runs left out</h3><ul>" + "".join(
+            f"<li>{html.escape(note)}</li>" for note in frame.attrs["duplicates"]) + "</ul>"
+    sections.append(("runs", "Runs", inner))
+
+    curve_table(frame, ivals).to_csv(out_dir / "curves.csv", index=False)
+    frame.drop(columns=_INTERNAL).to_csv(out_dir / "cells.csv", index=False)
+    page = out_dir / "index.html"
+    page.write_text(pages.page(title, sections, _intro(frame, ref, source)))
+    return page
+
+
+_WORST_TEXT = ("Per test item, the worst outcome over every attack run at that ε for the configuration: "
+               "classification counts an item as robust only if every attack failed on it; segmentation and depth "
+               "take each image's worst attack by its per-image score (mIoU, RMSE) and recompute mIoU from the "
+               "chosen images' per-class intersections and unions. Empty where an attack's per-sample results "
+               "are missing.")
+_POSTER_TEXT = ("The poster's published numbers (dashboards/reference/poster.csv) beside ours where a row matches: "
+                "same encoder and encoder type (no checkpoint = Standard, a DeACL checkpoint = DeACL), data set, "
+                "attack and ε = 8/255. Δ = ours − poster.")
+
+
+def _intro(frame: pd.DataFrame, ref: float, source: str) -> str:
+    swept = ", ".join(f"{e * 255:.3g}" for e in sorted(frame["eps"].unique()))
+    lines = [f"{source} · " if source else "",
+             f"{len(frame)} attack runs; tables at ε = {ref * 255:.3g}/255, curves over ε × 255 ∈ {{{swept}}}. "
+             f"Generated {time.strftime('%Y-%m-%d %H:%M')}."]
+    out = pages.paragraph("".join(lines), "meta")
+    out += pages.paragraph(f"± is half the width of the {intervals.LEVEL:.0%} interval: Wilson for accuracy, a "
+                           f"percentile bootstrap over images ({intervals.RESAMPLES} resamples, seed "
+                           f"{intervals.SEED}) for mIoU and RMSE; the CSV files carry both bounds. ↑ / ↓ mark the "
+                           "better direction; red cells (✗) failed a check, listed under Checks.", "meta")
+    return out + "".join(pages.paragraph(line, "meta") for line in configuration_lines(frame))
+
+
+def _checks_section(frame: pd.DataFrame, cross: pd.DataFrame, fails: dict[int, list[str]], out_dir: Path) -> str:
+    table = _checks_table(frame, fails)
+    pages.write_table(table, out_dir)
+    cross.assign(run_id=[frame.at[i, "run_id"] if "run_id" in frame else "" for i in cross["cell"]]) \
+        .to_csv(out_dir / "cross_checks.csv", index=False)
+    counts = cross.groupby("check")["passed"].agg(["size", "sum"]) if len(cross) else pd.DataFrame()
+    items = [f"<li><code>{html.escape(name)}</code>: {html.escape(rule)} — "
+             + (f"{int(counts.at[name, 'sum'])} of {int(counts.at[name, 'size'])} passed" if name in counts.index
+                else "not evaluated (no cells it applies to)") + "</li>" for name, rule in checks.RULES.items()]
+    head = (f'<p class="fail-text">{len(fails)} of {len(frame)} cells failed a check.</p>' if fails else
+            f'<p class="ok-text">All {len(frame)} cells passed every check.</p>')
+    per_cell = ", ".join(checks.cell_checks(frame)) or "(none logged)"
+    return (head + f"<p>Per-cell checks (logged with each cell, 1 = holds): <code>{html.escape(per_cell)}</code>.</p>"
+            + f"<p>Across cells:</p><ul>{''.join(items)}</ul>" + (pages.table_html(table) if fails else ""))
