@@ -43,7 +43,7 @@ def deacl_params(experiment: str, tracking_uri: str | None) -> list[dict[str, An
 def _trials_from_runs(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """A search's trials from its DeACL runs' last probe metrics (when its trials.csv is missing)."""
     rows = [{"number": k, "state": OUTCOME_STATE.get(r["tags"].get("search_outcome", ""), r["status"]),
-             "probe/clean_acc": r["metrics"].get("probe/clean_acc"), "probe/embed_acc": r["metrics"].get("probe/embed_acc"),
+             **{k: r["metrics"].get(k) for k in ("probe/clean_acc", "probe/embed_acc")},
              "gamma": r.get("gamma"), "dense_weight": r.get("dense_weight"), "run_id": r["run_id"]}
             for k, r in enumerate(sorted(runs, key=lambda r: r.get("start_time") or 0))]
     return pd.DataFrame(rows)

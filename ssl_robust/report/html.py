@@ -14,12 +14,14 @@ from ssl_robust.report.tables import Table
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;margin:0;background:#f6f7f9}
 main{max-width:1280px;margin:0 auto;padding:24px 32px 64px;background:#fff}
-h1{font-size:26px;margin:8px 0 4px}h2{font-size:20px;margin:36px 0 8px;border-bottom:2px solid #e3e6eb;padding-bottom:4px}
+h1{font-size:26px;margin:8px 0 4px}
+h2{font-size:20px;margin:36px 0 8px;border-bottom:2px solid #e3e6eb;padding-bottom:4px}
 h3{font-size:16px;margin:22px 0 6px}p,li{max-width:100ch}.meta{color:#555;font-size:14px}
 nav{font-size:14px;margin:10px 0 18px}nav a{margin-right:14px;color:#0b5cad;text-decoration:none}
 table{border-collapse:collapse;margin:8px 0 6px;font-size:13.5px}
 th,td{padding:5px 10px;border-bottom:1px solid #e3e6eb;text-align:left;vertical-align:top}
-th{background:#eef1f5;font-weight:600;position:sticky;top:0}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+th{background:#eef1f5;font-weight:600;position:sticky;top:0}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr:nth-child(even) td{background:#fafbfc}td.fail,tr td.fail{background:#fde2e1;color:#a4161a;font-weight:600}
 .fail-text{color:#a4161a;font-weight:600}.ok-text{color:#1b7f3b;font-weight:600}
 .better{color:#1b7f3b}.note{color:#555;font-size:13px;margin:2px 0 12px}
@@ -92,10 +94,9 @@ def write_table(table: Table, out_dir: Path) -> None:
 
 
 def image(path: Path, caption: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode()
+    data, name = base64.b64encode(Path(path).read_bytes()).decode(), html.escape(Path(path).name)
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f'<figcaption>{html.escape(caption)} (<a href="{html.escape(Path(path).name)}">{html.escape(Path(path).name)}'
-            f"</a>)</figcaption></figure>")
+            f'<figcaption>{html.escape(caption)} (<a href="{name}">{name}</a>)</figcaption></figure>')
 
 
 def paragraph(line: str, cls: str = "") -> str:

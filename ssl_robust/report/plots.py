@@ -140,8 +140,9 @@ def plot_losses(frame: pd.DataFrame, curves: dict[int, pd.DataFrame], style: Sty
             loss = curve["mean_loss"].to_numpy(float)
             span = np.nanmax(loss) - np.nanmin(loss) if np.isfinite(loss).any() else 0.0
             scaled = (loss - np.nanmin(loss)) / span if span > 0 else np.zeros_like(loss)
-            ax.plot(curve["step"], scaled, color=style.colour(row["encoder_label"]), linestyle=style.line(row["attack"]),
-                    lw=1.6, label=f"{row['config_label']} · {row['attack_label']}")
+            ax.plot(curve["step"], scaled, color=style.colour(row["encoder_label"]),
+                    linestyle=style.line(row["attack"]), lw=1.6,
+                    label=f"{row['config_label']} · {row['attack_label']}")
         ax.set(xlabel="gradient step", ylabel="mean attack loss (scaled to its range)",
                title=f"{dataset} ({task}): attack loss at ε = {eps * 255:.3g}/255")
         ax.grid(alpha=0.3)

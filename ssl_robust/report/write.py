@@ -23,8 +23,10 @@ _INTERNAL = ["clean", "adv", "config", "attack_config"]
 
 def _worst_table(worst: pd.DataFrame) -> Table:
     data = pd.DataFrame({"Task": worst["task"], "Dataset": worst["dataset"], "Encoder": worst["config_label"],
-                         "ε": [f"{e:.3g}/255" for e in worst["eps_255"]], "Clean": worst["clean"], "Worst case": worst["worst"],
-                         "Worst case lo": worst["worst_lo"], "Worst case hi": worst["worst_hi"], "n": worst["n"],
+                         "ε": [f"{e:.3g}/255" for e in worst["eps_255"]], "Clean": worst["clean"],
+                         "Worst case": worst["worst"],
+                         "Worst case lo": worst["worst_lo"], "Worst case hi": worst["worst_hi"],
+                         "n": ["" if pd.isna(v) else int(v) for v in worst["n"]],
                          "Attacks": worst["attacks"], "Runs": worst["runs"], "Note": worst["note"]})
     return Table("worst_case", "Worst case over attacks at every ε", data)
 
