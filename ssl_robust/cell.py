@@ -238,7 +238,7 @@ def _summary(cfg: CellCfg, task: TaskSpec, tally: Tally) -> dict[str, float]:
     steps = 0 if ATTACKS.get(cfg.attack.name).gradient_free else cfg.attack.steps
     metrics.update(checks.gradient_checks(tally.grad_finite, tally.grad_nonzero, cfg.attack.eps, steps))
     metrics.update(checks.score_checks(clean_scores[task.metric], adv_scores[task.metric], task.higher_is_better,
-                                       tally.eps0_gap))
+                                       tally.eps0_gap, searched=not ATTACKS.get(cfg.attack.name).gradient_free))
     metrics.update(checks.rescore_checks(tally.disagreements))
     metrics["check/all_passed"] = checks.all_passed(metrics)
     return metrics

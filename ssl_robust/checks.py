@@ -27,14 +27,15 @@ def gradient_checks(grad_finite: bool, grad_nonzero: float, eps: float, steps: i
     }
 
 
-def score_checks(clean: float, adv: float, higher_is_better: bool, eps0_gap: float) -> dict[str, float]:
-    """The adversarial score is no better than clean, and eps = 0 reproduces the clean output."""
-    not_better = adv <= clean + TOLERANCE if higher_is_better else adv >= clean - TOLERANCE
-    return {
-        "check/adv_not_better": float(not_better),
-        "check/eps0_equals_clean": float(eps0_gap <= 1e-4),
-        "check/eps0_max_output_gap": eps0_gap,
-    }
+def score_checks(clean: float, adv: float, higher_is_better: bool, eps0_gap: float,
+                 searched: bool = True) -> dict[str, float]:
+    """eps = 0 reproduces the clean output; a searched attack (not random noise, which may help a
+    score by chance) leaves the score no better than clean."""
+    checks = {"check/eps0_equals_clean": float(eps0_gap <= 1e-4), "check/eps0_max_output_gap": eps0_gap}
+    if searched:
+        not_better = adv <= clean + TOLERANCE if higher_is_better else adv >= clean - TOLERANCE
+        checks["check/adv_not_better"] = float(not_better)
+    return checks
 
 
 def rescore_checks(disagreements: int) -> dict[str, float]:

@@ -68,3 +68,10 @@ def test_all_passed_needs_every_flag_but_ignores_the_gap_value() -> None:
     flags = {"check/a": 1.0, "check/b": 1.0, "check/eps0_max_output_gap": 0.25, "attack/max_delta": 0.03}
     assert all_passed(flags) == 1.0
     assert all_passed({**flags, "check/b": 0.0}) == 0.0
+
+
+def test_random_noise_is_not_required_to_leave_the_score_no_better() -> None:
+    from ssl_robust.checks import score_checks
+
+    assert score_checks(0.5, 0.6, True, 0.0)["check/adv_not_better"] == 0.0
+    assert "check/adv_not_better" not in score_checks(0.5, 0.6, True, 0.0, searched=False)
