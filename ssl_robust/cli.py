@@ -9,6 +9,7 @@ code 2, before anything is written; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -99,12 +100,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(cell.cell_id, cell.head_id, cell.encoder.name, cell.data.name, cell.data.resolved_task,
                   cell.attack.name, f"{cell.attack.eps * 255:.3g}/255", f"steps={cell.attack.steps}")
         return 0
-    report = grid.execute(sweep, cells, args.tracking_uri, args.address, args.num_cpus, args.storage_path)
+    report = grid.execute(sweep, cells, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
+                          args.resource_timeout)
     print("\n".join(report.lines()))
-    if not args.no_report:
+    if not args.no_report and not report.interrupted:
         _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)),
                       cell_ids={c.cell_id for c in cells})
-    return 1 if report.failed else 0
+    return _sweep_exit(report.ok, report.interrupted)
+
+
+def _sweep_exit(ok: bool, signum: int) -> int:
+    """0 when every cell FINISHED, 1 when some did not, 128 + signum when a signal stopped the sweep."""
+    if signum:
+        print(f"to resume: {shlex.join(sys.orig_argv)}", file=sys.stderr)
+        return 128 + signum
+    return 0 if ok else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -142,12 +152,13 @@ def cmd_deacl_sweep(args: argparse.Namespace) -> int:
             print(cfg.deacl_id, cfg.encoder.name, f"gamma={cfg.gamma}", f"dense_weight={cfg.dense_weight}",
                   f"eps={cfg.attack.eps * 255:.3g}/255", f"lr={cfg.lr}", f"epochs={cfg.epochs}")
         return 0
-    report = deacl_sweep.run_deacl_sweep(sweep, args.tracking_uri, args.address, args.num_cpus, args.storage_path)
+    report = deacl_sweep.run_deacl_sweep(sweep, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
+                                         args.resource_timeout)
     print("\n".join(report.lines()))
-    if not args.no_report and report.benchmark is not None:
+    if not args.no_report and report.benchmark is not None and not report.signum:
         _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)),
                       cell_ids=report.cell_ids)
-    return 1 if report.failed or (report.benchmark and report.benchmark.failed) else 0
+    return _sweep_exit(report.ok, report.signum)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -167,6 +178,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _tracking_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
+
+
+def _resource_timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resource-timeout", type=float, default=grid.RESOURCE_TIMEOUT_S, metavar="SECONDS",
+                        help="on a joined Ray cluster, how long to wait for the autoscaler to provide one "
+                             "trial's resources (default %(default)s)")
 
 
 def _ray_sweep_options(parser: argparse.ArgumentParser, default_config: str, with_report: bool = True) -> None:
@@ -221,11 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a benchmark sweep on Ray Tune, tracked in MLflow")
     _ray_sweep_options(sweep, "sweeps/full_benchmark.yaml")
     sweep.set_defaults(func=cmd_sweep)
+    _resource_timeout_option(sweep)
 
     sweep_deacl = sub.add_parser("deacl-sweep", help="DeACL fine-tunes over a grid, then the benchmark of "
                                                      "their checkpoints, on Ray Tune")
     _ray_sweep_options(sweep_deacl, DEFAULT_DEACL_SWEEP)
     sweep_deacl.set_defaults(func=cmd_deacl_sweep)
+    _resource_timeout_option(sweep_deacl)
 
     deacl = sub.add_parser("deacl", help="DeACL robust fine-tuning of an encoder, tracked in MLflow (resumable)")
     deacl.add_argument("config", help="DeACL YAML (see configs/deacl_tiny.yaml)")

@@ -1,8 +1,9 @@
 """Tracking on the embedded default (SQLite file + local artifacts): runs, lookups, artifacts."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import yaml
@@ -105,3 +106,116 @@ def test_trials_localize_checkpoint_uris_with_the_sweeps_tracking_uri(store: tup
     assert Path(local.encoder.checkpoint).read_bytes() == b"encoder.safetensors"
     assert Path(local.head.checkpoint).read_bytes() == b"head.safetensors"
     assert local.data == cfg.data and local.attack == cfg.attack
+
+
+@pytest.fixture()
+def fast_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ssl_robust.tracking import claims
+
+    monkeypatch.setattr(claims, "SETTLE_S", 0.6)
+    monkeypatch.setattr(claims, "POLL_S", 0.1)
+
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_concurrent_claims_give_one_finished_run_per_key(store: tuple[str, str], cells: list[CellCfg],
+                                                         fast_claims: None) -> None:
+    """Four workers race for one cell: one runs it, the others reuse its run; no duplicate FINISHED."""
+    import threading
+
+    from ssl_robust.tracking.cells import run_claimed
+
+    uri, _ = store
+    exp_id = tracking.ensure_experiment("claims-race", uri)
+    ran: list[str] = []
+    got: list[tuple[str, Any]] = []
+    barrier = threading.Barrier(4)
+
+    def work(run: tracking.CellRun) -> dict[str, float]:
+        ran.append(run.run_id)
+        time.sleep(0.3)
+        return {"clean/acc": 1.0}
+
+    def worker() -> None:
+        barrier.wait()
+        got.append(run_claimed(cells[0], "attack", exp_id, uri, work, sweep="claims-race"))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    client = MlflowClient(uri)
+    finished = client.search_runs([exp_id], "attributes.status = 'FINISHED'")
+    assert len(finished) == 1 and ran == [finished[0].info.run_id]
+    assert sorted(run_id for run_id, _ in got) == [finished[0].info.run_id] * 4
+    assert sum(metrics is not None for _, metrics in got) == 1
+    assert not client.search_runs([exp_id], "attributes.status = 'RUNNING'")
+
+
+def test_a_claim_whose_owner_died_is_taken_over(store: tuple[str, str], cells: list[CellCfg],
+                                                 fast_claims: None) -> None:
+    import socket
+
+    from ssl_robust.tracking.cells import run_claimed
+
+    uri, _ = store
+    exp_id = tracking.ensure_experiment("claims-dead", uri)
+    client = MlflowClient(uri)
+    orphan = client.create_run(exp_id, tags={"phase": "attack", "cell_id": cells[0].cell_id, "claim": "held",
+                                             "host": socket.gethostname(), "pid": str(dead_pid()),
+                                             "heartbeat": f"{time.time():.0f}"}).info.run_id
+    far = client.create_run(exp_id, tags={"phase": "attack", "cell_id": cells[1].cell_id, "claim": "held",
+                                          "host": "elsewhere", "pid": "1", "heartbeat": "0"}).info.run_id
+    for cell in cells[:2]:
+        run_id, metrics = run_claimed(cell, "attack", exp_id, uri, lambda run: {"clean/acc": 0.5})
+        assert metrics == {"clean/acc": 0.5} and run_id not in (orphan, far)
+    assert client.get_run(orphan).info.status == "FAILED" and client.get_run(far).info.status == "FAILED"
+
+
+def test_a_finished_head_without_its_artifact_is_failed_and_refitted(store: tuple[str, str], cells: list[CellCfg],
+                                                                      fast_claims: None, tmp_path: Path) -> None:
+    from ssl_robust.tracking.cells import finished_heads, run_claimed
+
+    uri, _ = store
+    exp_id = tracking.ensure_experiment("heads-missing", uri)
+    with tracking.CellRun(cells[0], "head", exp_id, uri) as lost:
+        pass  # FINISHED, but its head/head.safetensors is gone
+    assert finished_heads("heads-missing", uri) == {}
+    client = MlflowClient(uri)
+    assert client.get_run(lost.run_id).info.status == "FAILED"
+    assert client.get_run(lost.run_id).data.tags["artifact_missing"] == "true"
+    weights = tmp_path / "head.safetensors"
+    weights.write_bytes(b"w")
+
+    def fit(run: tracking.CellRun) -> dict[str, float]:
+        run.log_file(weights, "head")
+        return {"head/seconds": 1.0}
+
+    run_id, metrics = run_claimed(cells[0], "head", exp_id, uri, fit)
+    assert metrics is not None and finished_heads("heads-missing", uri) == {cells[0].head_id: run_id}
+    assert run_claimed(cells[0], "head", exp_id, uri, fit) == (run_id, None)  # reused, not refitted
+
+
+def _open_store(uri: str, start: float) -> str:
+    while time.time() < start:
+        time.sleep(0.01)
+    return tracking.ensure_experiment("race", uri)
+
+
+@pytest.mark.slow
+def test_three_processes_open_a_fresh_sqlite_store_at_once(tmp_path: Path) -> None:
+    import multiprocessing
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        start = time.time() + 8  # after the children's imports
+        ids = pool.starmap(_open_store, [(uri, start)] * 3, chunksize=1)
+    assert len(set(ids)) == 1

@@ -1,18 +1,17 @@
 """One MLflow run per cell or head: params, tags, metrics, artifacts, and the finished-cell lookup."""
 from __future__ import annotations
 
-import os
-import socket
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from ssl_robust.config import CellCfg
+from ssl_robust.tracking.claims import CLAIM_TAG, DUPLICATE, Claim, Heartbeat, owner_tags
 from ssl_robust.tracking.store import absolute_tracking_uri, code_version, experiment_id, flatten, search_runs
 
 PHASES = ("head", "attack")
@@ -33,9 +32,77 @@ def cell_params(cfg: CellCfg, phase: str) -> dict[str, str]:
     return {**flatten(full), **short}
 
 
-def _filter(phase: str, status: str, key_value: str | None = None) -> str:
-    text = f"tags.phase = '{phase}' and attributes.status = '{status}'"
+def _filter(phase: str, status: str | None, key_value: str | None = None) -> str:
+    text = f"tags.phase = '{phase}'" + (f" and attributes.status = '{status}'" if status else "")
     return text + (f" and tags.{KEY_TAG[phase]} = '{key_value}'" if key_value else "")
+
+
+def head_artifact_ok(client: MlflowClient, run: Any) -> bool:
+    """Whether a FINISHED head run still has its weights; if not, it is tagged
+    ``artifact_missing=true`` and marked FAILED, so that the head is fitted again."""
+    folder = str(Path(HEAD_ARTIFACT).parent)
+    if any(f.path == HEAD_ARTIFACT for f in client.list_artifacts(run.info.run_id, folder)):
+        return True
+    client.set_tag(run.info.run_id, "artifact_missing", "true")
+    client.set_terminated(run.info.run_id, "FAILED")
+    return False
+
+
+def claim_for(tracking_uri: str, experiment_id: str, phase: str, key_value: str) -> Claim:
+    """The claim of one cell (phase ``attack``) or head (phase ``head``); see ``tracking.claims``."""
+    return Claim(MlflowClient(absolute_tracking_uri(tracking_uri)), experiment_id, _filter(phase, None, key_value),
+                 head_artifact_ok if phase == "head" else None)
+
+
+def run_claimed(cfg: CellCfg, phase: str, experiment_id: str, tracking_uri: str,
+                work: Callable[["CellRun"], dict[str, float]], sweep: str = "",
+                session: str = "") -> tuple[str, dict[str, float] | None]:
+    """``work(run)`` in a new run of the cell or head once this process holds its claim; returns
+    ``(run_id, metrics)``, or ``(run_id, None)`` when a valid FINISHED run of the key is reused."""
+    key = cfg.head_id if phase == "head" else cfg.cell_id
+    claim = claim_for(tracking_uri, experiment_id, phase, key)
+    while True:
+        done = claim.wait()
+        if done:
+            return done, None
+        with CellRun(cfg, phase, experiment_id, tracking_uri, sweep=sweep, session=session) as run:
+            if not claim.acquire(run.run_id):
+                run.discard()
+                continue
+            metrics = work(run)
+            if not claim.confirm(run.run_id):
+                run.discard(duplicate=True)
+                continue
+            run.log_metrics(metrics)
+        return run.run_id, metrics
+
+
+def finished_heads(experiment: str, tracking_uri: str | None = None) -> dict[str, str]:
+    """``{head_id: run_id}`` of FINISHED head runs whose artifact is there (oldest valid run wins)."""
+    client = MlflowClient(absolute_tracking_uri(tracking_uri))
+    exp_id = experiment_id(client, experiment)
+    if exp_id is None:
+        return {}
+    found: dict[str, str] = {}
+    runs = sorted(search_runs(client, exp_id, _filter("head", "FINISHED")), key=lambda r: r.info.start_time or 0)
+    for run in runs:
+        head_id = run.data.tags.get("head_id", "")
+        if head_id and head_id not in found and head_artifact_ok(client, run):
+            found[head_id] = run.info.run_id
+    return found
+
+
+def close_session_runs(experiment: str, session: str, status: str, tracking_uri: str | None = None) -> list[str]:
+    """Mark ``status`` the runs a sweep session left RUNNING (tag ``sweep_session``); return their ids."""
+    client = MlflowClient(absolute_tracking_uri(tracking_uri))
+    exp_id = experiment_id(client, experiment)
+    if exp_id is None:
+        return []
+    text = f"tags.sweep_session = '{session}' and attributes.status = 'RUNNING'"
+    ids = [r.info.run_id for r in search_runs(client, exp_id, text)]
+    for run_id in ids:
+        client.set_terminated(run_id, status)
+    return ids
 
 
 def finished_runs(experiment: str, phase: str = "attack", tracking_uri: str | None = None,
@@ -84,16 +151,20 @@ def run_results(experiment: str, phase: str = "attack", tracking_uri: str | None
 
 
 class CellRun:
-    """One MLflow run for one cell (or head): FINISHED on a clean exit, FAILED on an exception."""
+    """One MLflow run for one cell (or head): FINISHED on a clean exit, FAILED on an exception;
+    a heartbeat tag is refreshed while it runs (see ``tracking.claims``)."""
 
     def __init__(self, cfg: CellCfg, phase: str, experiment_id: str, tracking_uri: str,
-                 sweep: str = "") -> None:
+                 sweep: str = "", session: str = "") -> None:
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         self.cfg, self.phase, self.experiment_id = cfg, phase, experiment_id
-        self.client = MlflowClient(absolute_tracking_uri(tracking_uri))
-        self.sweep = sweep
+        self.tracking_uri = absolute_tracking_uri(tracking_uri)
+        self.client = MlflowClient(self.tracking_uri)
+        self.sweep, self.session = sweep, session
         self.run_id = ""
+        self.heartbeat: Heartbeat | None = None
+        self.closed = False
 
     @property
     def key(self) -> str:
@@ -101,20 +172,43 @@ class CellRun:
 
     def __enter__(self) -> "CellRun":
         tags = {"cell_id": self.cfg.cell_id, "head_id": self.cfg.head_id, "phase": self.phase,
-                "code_version": code_version(), "sweep": self.sweep,
-                "host": socket.gethostname(), "pid": str(os.getpid())}
+                "code_version": code_version(), "sweep": self.sweep, **owner_tags()}
+        if self.session:
+            tags["sweep_session"] = self.session
         name = f"{self.phase}-{self.cfg.encoder.name}-{self.cfg.data.name}-{self.key[:8]}"
         run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
         self.run_id = run.info.run_id
-        params = [Param(k, v) for k, v in cell_params(self.cfg, self.phase).items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[i:i + 100])
-        self.log_config()
+        self.heartbeat = Heartbeat(self.tracking_uri, self.run_id)
+        try:
+            params = [Param(k, v) for k, v in cell_params(self.cfg, self.phase).items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(self.run_id, params=params[i:i + 100])
+            self.log_config()
+        except BaseException as err:
+            self.__exit__(type(err), err, err.__traceback__)
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.client.set_terminated(self.run_id, "FAILED" if exc_type else "FINISHED")
+        self._stop_heartbeat()
+        if not self.closed:
+            self.client.set_terminated(self.run_id, "FAILED" if exc_type else "FINISHED")
+
+    def _stop_heartbeat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
+
+    def discard(self, duplicate: bool = False) -> None:
+        """Give the run up: deleted before any work, or KILLED with ``claim=duplicate`` after it."""
+        self._stop_heartbeat()
+        if duplicate:
+            self.client.set_tag(self.run_id, CLAIM_TAG, DUPLICATE)
+            self.client.set_terminated(self.run_id, "KILLED")
+        else:
+            self.client.delete_run(self.run_id)
+        self.closed = True
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)

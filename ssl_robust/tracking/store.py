@@ -1,6 +1,8 @@
 """The MLflow store: tracking URIs, experiments, code version, flattened params and paged search."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 from importlib import metadata
@@ -10,6 +12,7 @@ from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
 
 
 def default_tracking_uri() -> str:
@@ -45,15 +48,46 @@ def code_version() -> str:
     return f"{version}+g{sha}" if sha else version
 
 
+def is_local_store(tracking_uri: str) -> bool:
+    """True for a store that is a file on this machine (``sqlite:``, ``file:``), not a server."""
+    return tracking_uri.startswith(("sqlite:", "file:"))
+
+
+@contextlib.contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive file lock beside a SQLite database (no-op for other stores): MLflow creates a
+    fresh database's schema on first use, and two processes doing so at once crash."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_experiment(name: str, tracking_uri: str) -> str:
-    """Id of the experiment ``name``, created (or restored) if needed. Call it in the driver."""
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return client.create_experiment(name, artifact_location=_local_artifact_root(tracking_uri, name))
-    if exp.lifecycle_stage == "deleted":
-        client.restore_experiment(exp.experiment_id)
-    return exp.experiment_id
+    """Id of the experiment ``name``, created (or restored) if needed; safe when several processes
+    open a fresh store or create the same experiment at once. Call it in the driver."""
+    with store_lock(tracking_uri):
+        client = MlflowClient(tracking_uri)
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                return client.create_experiment(name, artifact_location=_local_artifact_root(tracking_uri, name))
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp = client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
 
 
 def _local_artifact_root(tracking_uri: str, name: str) -> str | None:

@@ -3,20 +3,23 @@
 Phase 1 fits one head per head_id with ``prepare_head`` and logs it as an artifact; phase 2 runs
 every attack x eps cell with ``head.checkpoint`` pointing at that artifact. Both phases share one
 Tune run (a searcher releases a head's cells as soon as the head is finished), so trial actors
-start once. Cells and heads with a FINISHED run are skipped and runs left RUNNING by a killed
-worker are marked FAILED, so a rerun completes only what is missing.
+start once. Cells and heads with a FINISHED run are skipped (a head only while its artifact is
+there), and each trial claims its cell or head (``tracking.claims``), so a rerun completes only what
+is missing and concurrent sweeps on one experiment never run a cell twice. SIGINT/SIGTERM stop the
+trials and mark the runs they leave RUNNING KILLED; counts come from the store after the run.
 """
 from __future__ import annotations
 
-import contextlib
+import signal
 import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 import ray
@@ -26,36 +29,52 @@ from tqdm import tqdm
 
 from ssl_robust import tracking
 from ssl_robust.cell import prepare_head, run_cell
-from ssl_robust.config import CellCfg, ConfigError
+from ssl_robust.config import CellCfg
 from ssl_robust.report import summary_table
-from ssl_robust.sweep_config import Resources, SweepCfg, head_groups
+from ssl_robust.sweep_config import SweepCfg, head_groups
+from ssl_robust.tracking.cells import close_session_runs, finished_heads, run_claimed
+from ssl_robust.tune.cluster import RESOURCE_TIMEOUT_S, ray_session
+from ssl_robust.tune.interrupt import Interrupt
+
+__all__ = ["RESOURCE_TIMEOUT_S", "SweepReport", "execute", "head_groups", "ray_session", "run_sweep", "trial"]
 
 
 @dataclass
 class SweepReport:
-    """What a sweep did: counts, failures, Ray overhead per trial and the results table."""
+    """What a sweep did, counted in the tracking store after the run: FINISHED cells of the grid
+    (before and after), the unfinished ones, heads, Ray overhead per trial and the results table."""
 
     experiment: str
     cells: int
-    skipped: int
+    skipped: int  # FINISHED before this run
+    finished: int = 0  # FINISHED after this run
     heads_fitted: int = 0
     heads_reused: int = 0
-    ran: int = 0
-    failed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # cells of the grid not FINISHED after the run
+    interrupted: int = 0  # the signal that stopped the sweep, if any
     overhead_s: list[float] = field(default_factory=list)
     amortized_s: float = float("nan")
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
 
+    @property
+    def ok(self) -> bool:
+        """Every cell of the grid is FINISHED."""
+        return not self.failed and not self.interrupted
+
     def lines(self) -> list[str]:
-        """The summary table, the counts, the Ray overhead and the failed cells, as printable lines."""
+        """The summary table, the counts, the Ray overhead and the unfinished cells, as printable lines."""
         out = [self.table.to_string(index=False, float_format=lambda v: f"{v:.4g}")] if not self.table.empty else []
-        out.append(f"experiment {self.experiment}: {self.cells} cells, {self.skipped} already finished, "
-                   f"{self.ran} run now, {len(self.failed)} failed; heads fitted {self.heads_fitted}, "
-                   f"reused {self.heads_reused}")
+        out.append(f"experiment {self.experiment}: {self.cells} cells, {self.finished} FINISHED "
+                   f"({self.skipped} before this run), {len(self.failed)} not finished; heads fitted "
+                   f"{self.heads_fitted}, reused {self.heads_reused}")
         if self.overhead_s:
             out.append(f"Ray overhead per trial: median {statistics.median(self.overhead_s):.2f} s (trial "
                        f"start to end minus compute); {self.amortized_s:.2f} s per trial amortized over the run")
-        return out + [f"failed: {cell_id}" for cell_id in self.failed]
+        if self.interrupted:
+            return out + [f"interrupted by {signal.Signals(self.interrupted).name}: {self.finished} of "
+                          f"{self.cells} cells FINISHED; runs left RUNNING are marked KILLED. Run the same "
+                          "command again to resume: FINISHED cells are skipped"]
+        return out + [f"not finished: {cell_id}" for cell_id in self.failed]
 
 
 def _cell_work(cfg: CellCfg, run: tracking.CellRun, tmp: Path, tracking_uri: str) -> dict[str, float]:
@@ -71,20 +90,16 @@ def _cell_work(cfg: CellCfg, run: tracking.CellRun, tmp: Path, tracking_uri: str
 
 
 def trial(config: dict[str, Any]) -> dict[str, Any]:
-    """One Tune trial: one head (phase "head") or one cell (phase "attack"), one MLflow run."""
+    """One Tune trial: one head (phase "head") or one cell (phase "attack"), one MLflow run; a valid
+    FINISHED run of the same key (from a retry, a rerun or a concurrent sweep) is reused."""
     destination, phase = config["destination"], config["phase"]
     cfg = CellCfg.model_validate(config["cell"])
-    uri, experiment = destination["tracking_uri"], destination["experiment"]
-    key = cfg.head_id if phase == "head" else cfg.cell_id
-    done = tracking.finished_runs(experiment, phase, uri, key)
-    if done:  # a retry after the run had finished
-        return {"run_id": done[key], "reused": 1}
-    tracking.fail_stale_runs(experiment, phase, uri, key)
-    run = tracking.CellRun(cfg, phase, destination["experiment_id"], uri, sweep=experiment)
-    with run, tempfile.TemporaryDirectory() as tmp:
-        metrics = _cell_work(cfg, run, Path(tmp), uri)
-        run.log_metrics(metrics)
-    return {**metrics, "run_id": run.run_id, "reused": 0}
+    uri = destination["tracking_uri"]
+    with tempfile.TemporaryDirectory() as tmp:
+        run_id, metrics = run_claimed(cfg, phase, destination["experiment_id"], uri,
+                                      lambda run: _cell_work(cfg, run, Path(tmp), uri),
+                                      sweep=destination["experiment"], session=destination["session"])
+    return {"run_id": run_id, "reused": 1} if metrics is None else {**metrics, "run_id": run_id, "reused": 0}
 
 
 COMPUTE_KEY = {"head": "time/head_seconds", "attack": "time/cell_seconds"}
@@ -96,7 +111,7 @@ class Progress(tune.Callback):
     def __init__(self, total: int, done: int, heads: int) -> None:
         self.total, self.done = total, done
         self.bar: tqdm | None = None
-        self.heads_total, self.heads_done = heads, 0
+        self.heads_total, self.heads_done, self.heads_fitted, self.heads_reused = heads, 0, 0, 0
         self.started: dict[str, float] = {}
         self.overhead: list[float] = []
         self.compute: list[float] = []
@@ -121,6 +136,8 @@ class Progress(tune.Callback):
         if COMPUTE_KEY[phase] in result and not result.get("reused"):
             self.compute.append(float(result[COMPUTE_KEY[phase]]))
             self.overhead.append(wall - self.compute[-1])
+            self.heads_fitted += phase == "head"
+        self.heads_reused += phase == "head" and bool(result.get("reused"))
         self._advance(phase)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -171,10 +188,6 @@ class TwoPhaseSearcher(Searcher):
         if config and config["phase"] == "head" and not error and result and "run_id" in result:
             self._release(CellCfg.model_validate(config["cell"]).head_id, result["run_id"])
 
-    def stranded(self) -> list[str]:
-        """Cells whose head could not be fitted."""
-        return [c.cell_id for cells in self.waiting.values() for c in cells]
-
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: MLflow's FINISHED runs are the resume state."""
 
@@ -186,9 +199,9 @@ def _trial_dirname(trial: Any) -> str:
     return f"{trial.config['phase']}_{trial.trial_id}"
 
 
-def _tune(searcher: TwoPhaseSearcher, sweep: SweepCfg, progress: Progress,
-          storage_path: str | None) -> list[str]:
-    """Run the searcher's trials; return the cell_ids of attack trials that errored."""
+def _tune(searcher: TwoPhaseSearcher, sweep: SweepCfg, progress: Progress, storage_path: str | None,
+          interrupt: Interrupt) -> None:
+    """Run the searcher's trials (a signal ends the run the way Ctrl-C ends a Tune run)."""
     resources = {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu}
     tuner = tune.Tuner(
         tune.with_resources(trial, resources),
@@ -201,40 +214,35 @@ def _tune(searcher: TwoPhaseSearcher, sweep: SweepCfg, progress: Progress,
             callbacks=[progress],
         ),
     )
-    results = tuner.fit()
-    return [CellCfg.model_validate(r.config["cell"]).cell_id for r in results
-            if r.error is not None and r.config["phase"] == "attack"]
+    with interrupt.tune_run():
+        tuner.fit()
 
 
-def run_sweep(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = None,
-              storage_path: str | None = None) -> SweepReport:
+def run_sweep(sweep: SweepCfg, cells: list[CellCfg], report: SweepReport, destination: dict[str, str],
+              storage_path: str | None, interrupt: Interrupt) -> None:
     """Fit the missing heads and run the cells not yet finished (Ray must be initialised)."""
-    uri = tracking.absolute_tracking_uri(tracking_uri)
-    destination = {"tracking_uri": uri, "experiment": sweep.name,
-              "experiment_id": tracking.ensure_experiment(sweep.name, uri)}
+    uri = destination["tracking_uri"]
     done = tracking.finished_cells(sweep.name, uri)
     todo = [c for c in cells if c.cell_id not in done]
-    heads = tracking.finished_runs(sweep.name, "head", uri)
+    heads = finished_heads(sweep.name, uri)
     groups = head_groups(todo)
     missing = [c for h, c in groups.items() if h not in heads]
-    report = SweepReport(sweep.name, len(cells), len(cells) - len(todo),
-                         heads_fitted=len(missing), heads_reused=len(groups) - len(missing))
-    if todo:
-        searcher = TwoPhaseSearcher(destination, missing, todo, {h: heads[h] for h in groups if h in heads})
-        progress = Progress(len(cells), report.skipped, len(missing))
-        start = time.monotonic()
-        errored = _tune(searcher, sweep, progress, storage_path)
+    report.heads_reused = len(groups) - len(missing)
+    if not todo:
+        return
+    searcher = TwoPhaseSearcher(destination, missing, todo, {h: heads[h] for h in groups if h in heads})
+    progress = Progress(len(cells), len(cells) - len(todo), len(missing))
+    start = time.monotonic()
+    try:
+        _tune(searcher, sweep, progress, storage_path, interrupt)
+    finally:
         progress.close()
-        report.failed = errored + searcher.stranded()
-        report.ran = len(todo) - len(report.failed)
+        report.heads_fitted = progress.heads_fitted
+        report.heads_reused += progress.heads_reused
         report.overhead_s = progress.overhead
-        n_trials = len(progress.compute)
-        if n_trials:
-            busy = (time.monotonic() - start) * _slots(sweep, len(todo))
-            report.amortized_s = (busy - sum(progress.compute)) / n_trials
-    report.table = summary_table(tracking.run_results(sweep.name, "attack", uri),
-                                 {c.cell_id for c in cells})
-    return report
+    if progress.compute:
+        busy = (time.monotonic() - start) * _slots(sweep, len(todo))
+        report.amortized_s = (busy - sum(progress.compute)) / len(progress.compute)
 
 
 def _slots(sweep: SweepCfg, n_trials: int) -> int:
@@ -248,47 +256,28 @@ def _slots(sweep: SweepCfg, n_trials: int) -> int:
     return max(1, min(slots))
 
 
-def _check_resources(resources: Resources) -> None:
-    """Fail fast when a local instance cannot host one trial (a cluster may still scale up)."""
-    have = ray.cluster_resources()
-    for name, want in (("CPU", resources.cpu), ("GPU", resources.gpu)):
-        if want > have.get(name, 0):
-            raise ConfigError(f"resources.{name.lower()}={want} but this Ray instance has "
-                                   f"{have.get(name, 0)} {name}; lower it or join a cluster")
-
-
-def _init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Start or join Ray unless already initialised; True when this call started it."""
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"include_dashboard": False} if address == "local" else {}
-    if num_cpus is not None:
-        kwargs["num_cpus"] = num_cpus
-    ray.init(address=address, **kwargs)
-    return True
-
-
-
-
 def execute(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = None,
-            address: str | None = None, num_cpus: int | None = None,
-            storage_path: str | None = None) -> SweepReport:
-    """Run the sweep; Ray is started (or joined) only when some cell is not finished yet."""
-    done = tracking.finished_cells(sweep.name, tracking_uri)
-    if all(c.cell_id in done for c in cells):
-        return run_sweep(sweep, cells, tracking_uri, storage_path)
-    with ray_session(sweep.resources, address, num_cpus):
-        return run_sweep(sweep, cells, tracking_uri, storage_path)
-
-
-@contextlib.contextmanager
-def ray_session(resources: Resources, address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
-    """Ray for the duration of the block: joined or started (and then shut down) here."""
-    started = _init_ray(address, num_cpus)
-    try:
-        if started:
-            _check_resources(resources)
-        yield
-    finally:
-        if started:
-            ray.shutdown()
+            address: str | None = None, num_cpus: int | None = None, storage_path: str | None = None,
+            resource_timeout: float = RESOURCE_TIMEOUT_S) -> SweepReport:
+    """Run the sweep and count its cells in the store; Ray is started (or joined) only when some
+    cell is not finished yet. SIGINT/SIGTERM end it early with ``report.interrupted`` set."""
+    uri = tracking.absolute_tracking_uri(tracking_uri)
+    destination = {"tracking_uri": uri, "experiment": sweep.name, "session": uuid.uuid4().hex[:16],
+                   "experiment_id": tracking.ensure_experiment(sweep.name, uri)}
+    ids = {c.cell_id for c in cells}
+    report = SweepReport(sweep.name, len(cells), len(ids & set(tracking.finished_cells(sweep.name, uri))))
+    with Interrupt() as interrupt:
+        try:
+            if report.skipped < len(ids):
+                with ray_session(sweep.resources, address, num_cpus, uri, resource_timeout):
+                    interrupt.arm()
+                    run_sweep(sweep, cells, report, destination, storage_path, interrupt)
+        finally:
+            close_session_runs(sweep.name, destination["session"], "KILLED" if interrupt.signum else "FAILED", uri)
+    report.interrupted = interrupt.signum
+    finished = set(tracking.finished_cells(sweep.name, uri))
+    report.finished = len(ids & finished)
+    report.failed = [c.cell_id for c in cells if c.cell_id not in finished]
+    if not report.interrupted:
+        report.table = summary_table(tracking.run_results(sweep.name, "attack", uri), ids)
+    return report
