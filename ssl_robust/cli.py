@@ -1,5 +1,5 @@
-"""``ssl-robust run | sweep | deacl | report``: one cell offline, a whole sweep on Ray, a DeACL
-fine-tune, or a sweep's report.
+"""``ssl-robust run | sweep | deacl | deacl-sweep | search | report``: one cell offline, a sweep on
+Ray, a DeACL fine-tune, a DeACL sweep or search, or a sweep's report.
 
 The one argument parser of the project; ``sweeps/*.py`` are thin wrappers around it for
 ``ray submit``. URIs in a config (``s3://``, ``runs:/``) are resolved to local files here.
@@ -9,6 +9,7 @@ code 2, before anything is written; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -271,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 USER_ERRORS = (ConfigError, UnknownNameError, FileNotFoundError, DataFileError, CheckpointError, ArtifactError,
-               UsageError)
+               UsageError, tracking.PreflightError)
 
 
 def check_config_file(path: Path) -> None:
@@ -307,6 +308,9 @@ def prepare(args: argparse.Namespace) -> None:
     storage = getattr(args, "storage_path", None)
     if storage and "://" not in storage:
         args.storage_path = str(Path(storage).expanduser().resolve())
+    for key, value in tracking.fail_fast_env().items():  # MLflow's client gives up in ~30 s, not ~4 min
+        os.environ.setdefault(key, value)
+    tracking.preflight(args.tracking_uri, need_s3=False if args.command == "report" else None)
     if args.command == "report":
         _check_store(args)
         return

@@ -219,3 +219,19 @@ def test_debug_shows_the_traceback(tmp_path: Path, debug: bool) -> None:
     assert "x.yaml is empty" in done.stderr
     assert ("Traceback" in done.stderr) == debug
     assert done.returncode == (1 if debug else 2)
+
+
+def test_an_unreachable_tracking_server_fails_fast_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    import socket
+    import time
+
+    from ssl_robust.cli import main
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.monotonic()
+    assert main(["report", "nope", "--tracking-uri", f"http://127.0.0.1:{port}"]) == 2
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err and "connection refused" in err and "Traceback" not in err

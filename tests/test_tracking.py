@@ -219,3 +219,13 @@ def test_three_processes_open_a_fresh_sqlite_store_at_once(tmp_path: Path) -> No
         start = time.time() + 8  # after the children's imports
         ids = pool.starmap(_open_store, [(uri, start)] * 3, chunksize=1)
     assert len(set(ids)) == 1
+
+
+def test_runs_are_named_as_their_cell_and_experiments_open_on_the_runs_table(store: tuple[str, str],
+                                                                            cells: list[CellCfg]) -> None:
+    uri, exp_id = store
+    cell = next(c for c in cells if c.attack.name == "pgd" and c.attack.eps > 0)
+    assert tracking.cells.run_name(cell, "attack") == f"{cell.encoder.name} · synthetic classification · pgd · 8/255"
+    assert tracking.cells.run_name(cell, "head") == f"head · {cell.encoder.name} · synthetic classification"
+    tags = MlflowClient(uri).get_experiment(exp_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"

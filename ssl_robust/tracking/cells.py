@@ -150,6 +150,16 @@ def run_results(experiment: str, phase: str = "attack", tracking_uri: str | None
             for run in search_runs(client, exp_id, _filter(phase, "FINISHED"))]
 
 
+def run_name(cfg: CellCfg, phase: str) -> str:
+    """A name that reads as the cell: ``dinov2_vits14 · cifar10 · pgd · 8/255`` (a head:
+    ``head · dinov2_vits14 · cifar10``); fine-tuned encoders add their checkpoint's file stem."""
+    encoder = cfg.encoder.name + (f" ({Path(cfg.encoder.checkpoint).stem})" if cfg.encoder.checkpoint else "")
+    data = f"{cfg.data.name}" + (f" {cfg.data.task}" if cfg.data.task and cfg.data.name == "synthetic" else "")
+    if phase == "head":
+        return f"head · {encoder} · {data}"
+    return f"{encoder} · {data} · {cfg.attack.name} · {cfg.attack.eps * 255:.3g}/255"
+
+
 class CellRun:
     """One MLflow run for one cell (or head): FINISHED on a clean exit, FAILED on an exception;
     a heartbeat tag is refreshed while it runs (see ``tracking.claims``)."""
@@ -175,8 +185,7 @@ class CellRun:
                 "code_version": code_version(), "sweep": self.sweep, **owner_tags()}
         if self.session:
             tags["sweep_session"] = self.session
-        name = f"{self.phase}-{self.cfg.encoder.name}-{self.cfg.data.name}-{self.key[:8]}"
-        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=run_name(self.cfg, self.phase))
         self.run_id = run.info.run_id
         self.heartbeat = Heartbeat(self.tracking_uri, self.run_id)
         try:

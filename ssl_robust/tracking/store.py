@@ -70,6 +70,11 @@ def store_lock(tracking_uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# MLflow 3 opens an experiment on its GenAI overview unless it is marked as model development;
+# then the UI opens on the runs table, where cells compare side by side.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(name: str, tracking_uri: str) -> str:
     """Id of the experiment ``name``, created (or restored) if needed; safe when several processes
     open a fresh store or create the same experiment at once. Call it in the driver."""
@@ -78,7 +83,8 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
         exp = client.get_experiment_by_name(name)
         if exp is None:
             try:
-                return client.create_experiment(name, artifact_location=_local_artifact_root(tracking_uri, name))
+                return client.create_experiment(name, artifact_location=_local_artifact_root(tracking_uri, name),
+                                                tags=EXPERIMENT_TAGS)
             except MlflowException as err:
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -87,6 +93,9 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
                     raise
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        for key, value in EXPERIMENT_TAGS.items():
+            if exp.tags.get(key) != value:
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
 
 
