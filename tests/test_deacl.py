@@ -107,6 +107,7 @@ def test_learning_rate_warms_up_linearly_then_decays_to_zero() -> None:
     assert factors[8] == pytest.approx(0.5) and factors[12] == 0.0
 
 
+@pytest.mark.slow
 def test_deacl_raises_embed_attack_accuracy_and_keeps_clean_accuracy(tmp_path: Path) -> None:
     """Measured over seeds 0-9 with these settings (3 epochs of 4 batches, 256 test images): EmbedAttack
     accuracy rose by +0.12 to +0.48 over the teacher's, clean accuracy changed by -0.004 to +0.07.

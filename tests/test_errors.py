@@ -209,6 +209,7 @@ def test_relative_storage_path_is_made_absolute(tmp_path: Path, monkeypatch: pyt
     assert args.storage_path == "s3://bucket/ray"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("debug", [False, True])
 def test_debug_shows_the_traceback(tmp_path: Path, debug: bool) -> None:
     empty = tmp_path / "x.yaml"

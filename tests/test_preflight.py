@@ -90,6 +90,7 @@ def test_refused_tracking_server_fails_fast(isolated: None) -> None:
     assert took < FAST and uri in message and "connection refused" in message
 
 
+@pytest.mark.slow
 def test_blackholed_tracking_server_fails_within_the_timeout(isolated: None) -> None:
     """A listener whose backlog is full drops new SYNs (a blackhole); one connection fills it."""
     with socket.socket() as listener, socket.socket() as filler:
@@ -102,6 +103,7 @@ def test_blackholed_tracking_server_fails_within_the_timeout(isolated: None) -> 
     assert "no connection within 2 s" in message or "no answer within 2 s" in message
 
 
+@pytest.mark.slow
 def test_silent_tracking_server_fails_within_the_timeout(isolated: None) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -165,6 +167,7 @@ def test_closed_s3_endpoint_fails_fast(isolated: None, tmp_path: Path, monkeypat
     assert "tracking" not in message
 
 
+@pytest.mark.slow
 def test_blackholed_s3_endpoint_fails_within_the_timeout(isolated: None, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as listener, socket.socket() as filler:

@@ -15,6 +15,8 @@ from PIL import Image
 from ssl_robust.report import write_report
 from tests.report.fake import sweep
 
+pytestmark = pytest.mark.slow  # a browser or a tracking store per test: seconds each
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,2000"]
 

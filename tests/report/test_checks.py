@@ -11,6 +11,8 @@ from ssl_robust.report import CellArtifacts, results_frame, write_report
 from ssl_robust.report.checks import cross_checks, failures, loss_levelled
 from tests.report.fake import sweep
 
+pytestmark = pytest.mark.slow  # each renders a whole report: seconds
+
 SPECIAL = {("dinov2_vits14", "classification", "pgd", 8): {"adv_q": 0.95},  # better than at 4/255 and noise
            ("dino_vitb16", "depth", "embed", 4): {"adv_q": 0.45},  # RMSE below noise's and the clean one
            ("dino_vitb16", "segmentation", "segpgd", 8): {"loss": [0.1 * s for s in range(1, 11)]}}

@@ -13,6 +13,8 @@ from ssl_robust import tracking
 from ssl_robust.cli import main
 from tests.report.fake import Cells, sweep
 
+pytestmark = pytest.mark.slow  # a browser or a tracking store per test: seconds each
+
 
 def _log(client: MlflowClient, exp: str, tags: dict, params: dict, metrics: dict, step: int = 0) -> str:
     run_id = client.create_run(exp, tags=tags).info.run_id

@@ -12,6 +12,8 @@ from ssl_robust.report import write_report
 from ssl_robust.report.intervals import bootstrap_mean, bootstrap_miou, wilson
 from tests.report.fake import METRIC, TASK_ATTACK, sweep
 
+pytestmark = pytest.mark.slow  # each renders a whole report: seconds
+
 LABEL = {"classification": "Accuracy", "segmentation": "mIoU", "depth": "RMSE"}
 ATTACK_COLUMN = {"embed": "EmbedAttack", "pgd": "PGD", "segpgd": "SegPGD", "depthpgd": "DepthPGD (SILog)",
                  "noise": "Uniform noise"}
@@ -98,6 +100,7 @@ def test_the_table_holds_the_worst_case_of_its_eps(report: tuple[list[dict], Pat
             assert line[f"Worst case {label}"] == same["Worst case"].item()
 
 
+@pytest.mark.slow
 def test_intervals_shrink_when_the_number_of_items_grows(tmp_path: Path) -> None:
     assert np.diff(wilson(32, 64))[0] > np.diff(wilson(128, 256))[0] > np.diff(wilson(512, 1024))[0]
     lo, hi = wilson(0, 10)

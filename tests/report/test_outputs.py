@@ -16,6 +16,8 @@ from ssl_robust.report.plots import Style
 from ssl_robust.report.poster import REFERENCE, encoder_type, load_reference
 from tests.report.fake import sweep
 
+pytestmark = pytest.mark.slow  # each renders a whole report: seconds
+
 RUN_A, RUN_B = "3f9c2a71d0b44e5e9d1c", "a81be04c9d2f4f11b7e0"
 
 
