@@ -6,7 +6,6 @@ One table of bad inputs, each run through ``ssl_robust.cli.main`` from an empty 
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path

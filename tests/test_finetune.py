@@ -2,7 +2,6 @@
 resume of a killed run into the same run, nothing done twice."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from ssl_robust import tracking
 from ssl_robust.config import DeaclCfg, EncoderCfg
 from ssl_robust.encoders import create_encoder
 from ssl_robust.finetune import run_deacl
-from tests.helpers import TINY_ENCODER, merge
+from tests.helpers import TINY_ENCODER
 
 FAST: dict[str, Any] = {
     "name": "finetune-tests",

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ssl_robust.config import DataCfg
 from ssl_robust.data.base import LOADERS, Split
 from ssl_robust.data.catalog import SYNTHETIC_CLASSES, TaskInfo
 from ssl_robust.data.transforms import Sizing, image_size_for, resize_image
@@ -89,6 +90,6 @@ class SyntheticDataset(Dataset):
 
 
 @LOADERS.register("synthetic")
-def build_synthetic(cfg: "DataCfg", split: Split, info: TaskInfo, image_size: int,
+def build_synthetic(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int,
                     sizing: Sizing = "square") -> Dataset:
     return SyntheticDataset(split, info.task, image_size, sizing)

@@ -15,7 +15,7 @@ from ssl_robust.data.load import load_split, slide_stride
 from ssl_robust.tasks import eval_mode, eval_sizing
 from ssl_robust.data.transforms import depth_to_tensor, image_to_tensor, mask_to_tensor, short_side_size
 
-from .fixtures import _blocks, _rng, _write_image, _write_mask, write_ade20k, write_cityscapes, write_nyuv2, write_voc
+from .fixtures import _blocks, _rng, _write_image, _write_mask, write_ade20k, write_cityscapes, write_voc
 from .test_depth_data import _expected_depth
 from .test_segmentation_data import EXPECTED
 
