@@ -24,9 +24,11 @@ class AttackResult:
     x_adv: torch.Tensor  # per sample: first fooling iterate, else final iterate of the best restart
     loss: torch.Tensor  # objective at x_adv, one per sample
     success: torch.Tensor | None  # per sample: any iterate fooled it (None without success_fn)
+    output: torch.Tensor | None = None  # forward(x_adv), as computed during the attack (None if not every sample has one)
     grad_finite: bool = True  # every gradient seen was finite
     grad_nonzero: float = 1.0  # fraction of samples with a non-zero gradient at the first step
     forward_passes: int = 0  # sample-forwards spent (for throughput accounting)
+    grad_steps: int = 0  # sample-gradient-steps spent: forward + backward to the input, per sample
     step_loss_sum: torch.Tensor | None = None  # [steps] summed loss of the samples attacked at each step
     step_count: torch.Tensor | None = None  # [steps] how many samples were attacked at each step
 
@@ -93,15 +95,15 @@ def pgd(
     if eps < 0 or steps < 0 or restarts < 1:
         raise ValueError(f"need eps >= 0, steps >= 0, restarts >= 1; got {eps}, {steps}, {restarts}")
     x = x.detach()
-    n = x.shape[0]
+    n, device = x.shape[0], x.device
+    cascade = stop_when_fooled and success_fn is not None
     generator = torch.Generator().manual_seed(seed)
-    best_x = x.clone()
-    best_loss = torch.full((n,), -float("inf"), device=x.device)
-    best_damage = torch.full((n,), -float("inf"), device=x.device)
-    fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
-    grad_finite, grad_nonzero, forwards = True, None, 0
-    step_loss_sum = torch.zeros(steps, dtype=torch.float64, device=x.device)
-    step_count = torch.zeros(steps, dtype=torch.long, device=x.device)
+    best = _Best(x, damage_fn is not None)
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    nonzero: torch.Tensor | None = None
+    forwards = grad_steps = 0
+    step_loss_sum = torch.zeros(steps, dtype=torch.float64, device=device)
+    step_count = [0] * steps
 
     def record(idx: torch.Tensor, x_now: torch.Tensor, output: torch.Tensor, loss: torch.Tensor,
                final: bool) -> None:
@@ -109,64 +111,96 @@ def pgd(
         final iterate of the highest-loss restart.
 
         Losses are compared only between final iterates: objectives such as SegPGD weigh their
-        terms by step, so losses of different steps are not comparable.
+        terms by step, so losses of different steps are not comparable. Masked writes, no host sync.
         """
-        loss = loss.detach()
-        now_fooled = success_fn(output.detach(), target[idx]) if success_fn else torch.zeros_like(fooled[idx])
+        output, loss = output.detach(), loss.detach().to(best.loss.dtype)
+        fooled_before = best.fooled[idx]
+        now_fooled = success_fn(output, target[idx]) if success_fn else torch.zeros_like(fooled_before)
         if damage_fn is not None:
-            damage = damage_fn(output.detach(), target[idx]).to(best_damage.dtype)
-            better = damage > best_damage[idx]
-            best_damage[idx[better]] = damage[better]
+            damage = damage_fn(output, target[idx]).to(best.damage.dtype)
+            better = damage > best.damage[idx]
+            best.put("damage", idx, better, damage)
         else:
-            better = ~fooled[idx] & (now_fooled | (final & (loss > best_loss[idx])))
-        sel = idx[better]
-        best_x[sel] = x_now[better].detach()
-        best_loss[sel] = loss[better]
-        fooled[sel] = now_fooled[better]
+            better = ~fooled_before & (now_fooled | (final & (loss > best.loss[idx])))
+        best.put("x", idx, better, x_now.detach())
+        best.put("loss", idx, better, loss)
+        best.put("fooled", idx, better, now_fooled)
+        best.put_output(idx, better, output)
 
     for _ in range(restarts):
-        active = torch.arange(n, device=x.device)
-        if stop_when_fooled and success_fn is not None:
-            active = active[~fooled]
+        active = torch.arange(n, device=device)
+        if cascade:
+            active = active[~best.fooled]
         if active.numel() == 0:
             break
+        x_act, target_act = (x, target) if active.numel() == n else (x[active], target[active])
         delta = random_delta(x, eps, norm, generator) if random_start and eps > 0 else torch.zeros_like(x)
-        delta = delta[active]
+        delta = delta if active.numel() == n else delta[active]
         for step in range(1, steps + 1):
             delta.requires_grad_(True)
-            x_now = x[active] + delta
+            x_now = x_act + delta
             output = forward(x_now)
-            loss = objective(output, target[active], step, steps)
+            loss = objective(output, target_act, step, steps)
             (grad,) = torch.autograd.grad(loss.sum(), delta)
-            step_loss_sum[step - 1] += loss.detach().sum().double()
+            step_loss_sum[step - 1] += loss.detach().sum()
             step_count[step - 1] += active.numel()
-            grad_finite = grad_finite and bool(torch.isfinite(grad).all())
-            if grad_nonzero is None:
-                grad_nonzero = float((grad.flatten(1).abs().sum(dim=1) > 0).float().mean())
+            finite &= torch.isfinite(grad).all()
+            if nonzero is None:
+                nonzero = (grad.flatten(1).abs().sum(dim=1) > 0).float().mean()
             forwards += active.numel()
+            grad_steps += active.numel()
             if success_fn is not None or damage_fn is not None:
                 record(active, x_now, output, loss, final=False)
             with torch.no_grad():
-                delta = project(delta.detach() + step_size * _ascent_direction(grad, norm), x[active], eps, norm)
-            if stop_when_fooled and success_fn is not None:
-                keep = ~fooled[active]
-                active, delta = active[keep], delta[keep]
+                delta = project(delta.detach() + step_size * _ascent_direction(grad, norm), x_act, eps, norm)
+            if cascade:  # the one host sync in the loop: compacting the batch to the still-robust samples
+                keep = ~best.fooled[active]
+                if not bool(keep.all()):
+                    active, delta = active[keep], delta[keep]
+                    x_act, target_act = x[active], target[active]
                 if active.numel() == 0:
                     break
         if active.numel() > 0:  # the final iterate has not been evaluated yet
             with torch.no_grad():
-                x_now = x[active] + delta
+                x_now = x_act + delta
                 output = forward(x_now)
                 last = max(steps, 1)
-                record(active, x_now, output, objective(output, target[active], last, last), final=True)
+                record(active, x_now, output, objective(output, target_act, last, last), final=True)
             forwards += active.numel()
     return AttackResult(
-        x_adv=best_x,
-        loss=best_loss,
-        success=fooled if success_fn else None,
-        grad_finite=grad_finite,
-        grad_nonzero=1.0 if grad_nonzero is None else grad_nonzero,
+        x_adv=best.x,
+        loss=best.loss,
+        success=best.fooled if success_fn else None,
+        output=best.output if best.output is not None and bool(best.has_output.all()) else None,
+        grad_finite=bool(finite),
+        grad_nonzero=1.0 if nonzero is None else float(nonzero),
         forward_passes=forwards,
+        grad_steps=grad_steps,
         step_loss_sum=step_loss_sum,
-        step_count=step_count,
+        step_count=torch.tensor(step_count, dtype=torch.long, device=device),
     )
+
+
+class _Best:
+    """Per-sample bests the engine keeps (iterate, loss, fooled, damage, output), updated by masked
+    writes at sample indices: no boolean indexing, so no host synchronisation."""
+
+    def __init__(self, x: torch.Tensor, track_damage: bool) -> None:
+        n, device = x.shape[0], x.device
+        self.x = x.clone()
+        self.loss = torch.full((n,), -float("inf"), device=device)
+        self.damage = torch.full((n,), -float("inf"), device=device) if track_damage else None
+        self.fooled = torch.zeros(n, dtype=torch.bool, device=device)
+        self.has_output = torch.zeros(n, dtype=torch.bool, device=device)
+        self.output: torch.Tensor | None = None
+
+    def put(self, name: str, idx: torch.Tensor, better: torch.Tensor, new: torch.Tensor) -> None:
+        buffer = getattr(self, name)
+        mask = better.view(-1, *([1] * (new.dim() - 1)))
+        buffer.index_copy_(0, idx, torch.where(mask, new.to(buffer.dtype), buffer[idx]))
+
+    def put_output(self, idx: torch.Tensor, better: torch.Tensor, output: torch.Tensor) -> None:
+        if self.output is None:
+            self.output = torch.zeros((self.x.shape[0], *output.shape[1:]), dtype=output.dtype, device=output.device)
+        self.put("output", idx, better, output)
+        self.has_output.index_copy_(0, idx, self.has_output[idx] | better)

@@ -365,3 +365,74 @@ def test_damage_fn_returns_each_samples_most_damaging_iterate_not_the_final_one(
     final = pgd(forward, objective, x, torch.zeros(2), **kwargs)
     torch.testing.assert_close(worst.x_adv, torch.full_like(x, 0.6))
     torch.testing.assert_close(final.x_adv, torch.full_like(x, 0.8))
+
+
+# ----------------------------------------------------------------------------- what the engine returns
+
+
+def _textbook_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
+                  seed: int) -> torch.Tensor:
+    """The loop of the PGD paper, written out: the same seeded random start, sign steps, clamps."""
+    from ssl_robust.pgd import random_delta
+
+    delta = random_delta(x, eps, "linf", torch.Generator().manual_seed(seed))
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x + delta), y, reduction="sum"), delta)
+        delta = ((x + (delta.detach() + step_size * grad.sign()).clamp(-eps, eps)).clamp(0, 1) - x)
+    return x + delta
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_all_steps_pgd_returns_the_textbook_final_iterate(seed: int) -> None:
+    model, x, y = linear_model(4), images(6), labels(6, 4)
+    result = run(model, x, y, eps=8 / 255, step_size=2 / 255, steps=7, seed=seed)
+    expected = _textbook_pgd(model, x, y, 8 / 255, 2 / 255, 7, seed)
+    assert torch.equal(result.x_adv, expected)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"success_fn": misclassified}, {"success_fn": misclassified, "stop_when_fooled": True},
+                                    {"restarts": 3, "success_fn": misclassified}])
+def test_returned_output_is_the_forward_of_the_returned_input(kwargs) -> None:
+    model, x, y = linear_model(4), images(9), labels(9, 4)
+    result = run(model, x, y, eps=8 / 255, steps=4, seed=1, **kwargs)
+    with torch.no_grad():
+        torch.testing.assert_close(result.output, model(result.x_adv))
+
+
+def test_damage_selection_returns_the_output_of_the_selected_iterate() -> None:
+    x, target = torch.full((2, 1, 2, 2), 0.485), torch.zeros(2, 2, 2, dtype=torch.long)
+    result = pgd(_toy_segmenter, functools.partial(segpgd, ignore_index=255), x, target, eps=0.05, step_size=0.01,
+                 steps=5, random_start=False, damage_fn=lambda out, t: (out.argmax(1) != t).float().mean((1, 2)))
+    torch.testing.assert_close(result.output, _toy_segmenter(result.x_adv))
+
+
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_grad_steps_count_every_sample_gradient_step(restarts: int) -> None:
+    model, x, y = linear_model(3), images(5), labels(5, 3)
+    result = run(model, x, y, eps=8 / 255, steps=4, restarts=restarts)
+    assert result.grad_steps == 5 * 4 * restarts
+    assert result.step_count.tolist() == [5 * restarts] * 4
+
+
+def test_cascade_spends_fewer_grad_steps_than_the_samples_times_steps(fitted_classifier) -> None:
+    model, x, y = fitted_classifier
+    kwargs = dict(eps=1 / 255, step_size=0.25 / 255, steps=8, seed=3, success_fn=misclassified)
+    full = pgd(model, cross_entropy, x, y, stop_when_fooled=False, **kwargs)
+    early = pgd(model, cross_entropy, x, y, stop_when_fooled=True, **kwargs)
+    assert full.grad_steps == len(y) * 8
+    assert early.grad_steps == int(early.step_count.sum()) < full.grad_steps
+
+
+def test_a_non_finite_gradient_is_reported() -> None:
+    model, x, y = linear_model(3), images(4), labels(4, 3)
+    result = pgd(lambda z: model(z) * torch.tensor(float("nan")), cross_entropy, x, y, eps=8 / 255,
+                 step_size=2 / 255, steps=2)
+    assert not result.grad_finite
+
+
+def test_zero_gradient_fraction_is_measured_at_the_first_step() -> None:
+    model, x, y = linear_model(3), images(4), labels(4, 3)
+    dead = torch.tensor([1.0, 0.0, 1.0, 0.0]).view(-1, 1)
+    result = pgd(lambda z: model(z) * dead, cross_entropy, x, y, eps=8 / 255, step_size=2 / 255, steps=2)
+    assert result.grad_nonzero == 0.5
