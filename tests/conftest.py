@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny random-init encoder and tiny cell configs on synthetic data, fitted heads,
 and one real stack per session (S3 endpoint + MLflow server started by infra/local_stack.sh on free
-loopback ports) plus a real local Ray instance per module."""
+loopback ports) plus a real local Ray instance per module. Every test runs without the caller's
+MLflow/AWS variables and with its own cache folder."""
 from __future__ import annotations
 
 import copy
@@ -115,10 +116,25 @@ def fitted_classifier(make_cell_cfg: Callable[..., Any], fitted_head: Callable[[
     return model, torch.stack(images), torch.tensor(labels)
 
 
+# Variables that point a test at somebody's tracking store, bucket or credentials.
+_OUTSIDE_ENV = ("MLFLOW_", "AWS_")
+
+
+@pytest.fixture(autouse=True)
+def own_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test starts without MLflow/AWS variables and with its own empty cache folder; whatever
+    it sets is undone after it."""
+    for key in list(os.environ):
+        if key.startswith(_OUTSIDE_ENV):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Dummy AWS keys in the environment, a moto S3 server and an `mlflow server` (light mode,
-    SQLite, artifacts proxied to s3://BUCKET) on loopback; yields their URLs."""
+def stack_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A moto S3 server and an `mlflow server` (light mode, SQLite, artifacts proxied to s3://BUCKET)
+    on loopback, started once; yields their URLs and the environment that reaches them. The
+    environment of the tests is left alone: ``stack`` (one test) and ``stack_env`` (one module) set it."""
     state = tmp_path_factory.mktemp("stack")
     s3_port, mlflow_port = free_port(), free_port()
     env = {
@@ -126,25 +142,43 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{s3_port}",
         "RAY_AUTH_MODE": "disabled", "XDG_CACHE_HOME": str(state / "cache"),
     }
-    script_env = {**os.environ, **env, "STATE_DIR": str(state), "S3_PORT": str(s3_port),
-                  "MLFLOW_PORT": str(mlflow_port), "BUCKET": BUCKET, "PYTHON": sys.executable}
+    script_env = {k: v for k, v in os.environ.items() if not k.startswith(_OUTSIDE_ENV)}
+    script_env.update(env, STATE_DIR=str(state), S3_PORT=str(s3_port), MLFLOW_PORT=str(mlflow_port), BUCKET=BUCKET,
+                      PYTHON=sys.executable)
     script = str(REPO_ROOT / "infra" / "local_stack.sh")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
-        try:
-            subprocess.run([script, "start"], env=script_env, check=True, timeout=180,
-                           capture_output=True, text=True)
-            yield {"tracking_uri": f"http://127.0.0.1:{mlflow_port}", "bucket": BUCKET,
-                   "secret": env["AWS_SECRET_ACCESS_KEY"], "state": str(state)}
-        finally:
-            subprocess.run([script, "stop"], env=script_env, timeout=60, capture_output=True)
+    try:
+        subprocess.run([script, "start"], env=script_env, check=True, timeout=180, capture_output=True, text=True)
+        yield {"tracking_uri": f"http://127.0.0.1:{mlflow_port}", "bucket": BUCKET,
+               "secret": env["AWS_SECRET_ACCESS_KEY"], "state": str(state), "env": env}
+    finally:
+        subprocess.run([script, "stop"], env=script_env, timeout=60, capture_output=True)
+
+
+def _enter_stack(mp: pytest.MonkeyPatch, servers: dict[str, Any]) -> dict[str, str]:
+    for key in list(os.environ):
+        if key.startswith(_OUTSIDE_ENV):
+            mp.delenv(key)
+    for key, value in servers["env"].items():
+        mp.setenv(key, value)
+    return {k: v for k, v in servers.items() if k != "env"}
 
 
 @pytest.fixture(scope="module")
-def ray_local(stack: dict[str, str]) -> Iterator[None]:
+def stack_env(stack_servers: dict[str, Any]) -> Iterator[dict[str, str]]:
+    """The stack's dummy AWS keys and endpoint in the environment for a whole module (for Ray
+    instances and module fixtures, whose workers inherit it); undone when the module ends."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield _enter_stack(mp, stack_servers)
+
+
+@pytest.fixture()
+def stack(stack_servers: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The stack's dummy AWS keys and endpoint in this test's environment; yields the stack's URLs."""
+    return _enter_stack(monkeypatch, stack_servers)
+
+
+@pytest.fixture(scope="module")
+def ray_local(stack_env: dict[str, str]) -> Iterator[None]:
     """A real local Ray instance with 2 CPUs, started after the stack's environment is set."""
     import ray
 
@@ -156,7 +190,10 @@ def ray_local(stack: dict[str, str]) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def s3(stack: dict[str, str]) -> Any:
+def s3(stack_servers: dict[str, Any]) -> Any:
+    """A client of the stack's S3 endpoint (credentials given explicitly, not read from the environment)."""
     import boto3
 
-    return boto3.client("s3")
+    env = stack_servers["env"]
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name=env["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -21,10 +21,21 @@ def cells() -> list[CellCfg]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """A SQLite tracking URI (created once: migrations take seconds) and an experiment id."""
+def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite tracking URI, created once per module (migrations take seconds)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    yield uri, tracking.ensure_experiment("tracking-tests", uri)
+    tracking.ensure_experiment("schema", uri)
+    return uri
+
+
+@pytest.fixture()
+def store(store_uri: str, request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The module's tracking URI and an experiment of this test's own (named ``experiment_name``)."""
+    return store_uri, tracking.ensure_experiment(experiment_name(request), store_uri)
+
+
+def experiment_name(request: pytest.FixtureRequest) -> str:
+    return f"tracking-{request.node.name}"
 
 
 def test_absolute_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,8 +60,10 @@ def test_params_are_the_flat_resolved_config(cells: list[CellCfg]) -> None:
     assert "attack" not in head and not any(k.startswith("attack.") for k in head)
 
 
-def test_finished_failed_and_stale_runs(store: tuple[str, str], cells: list[CellCfg]) -> None:
+def test_finished_failed_and_stale_runs(store: tuple[str, str], cells: list[CellCfg],
+                                        request: pytest.FixtureRequest) -> None:
     uri, exp_id = store
+    name = experiment_name(request)
     with tracking.CellRun(cells[0], "attack", exp_id, uri, sweep="t") as run:
         run.log_metrics({"clean/acc": 0.5, "adv/acc": 0.25})
     with pytest.raises(RuntimeError), tracking.CellRun(cells[1], "attack", exp_id, uri) as failed:
@@ -58,20 +71,21 @@ def test_finished_failed_and_stale_runs(store: tuple[str, str], cells: list[Cell
     stale = tracking.CellRun(cells[2], "attack", exp_id, uri).__enter__()  # a worker killed mid-cell
     client = MlflowClient(uri)
     assert client.get_run(failed.run_id).info.status == "FAILED"
-    assert tracking.finished_cells("tracking-tests", uri) == {cells[0].cell_id: run.run_id}
+    assert tracking.finished_cells(name, uri) == {cells[0].cell_id: run.run_id}
     got = client.get_run(run.run_id)
     assert got.data.metrics["adv/acc"] == 0.25
     assert got.data.tags["cell_id"] == cells[0].cell_id and got.data.tags["phase"] == "attack"
     assert got.data.tags["code_version"].startswith("0.")
-    assert tracking.fail_stale_runs("tracking-tests", "attack", uri) == [stale.run_id]
+    assert tracking.fail_stale_runs(name, "attack", uri) == [stale.run_id]
     assert client.get_run(stale.run_id).info.status == "FAILED"
-    rows = tracking.run_results("tracking-tests", "attack", uri)
+    rows = tracking.run_results(name, "attack", uri)
     assert [r["cell_id"] for r in rows] == [cells[0].cell_id] and rows[0]["clean/acc"] == 0.5
 
 
 def test_local_path_resolves_runs_file_and_plain_paths(store: tuple[str, str], cells: list[CellCfg],
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, request: pytest.FixtureRequest) -> None:
     uri, exp_id = store
+    name = experiment_name(request)
     src = tmp_path / "head.safetensors"
     src.write_bytes(b"weights")
     with tracking.CellRun(cells[0], "head", exp_id, uri) as run:
@@ -82,7 +96,7 @@ def test_local_path_resolves_runs_file_and_plain_paths(store: tuple[str, str], c
     assert CellCfg.model_validate(yaml.safe_load(config.read_text())) == cells[0]
     assert tracking.local_path(src.as_uri()) == src
     assert tracking.local_path(str(src)) == src
-    assert tracking.finished_runs("tracking-tests", "head", uri) == {cells[0].head_id: run.run_id}
+    assert tracking.finished_runs(name, "head", uri) == {cells[0].head_id: run.run_id}
     with pytest.raises(FileNotFoundError):
         tracking.local_path(str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError, match="unsupported artifact URI"):

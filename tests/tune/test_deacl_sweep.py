@@ -41,12 +41,12 @@ def args(command: str, config: Path, stack: dict[str, str], tmp_path: Path) -> l
 
 
 @pytest.fixture(scope="module")
-def deacl_sweep(stack: dict[str, str], ray_local: None, tmp_path_factory: pytest.TempPathFactory
+def deacl_sweep(stack_env: dict[str, str], ray_local: None, tmp_path_factory: pytest.TempPathFactory
                 ) -> tuple[str, Path, Path]:
     """(experiment, config, folder) of a tiny DeACL sweep run once."""
     name, folder = "e2e-deacl", tmp_path_factory.mktemp("deacl-sweep")
     config = write_sweep(folder / "deacl.yaml", tiny_deacl_sweep(name))
-    assert main(args("deacl-sweep", config, stack, folder)) == 0
+    assert main(args("deacl-sweep", config, stack_env, folder)) == 0
     return name, config, folder
 
 

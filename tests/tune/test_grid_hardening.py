@@ -188,7 +188,7 @@ class RayInstance:
 
 
 @pytest.fixture(scope="module")
-def ray_tmp(stack: dict[str, str]) -> Iterator[RayInstance]:
+def ray_tmp(stack_env: dict[str, str]) -> Iterator[RayInstance]:
     """A local Ray instance (2 CPUs, its own short temp dir) started after the stack's secret is set."""
     import ray
 
