@@ -8,6 +8,7 @@ repeats, plus the machine's sgemm rate and the model's FLOPs per step (achieved 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -21,13 +22,14 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.data import DataLoader, Subset, TensorDataset
+from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
 
 from ssl_robust.config import EncoderCfg
 from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.synthetic import SyntheticDataset
 from ssl_robust.encoders import create_encoder
+from ssl_robust.features import Features
 from ssl_robust.heads import LinearClassifier, TaskModel, extract_features, fit_head
 from ssl_robust.objectives import cross_entropy
 from ssl_robust.pgd import pgd
@@ -89,14 +91,14 @@ def build(args: argparse.Namespace) -> tuple[TaskModel, torch.Tensor, torch.Tens
     encoder = create_encoder(EncoderCfg(name=args.encoder, pretrained=False, image_size=args.size,
                                         model_kwargs=kwargs))
 
-    def features(split: str, n: int) -> TensorDataset:
+    def features(split: str, n: int) -> Features:
         data = Subset(SyntheticDataset(split, "classification", args.size), range(n))
         return extract_features(encoder, DataLoader(data, batch_size=16), torch.device("cpu"), desc=split)
 
     task, info = TASKS.get("classification"), TaskInfo("classification", num_classes=NUM_CLASSES)
     head, stats = fit_head(LinearClassifier(encoder.embed_dim, NUM_CLASSES), features("train", args.n_train),
                            features("val", args.n_val), loss_fn=task.loss(info),
-                           val_score=lambda out, y: task.validation_score(info, out, y),
+                           val_score=functools.partial(task.validation_score, info),
                            epochs=args.head_epochs, lr=1e-2, weight_decay=0.0, batch_size=32, seed=0,
                            device=torch.device("cpu"))
     model = TaskModel(encoder, head).eval().requires_grad_(False)

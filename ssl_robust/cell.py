@@ -6,10 +6,11 @@ phase 2 and runs in a plain Python process, with or without Ray.
 from __future__ import annotations
 
 import csv
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -28,16 +29,43 @@ from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import Encoder, create_encoder, input_size, local_file
 from ssl_robust.heads import TaskModel, extract_features, fit_head
 from ssl_robust.pgd import AttackResult, pgd
+from ssl_robust.precision import in_precision
 from ssl_robust.sliding import resize_to, slide, slide_tokens
 from ssl_robust.tasks import TASKS, Scores, TaskSpec, eval_mode, eval_sizing
 
 
-def _loader(cfg: CellCfg, split: str, image_size: int, batch_size: int) -> DataLoader:
+class Timed:
+    """A loader's batches, with the seconds spent waiting for them (``time/data_seconds``)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader, self.dataset, self.seconds = loader, loader.dataset, 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = iter(self.loader)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - start
+            yield batch
+
+
+def _loader_kwargs(cfg: CellCfg) -> dict[str, Any]:
+    return cfg.loader.model_dump()
+
+
+def _loader(cfg: CellCfg, split: str, image_size: int, batch_size: int) -> Timed:
     dataset, _ = load_split(cfg.data, split, image_size, seed=cfg.seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    return Timed(DataLoader(dataset, batch_size=batch_size, shuffle=False, **_loader_kwargs(cfg)))
 
 
-def _test_loader(cfg: CellCfg) -> tuple[DataLoader, list[list[int]]]:
+def _test_loader(cfg: CellCfg) -> tuple[Timed, list[list[int]]]:
     """The test split, sized for the evaluation mode (short-side images batched by equal size),
     and the items' indices batch by batch: per-sample results name their item."""
     sizing = eval_sizing(cfg.data)
@@ -45,28 +73,31 @@ def _test_loader(cfg: CellCfg) -> tuple[DataLoader, list[list[int]]]:
     n, size = len(dataset), cfg.batch_size
     batches = size_batches(dataset, size) if sizing == "short_side" else \
         [list(range(i, min(i + size, n))) for i in range(0, n, size)]
-    return DataLoader(dataset, batch_sampler=batches), batches
+    return Timed(DataLoader(dataset, batch_sampler=batches, **_loader_kwargs(cfg))), batches
 
 
-def _fit_loaders(cfg: CellCfg) -> tuple[DataLoader, DataLoader]:
+def _fit_loaders(cfg: CellCfg) -> tuple[Timed, Timed]:
     size = input_size(cfg.encoder)
     return _loader(cfg, "train", size, cfg.head.batch_size), _loader(cfg, "val", size, cfg.head.batch_size)
 
 
-def _fit(cfg: CellCfg, encoder: Encoder, loaders: tuple[DataLoader, DataLoader],
+def _fit(cfg: CellCfg, encoder: Encoder, loaders: tuple[Timed, Timed],
          device: torch.device) -> tuple[nn.Module, dict[str, float]]:
+    """Extract the train and val features into the feature cache, fit the head on them."""
     start = time.perf_counter()
-    train_loader, val_loader = loaders
     task, info = TASKS.get(cfg.data.resolved_task), task_info(cfg.data)
-    train = extract_features(encoder, train_loader, device, desc="train features", token_grid=task.token_grid)
-    val = extract_features(encoder, val_loader, device, desc="val features", token_grid=task.token_grid)
     head = task.build_head(info, encoder.embed_dim, cfg.head)
-    head, metrics = fit_head(head, train, val, loss_fn=task.loss(info),
-                             val_score=lambda out, y: task.validation_score(info, out, y),
-                             epochs=cfg.head.epochs, lr=cfg.head.lr,
-                             weight_decay=cfg.head.weight_decay, batch_size=cfg.head.batch_size,
-                             seed=cfg.seed, device=device)
+    extract = functools.partial(extract_features, encoder, device=device, token_grid=task.token_grid,
+                                storage=cfg.head.features, precision=cfg.precision)
+    with extract(loaders[0], desc="train features") as train, extract(loaders[1], desc="val features") as val:
+        head, metrics = fit_head(head, train, val, loss_fn=task.loss(info),
+                                 val_score=functools.partial(task.validation_score, info),
+                                 epochs=cfg.head.epochs, lr=cfg.head.lr,
+                                 weight_decay=cfg.head.weight_decay, batch_size=cfg.head.batch_size,
+                                 seed=cfg.seed, device=device)
+        metrics["head/feature_bytes"] = float(train.nbytes() + val.nbytes())
     metrics["time/head_seconds"] = time.perf_counter() - start
+    metrics["time/head_data_seconds"] = sum(loader.seconds for loader in loaders)
     return head, metrics
 
 
@@ -104,15 +135,18 @@ def views(cfg: CellCfg, model: TaskModel, task: TaskSpec, out_size: tuple[int, i
     averaged output is upsampled to the labels' native ``out_size``; EmbedAttack pushes the token
     grids of all windows. The representation is block ``attack.layer``'s (None = the last)."""
     part = 0 if task.embedding == "cls" else 1
+    device = next(model.parameters()).device
+    scored = in_precision(model, cfg.precision, device)
 
     def represent(x: torch.Tensor) -> torch.Tensor:
         return model.encoder.features_at(x, cfg.attack.layer)[part]
 
+    represent = in_precision(represent, cfg.precision, device)
     if eval_mode(cfg.data) == "resize":
-        return Views(model, represent)
+        return Views(scored, represent)
     crop = input_size(cfg.encoder)
     stride = slide_stride(cfg.data, crop)
-    return Views(lambda x: resize_to(slide(model, x, crop, stride), out_size),
+    return Views(lambda x: resize_to(slide(scored, x, crop, stride), out_size),
                  lambda x: slide_tokens(represent, x, crop, stride))
 
 
@@ -144,6 +178,30 @@ def attack_setup(cfg: CellCfg, view: Views, task: TaskSpec, info: TaskInfo) -> A
                        None if on_embedding else task.fooled, task.damage(info) if worst else None, on_embedding)
 
 
+def attack_steps(cfg: CellCfg) -> int:
+    """Gradient steps per restart: none for a gradient-free attack (uniform noise)."""
+    return 0 if ATTACKS.get(cfg.attack.name).gradient_free else cfg.attack.steps
+
+
+def moves_delta(cfg: CellCfg) -> bool:
+    """Whether the attack can move the input at all: eps > 0 and a step or a random start to take."""
+    return cfg.attack.eps > 0 and (attack_steps(cfg) > 0 or cfg.attack.random_start)
+
+
+@torch.no_grad()
+def unmoved(setup: AttackSetup, x: torch.Tensor, labels: torch.Tensor, clean_out: torch.Tensor,
+            steps: int) -> AttackResult:
+    """The result of an attack that cannot move the input: the clean input and output, the
+    objective there, and no gradient steps."""
+    target = setup.target(x, labels)
+    reference = target if setup.on_embedding else clean_out
+    last = max(steps, 1)
+    return AttackResult(x_adv=x, loss=setup.objective(reference, target, last, last).float(),
+                        success=setup.success(clean_out, labels) if setup.success else None, output=clean_out,
+                        step_loss_sum=torch.zeros(steps, dtype=torch.float64),
+                        step_count=torch.zeros(steps, dtype=torch.long))
+
+
 def _attack(cfg: CellCfg, setup: AttackSetup, x: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
             seed: int) -> AttackResult:
     a = cfg.attack
@@ -155,16 +213,15 @@ def _attack(cfg: CellCfg, setup: AttackSetup, x: torch.Tensor, labels: torch.Ten
 
 @torch.no_grad()
 def eps0_gap(cfg: CellCfg, setup: AttackSetup, scored: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-             labels: torch.Tensor, clean_out: torch.Tensor) -> float:
+             labels: torch.Tensor, clean_out: torch.Tensor) -> tuple[float, int]:
     """How far the attack path at eps = 0 is from the scored model: its returned input rescored,
     and its loss against the objective of the scored output (a forward that differs from the
-    scored model, or is not deterministic, shows here)."""
+    scored model, or is not deterministic, shows here); and the gradient steps the check spent."""
     with torch.enable_grad():
         zero = _attack(cfg, setup, x, labels, eps=0.0, steps=1, seed=cfg.seed)
-    target = setup.target(x, labels)
-    reference = target if setup.on_embedding else clean_out
-    expected = setup.objective(reference, target, 1, 1)
-    return max(float((scored(zero.x_adv) - clean_out).abs().max()), float((zero.loss - expected).abs().max()))
+    expected = unmoved(setup, x, labels, clean_out, steps=1).loss
+    gap = max(float((scored(zero.x_adv) - clean_out).abs().max()), float((zero.loss - expected).abs().max()))
+    return gap, zero.grad_steps
 
 
 def _save_examples(x: torch.Tensor, x_adv: torch.Tensor, path: Path, n: int = 4) -> None:
@@ -186,6 +243,8 @@ class Tally:
     disagreements: int = 0
     grad_finite: bool = True
     grad_nonzero: float = 1.0
+    grad_steps: int = 0  # sample-gradient-steps spent, the eps = 0 check's included
+    forward_passes: int = 0  # sample-forwards of the attacks (with and without gradient)
     step_loss: torch.Tensor | None = None  # summed loss per gradient step
     step_count: torch.Tensor | None = None
 
@@ -194,6 +253,8 @@ class Tally:
         self.losses.extend(result.loss.cpu().tolist())
         self.grad_finite &= result.grad_finite
         self.grad_nonzero = min(self.grad_nonzero, result.grad_nonzero)
+        self.grad_steps += result.grad_steps
+        self.forward_passes += result.forward_passes
         if self.step_loss is None:
             self.step_loss, self.step_count = result.step_loss_sum.cpu(), result.step_count.cpu()
         else:
@@ -203,21 +264,30 @@ class Tally:
 
 def _attack_batch(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo, tally: Tally,
                   x: torch.Tensor, y: torch.Tensor, i: int, indices: list[int]) -> AttackResult:
-    """Score one batch clean and attacked (through the same view), and run its checks."""
+    """Score one batch clean and attacked (through the same view), and run its checks.
+
+    An attack that cannot move the input (eps = 0) is scored clean with no gradient step. The
+    attacked output is the one the engine computed (task attacks), rescored on the first batch to
+    check that the attack's successes are the scored model's."""
     view = views(cfg, model, task, tuple(y.shape[-2:]))
     setup = attack_setup(cfg, view, task, info)
     with torch.no_grad():
         clean_out = view.scored(x)
     tally.clean.add(clean_out, y)
-    if i == 0:
-        tally.eps0_gap = eps0_gap(cfg, setup, view.scored, x, y, clean_out)
-    steps = 0 if ATTACKS.get(cfg.attack.name).gradient_free else cfg.attack.steps
-    result = _attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=steps, seed=cfg.seed + i)
-    with torch.no_grad():
-        adv_out = view.scored(result.x_adv)
+    if not moves_delta(cfg):
+        result, adv_out = unmoved(setup, x, y, clean_out, attack_steps(cfg)), clean_out
+    else:
+        if i == 0:
+            tally.eps0_gap, tally.grad_steps = eps0_gap(cfg, setup, view.scored, x, y, clean_out)
+        result = _attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=attack_steps(cfg), seed=cfg.seed + i)
+        adv_out = None if setup.on_embedding else result.output
+        if adv_out is None or (i == 0 and result.success is not None):
+            with torch.no_grad():
+                rescored = view.scored(result.x_adv)
+            if result.success is not None:
+                tally.disagreements += int((result.success != task.fooled(rescored, y)).sum())
+            adv_out = rescored if adv_out is None else adv_out
     tally.adv.add(adv_out, y)
-    if result.success is not None:
-        tally.disagreements += int((result.success != task.fooled(adv_out, y)).sum())
     tally.bounds.append(checks.perturbation_checks(x, result.x_adv, cfg.attack.eps, cfg.attack.norm))
     tally.add_attack(result, indices)
     return result
@@ -235,7 +305,9 @@ def _summary(cfg: CellCfg, task: TaskSpec, tally: Tally) -> dict[str, float]:
         metrics["eval/pixels"] = float(tally.clean.pixels)
     metrics.update({k: min(b[k] for b in tally.bounds) for k in ("check/delta_in_ball", "check/x_adv_in_box")})
     metrics["attack/max_delta"] = max(b["attack/max_delta"] for b in tally.bounds)
-    steps = 0 if ATTACKS.get(cfg.attack.name).gradient_free else cfg.attack.steps
+    metrics["attack/grad_steps"] = float(tally.grad_steps)
+    metrics["attack/forward_passes"] = float(tally.forward_passes)
+    steps = attack_steps(cfg) if moves_delta(cfg) else 0
     metrics.update(checks.gradient_checks(tally.grad_finite, tally.grad_nonzero, cfg.attack.eps, steps))
     metrics.update(checks.score_checks(clean_scores[task.metric], adv_scores[task.metric], task.higher_is_better,
                                        tally.eps0_gap, searched=not ATTACKS.get(cfg.attack.name).gradient_free))
@@ -263,12 +335,13 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
     tally = Tally(task.scores(info), task.scores(info))
     attack_start = time.perf_counter()
     for i, (x, y) in enumerate(tqdm(loader, desc=f"{cfg.attack.name} eps={cfg.attack.eps:.4f}", leave=False)):
-        x, y = x.to(device), torch.as_tensor(y).to(device)
+        x, y = x.to(device, non_blocking=cfg.loader.pin_memory), torch.as_tensor(y).to(device)
         result = _attack_batch(cfg, model, task, info, tally, x, y, i, batches[i])
         if out_dir is not None and i == 0:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             _save_examples(x.cpu(), result.x_adv.cpu(), Path(out_dir) / "adv_examples.png")
     metrics["time/attack_seconds"] = time.perf_counter() - attack_start
+    metrics["time/data_seconds"] = loader.seconds + metrics.pop("time/head_data_seconds", 0.0)
     metrics.update(_summary(cfg, task, tally))
     if out_dir is not None:
         write_results(Path(out_dir), task, tally)

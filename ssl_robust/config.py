@@ -169,6 +169,7 @@ class HeadCfg(StrictModel):
     classifier_input: Literal["cls", "cls_patch_mean"] = "cls"  # DINOv2's linear protocol: cls_patch_mean
     depth_head: Literal["smooth", "dinov2"] = "smooth"  # softmax over bins, or DINOv2's (x4 upsampling, ReLU + 0.1)
     checkpoint: str | None = None  # a fitted head to reuse instead of fitting
+    features: Literal["disk", "memory"] = "disk"  # float16 feature cache: a temporary folder, or RAM
 
 
 class AttackCfg(StrictModel):
@@ -198,6 +199,20 @@ class AttackCfg(StrictModel):
         return 2.5 * self.eps / max(self.steps, 1)
 
 
+class LoaderCfg(StrictModel):
+    """How images are loaded (torch DataLoader settings); does not change any result."""
+
+    num_workers: int = Field(default=0, ge=0)  # worker processes; 0 = load in the main process
+    pin_memory: bool = False  # page-locked batches for faster host-to-GPU copies
+    persistent_workers: bool = False  # keep workers alive between passes over a split
+
+    @model_validator(mode="after")
+    def _persistent_needs_workers(self) -> "LoaderCfg":
+        if self.persistent_workers and self.num_workers == 0:
+            raise ValueError("persistent_workers: true needs num_workers >= 1")
+        return self
+
+
 class CellFields(StrictModel):
     """The fields of a cell, each with its default; a sweep's ``defaults:`` section has this shape."""
 
@@ -208,7 +223,8 @@ class CellFields(StrictModel):
     seed: int = 0
     batch_size: int = Field(default=16, gt=0)
     device: Device = "auto"
-
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # attacks and feature extraction: fp32, or bf16/fp16 autocast
+    loader: LoaderCfg = Field(default_factory=LoaderCfg)
 
 
 class CellCfg(CellFields):
@@ -220,8 +236,12 @@ class CellCfg(CellFields):
         return self
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define the result: no device, no head-checkpoint location."""
-        data = self.model_dump(mode="json", exclude={"device": True, "head": {"checkpoint"}})
+        """The fields that define the result: no device, loader settings, head-checkpoint location
+        or feature storage; the precision only where it is not the default fp32."""
+        data = self.model_dump(mode="json", exclude={"device": True, "loader": True,
+                                                     "head": {"checkpoint", "features"}})
+        if self.precision == "fp32":
+            del data["precision"]
         return data
 
     @property

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from ssl_robust.features import Features, Storage
+from ssl_robust.precision import Precision, autocast
 
 
 def pooled(tokens: torch.Tensor) -> torch.Tensor:
@@ -102,34 +105,38 @@ class TaskModel(nn.Module):
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, loader: DataLoader, device: torch.device, desc: str = "features",
-                     token_grid: bool = True) -> TensorDataset:
-    """Run the frozen encoder once over a loader; keep (cls, tokens, target) on the CPU. Without
-    ``token_grid`` (heads that read CLS and at most the mean patch token) only the mean patch token
-    is kept: memory per image is 2·D numbers instead of (1 + h·w)·D."""
-    cls_all, tok_all, tgt_all = [], [], []
-    for images, targets in tqdm(loader, desc=desc, leave=False):
-        cls, tokens = encoder.features(images.to(device))
-        tokens = tokens if token_grid else pooled(tokens)
-        cls_all.append(cls.cpu()), tok_all.append(tokens.cpu()), tgt_all.append(torch.as_tensor(targets))
-    return TensorDataset(torch.cat(cls_all), torch.cat(tok_all), torch.cat(tgt_all))
+                     token_grid: bool = True, storage: Storage = "disk",
+                     precision: Precision = "fp32") -> Features:
+    """Run the frozen encoder once over a loader into a float16 feature cache (``storage``: disk or
+    memory). Without ``token_grid`` (heads that read CLS and at most the mean patch token) only the
+    mean patch token is kept: 2·D numbers per image instead of (1 + h·w)·D."""
+    features = Features(len(loader.dataset), storage)
+    try:
+        for images, targets in tqdm(loader, desc=desc, leave=False):
+            with autocast(precision, device):
+                cls, tokens = encoder.features(images.to(device))
+            features.append(cls, tokens if token_grid else pooled(tokens), torch.as_tensor(targets))
+    except BaseException:
+        features.close()
+        raise
+    return features
 
 
 @torch.no_grad()
-def _predict(head: nn.Module, features: TensorDataset, batch_size: int, device: torch.device) -> torch.Tensor:
+def _predictions(head: nn.Module, features: Features, batch_size: int,
+                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     head.eval()
-    outs = []
-    for cls, tokens, target in DataLoader(features, batch_size=batch_size):
-        outs.append(head(cls.to(device), tokens.to(device), tuple(target.shape[-2:])).cpu())
-    return torch.cat(outs)
+    for cls, tokens, target in features.batches(batch_size):
+        yield head(cls.to(device), tokens.to(device), tuple(target.shape[-2:])), target.to(device)
 
 
-def fit_head(head: nn.Module, train: TensorDataset, val: TensorDataset, *,
+def fit_head(head: nn.Module, train: Features, val: Features, *,
              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-             val_score: Callable[[torch.Tensor, torch.Tensor], float],
+             val_score: Callable[[Iterable[tuple[torch.Tensor, torch.Tensor]]], float],
              epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int,
              device: torch.device) -> tuple[nn.Module, dict[str, float]]:
-    """Train on cached train features; keep the epoch that scores best (``val_score``, higher is
-    better) on the validation split."""
+    """Train on cached train features; keep the epoch that scores best (``val_score`` of the
+    (output, target) batches of the validation split, higher is better)."""
     torch.manual_seed(seed)
     head.to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
@@ -139,7 +146,7 @@ def fit_head(head: nn.Module, train: TensorDataset, val: TensorDataset, *,
     best_state, best_score, best_epoch = None, -float("inf"), 0
     for epoch in tqdm(range(1, epochs + 1), desc="fit head", leave=False):
         head.train()
-        for cls, tokens, target in DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator):
+        for cls, tokens, target in train.batches(batch_size, shuffle=True, generator=generator):
             target = target.to(device)
             out = head(cls.to(device), tokens.to(device), tuple(target.shape[-2:]))
             loss = loss_fn(out, target)
@@ -147,7 +154,7 @@ def fit_head(head: nn.Module, train: TensorDataset, val: TensorDataset, *,
             loss.backward()
             optimizer.step()
             schedule.step()
-        score = val_score(_predict(head, val, batch_size, device), val.tensors[2])
+        score = val_score(_predictions(head, val, batch_size, device))
         if score > best_score:
             best_state, best_score, best_epoch = copy.deepcopy(head.state_dict()), score, epoch
     head.load_state_dict(best_state)

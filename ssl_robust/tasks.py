@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Iterable, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -73,10 +73,11 @@ class TaskSpec:
     def arrow(self) -> str:
         return "↑" if self.higher_is_better else "↓"
 
-    def validation_score(self, info: TaskInfo, outputs: torch.Tensor, targets: torch.Tensor) -> float:
-        """The primary metric on one set of outputs, signed so that higher is better."""
+    def validation_score(self, info: TaskInfo, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """The primary metric over (output, target) batches, signed so that higher is better."""
         scores = self.scores(info)
-        scores.add(outputs, targets)
+        for outputs, targets in batches:
+            scores.add(outputs, targets)
         value = scores.summary()[self.metric]
         return value if self.higher_is_better else -value
 

@@ -206,9 +206,9 @@ def test_eps0_check_fails_when_the_attacked_forward_is_not_the_scored_model(make
     cfg, setup = _setup(make_cell_cfg, model, attack={"name": attack})
     with torch.no_grad():
         clean = model(x)
-    assert eps0_gap(cfg, setup, model, x, y, clean) < 1e-5
+    assert eps0_gap(cfg, setup, model, x, y, clean)[0] < 1e-5
     noisy = dataclasses.replace(setup, forward=lambda z: setup.forward(z) + 0.1 * torch.randn_like(setup.forward(z)))
-    assert eps0_gap(cfg, noisy, model, x, y, clean) > 1e-3
+    assert eps0_gap(cfg, noisy, model, x, y, clean)[0] > 1e-3
 
 
 def test_rescored_successes_disagree_with_an_attack_on_another_forward(make_cell_cfg, fitted_classifier) -> None:

@@ -29,7 +29,8 @@ from ssl_robust.config import AttackCfg, CellFields
 from ssl_robust.tasks import TASKS
 
 AXES = ("attack.name", "attack.eps")  # the tables' columns and the curves' x axis
-LOCATIONS = ("device", "head.checkpoint", "data.root", "data.download")  # do not change the number
+LOCATIONS = ("device", "head.checkpoint", "head.features", "data.root", "data.download", "loader.num_workers",
+             "loader.pin_memory", "loader.persistent_workers")  # do not change the number
 PER_ATTACK = tuple(f"attack.{name}" for name in AttackCfg.model_fields if name not in ("name", "eps", "steps"))
 MISSING = "(not logged)"
 _SECTIONS = {name for name, f in CellFields.model_fields.items()
