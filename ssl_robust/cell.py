@@ -213,15 +213,15 @@ def _attack(cfg: CellCfg, setup: AttackSetup, x: torch.Tensor, labels: torch.Ten
 
 @torch.no_grad()
 def eps0_gap(cfg: CellCfg, setup: AttackSetup, scored: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-             labels: torch.Tensor, clean_out: torch.Tensor) -> tuple[float, int]:
+             labels: torch.Tensor, clean_out: torch.Tensor) -> tuple[float, AttackResult]:
     """How far the attack path at eps = 0 is from the scored model: its returned input rescored,
     and its loss against the objective of the scored output (a forward that differs from the
-    scored model, or is not deterministic, shows here); and the gradient steps the check spent."""
+    scored model, or is not deterministic, shows here); and the check's attack (for its cost)."""
     with torch.enable_grad():
         zero = _attack(cfg, setup, x, labels, eps=0.0, steps=1, seed=cfg.seed)
     expected = unmoved(setup, x, labels, clean_out, steps=1).loss
     gap = max(float((scored(zero.x_adv) - clean_out).abs().max()), float((zero.loss - expected).abs().max()))
-    return gap, zero.grad_steps
+    return gap, zero
 
 
 def _save_examples(x: torch.Tensor, x_adv: torch.Tensor, path: Path, n: int = 4) -> None:
@@ -278,7 +278,8 @@ def _attack_batch(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo
         result, adv_out = unmoved(setup, x, y, clean_out, attack_steps(cfg)), clean_out
     else:
         if i == 0:
-            tally.eps0_gap, tally.grad_steps = eps0_gap(cfg, setup, view.scored, x, y, clean_out)
+            tally.eps0_gap, zero = eps0_gap(cfg, setup, view.scored, x, y, clean_out)
+            tally.grad_steps, tally.forward_passes = zero.grad_steps, zero.forward_passes
         result = _attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=attack_steps(cfg), seed=cfg.seed + i)
         adv_out = None if setup.on_embedding else result.output
         if adv_out is None or (i == 0 and result.success is not None):
