@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from ssl_robust import tracking
+from ssl_robust import cost, tracking
 from ssl_robust.cell import run_cell
 from ssl_robust.config import CellCfg, ConfigError, DeaclCfg, load_config, parse_budget
 from ssl_robust.data import preflight
@@ -99,7 +99,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         for cell in cells:
             print(cell.cell_id, cell.head_id, cell.encoder.name, cell.data.name, cell.data.resolved_task,
-                  cell.attack.name, f"{cell.attack.eps * 255:.3g}/255", f"steps={cell.attack.steps}")
+                  cell.attack.name, f"{cell.attack.eps * 255:.3g}/255", f"steps={cell.attack.steps}",
+                  cost.describe(cost.cell_cost(cell)))
+        print("\n".join(cost.summary(cells, args.throughput)))
         return 0
     report = grid.execute(sweep, cells, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
                           args.resource_timeout)
@@ -201,9 +203,19 @@ def _ray_sweep_options(parser: argparse.ArgumentParser, default_config: str, wit
     parser.add_argument("--dry-run", action="store_true", help="validate and list the grid, run nothing")
     if not with_report:
         return
+    parser.add_argument("--throughput", type=_throughput, default=None, metavar="GFLOPS|JSON",
+                        help="with --dry-run: sustained GFLOP/s, or a benchmarks/attack_throughput.py --json "
+                             "file, to print the grid's hours")
     parser.add_argument("--report", default="dashboards/{name}",
                         help="folder for the report of the finished cells ({name} = the sweep's name)")
     parser.add_argument("--no-report", action="store_true", help="do not write the report")
+
+
+def _throughput(value: str) -> float:
+    try:
+        return cost.read_throughput(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 class UsageError(Exception):

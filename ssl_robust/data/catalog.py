@@ -32,6 +32,8 @@ class DatasetSpec:
     infos: dict[str, TaskInfo] = field(default_factory=dict)
     needs_root: bool = True
     how_to_get: str = ""
+    sizes: dict[str, int] = field(default_factory=dict)  # images per split (train before the val carve-out), for cost estimates
+    aspect: float = 1.0  # long side / short side of a typical test image (sliding-window count)
 
     @property
     def default_task(self) -> str:
@@ -46,12 +48,14 @@ def _torchvision_how(archive: str, url: str) -> str:
 _MANUAL = " (data.download is not supported for this data set)."
 
 
-def _classification(num_classes: int, how: str) -> DatasetSpec:
-    return DatasetSpec({"classification": TaskInfo("classification", num_classes=num_classes)}, how_to_get=how)
+def _classification(num_classes: int, how: str, train: int, test: int) -> DatasetSpec:
+    return DatasetSpec({"classification": TaskInfo("classification", num_classes=num_classes)}, how_to_get=how,
+                       sizes={"train": train, "test": test})
 
 
-def _segmentation(num_classes: int, how: str) -> DatasetSpec:
-    return DatasetSpec({"segmentation": TaskInfo("segmentation", num_classes=num_classes)}, how_to_get=how)
+def _segmentation(num_classes: int, how: str, train: int, test: int, aspect: float) -> DatasetSpec:
+    return DatasetSpec({"segmentation": TaskInfo("segmentation", num_classes=num_classes)}, how_to_get=how,
+                       sizes={"train": train, "test": test}, aspect=aspect)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -60,22 +64,22 @@ DATASETS.register("synthetic")(DatasetSpec({
     "classification": TaskInfo("classification", num_classes=SYNTHETIC_CLASSES),
     "segmentation": TaskInfo("segmentation", num_classes=SYNTHETIC_CLASSES + 1),
     "depth": TaskInfo("depth", min_depth=1e-3, max_depth=10.0),
-}, needs_root=False))
+}, needs_root=False, sizes={"train": 512, "val": 128, "test": 256}, aspect=1.5))
 DATASETS.register("cifar10")(_classification(10, _torchvision_how(
-    "cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html")))
+    "cifar-10-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html"), 50_000, 10_000))
 DATASETS.register("cifar100")(_classification(100, _torchvision_how(
-    "cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html")))
+    "cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html"), 50_000, 10_000))
 DATASETS.register("stl10")(_classification(10, _torchvision_how(
-    "stl10_binary.tar.gz", "https://cs.stanford.edu/~acoates/stl10/")))
+    "stl10_binary.tar.gz", "https://cs.stanford.edu/~acoates/stl10/"), 5_000, 8_000))
 DATASETS.register("voc2012")(_segmentation(21, (
     "Download VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ "
-    "and extract it under data.root" + _MANUAL)))
+    "and extract it under data.root" + _MANUAL), 1_464, 1_449, 4 / 3))
 DATASETS.register("ade20k")(_segmentation(150, (
     "Download ADEChallengeData2016.zip from http://sceneparsing.csail.mit.edu/ and extract it "
-    "under data.root" + _MANUAL)))
+    "under data.root" + _MANUAL), 20_210, 2_000, 4 / 3))
 DATASETS.register("cityscapes")(_segmentation(19, (
     "Log in at https://www.cityscapes-dataset.com/downloads/, download leftImg8bit_trainvaltest.zip "
-    "and gtFine_trainvaltest.zip and extract both under data.root" + _MANUAL)))
+    "and gtFine_trainvaltest.zip and extract both under data.root" + _MANUAL), 2_975, 500, 2.0))
 DATASETS.register("nyuv2")(DatasetSpec({"depth": TaskInfo("depth", min_depth=1e-3, max_depth=10.0)}, how_to_get=(
     "Download nyu_depth_v2_labeled.mat (the labelled data set) and splits.mat (the standard "
     "795/654 train/test split) from https://cs.nyu.edu/~fergus/datasets/nyu_depth_v2.html into "
@@ -83,4 +87,5 @@ DATASETS.register("nyuv2")(DatasetSpec({"depth": TaskInfo("depth", min_depth=1e-
     "get BTS's sync.zip (https://github.com/cleinc/bts, pytorch/README.md 'Preparation for "
     "Training': utils/download_from_gdrive.py 1AysroWpfISmm-yRFGBgFTrLy6FjQwvwP sync.zip) and unzip "
     "it into data.root, giving data.root/sync/<scene>/rgb_XXXXX.jpg and sync_depth_XXXXX.png; "
-    "optionally copy BTS's train_test_inputs/nyudepthv2_train_files_with_gt.txt into data.root.")))
+    "optionally copy BTS's train_test_inputs/nyudepthv2_train_files_with_gt.txt into data.root."),
+    sizes={"train": 795, "test": 654}, aspect=4 / 3))
