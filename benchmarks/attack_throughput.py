@@ -1,9 +1,11 @@
-"""PGD-L-inf throughput on a ViT-S/14-sized encoder: ssl_robust's engine vs torchattacks vs the floor.
+"""PGD-L-inf throughput: ssl_robust's engine (fp32, bf16, cascade) vs torchattacks vs the floor.
 
-One model (encoder + fitted linear head, eval, frozen), one batch; four methods timed in interleaved
-repeats, plus the machine's sgemm rate and the model's FLOPs per step (achieved GFLOP/s vs matmul peak).
+Two models, each an encoder + fitted linear head (eval, frozen) attacked on one batch: a ViT-S/14
+at 224 px, where the model's FLOPs dominate, and a 4-block width-96 ViT at 56 px, where per-step
+overhead shows. Methods are timed in interleaved repeats, next to the machine's sgemm rate and the
+model's FLOPs per step (achieved GFLOP/s against the matmul peak).
 
-    .venv/bin/python benchmarks/attack_throughput.py [--quick] [--json PATH]   # full: minutes; quick: seconds
+    .venv/bin/python benchmarks/attack_throughput.py [--quick] [--models vits14,tiny] [--json PATH]
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from ssl_robust.features import Features
 from ssl_robust.heads import LinearClassifier, TaskModel, extract_features, fit_head
 from ssl_robust.objectives import cross_entropy
 from ssl_robust.pgd import pgd
+from ssl_robust.precision import in_precision
 from ssl_robust.tasks import TASKS
 
 EPS, ALPHA, NUM_CLASSES = 8 / 255, 2 / 255, 10
@@ -83,13 +86,18 @@ def count_flops(model: nn.Module, size: int) -> tuple[float, float]:
     return float(step.get_total_flops()), float(fwd.get_total_flops())
 
 
-def build(args: argparse.Namespace) -> tuple[TaskModel, torch.Tensor, torch.Tensor, dict]:
+MODELS = {  # name -> (encoder model_kwargs, image size); both random-init dinov2_vits14 shapes
+    "vits14": ({"init_values": 1.0}, 224),
+    "tiny": ({"init_values": 1.0, "depth": 4, "embed_dim": 96, "num_heads": 2}, 56),
+}
+
+
+def build(args: argparse.Namespace, model_kwargs: dict) -> tuple[TaskModel, torch.Tensor, torch.Tensor, dict]:
     """Random-init encoder + a 10-way linear head fitted on cached CLS features of synthetic images
     (4 object classes, so logits 4-9 only learn to stay low); the attacked batch is the test split's head."""
     torch.manual_seed(0)
-    kwargs: dict = {"init_values": 1.0} | ({"depth": 2} if args.quick else {})
     encoder = create_encoder(EncoderCfg(name=args.encoder, pretrained=False, image_size=args.size,
-                                        model_kwargs=kwargs))
+                                        model_kwargs=model_kwargs))
 
     def features(split: str, n: int) -> Features:
         data = Subset(SyntheticDataset(split, "classification", args.size), range(n))
@@ -114,10 +122,11 @@ def misclassified(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 Method = Callable[[nn.Module, torch.Tensor, torch.Tensor, int, int], torch.Tensor | None]
 
 
-def ssl_pgd(stop: bool) -> Method:
+def ssl_pgd(stop: bool, precision: str = "fp32") -> Method:
     def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
-        result = pgd(model, cross_entropy, x, y, eps=EPS, step_size=ALPHA, steps=steps, norm="linf",
-                     random_start=True, seed=seed, success_fn=misclassified, stop_when_fooled=stop)
+        result = pgd(in_precision(model, precision, x.device), cross_entropy, x, y, eps=EPS, step_size=ALPHA,
+                     steps=steps, norm="linf", random_start=True, seed=seed, success_fn=misclassified,
+                     stop_when_fooled=stop)
         return ~result.success
     return run
 
@@ -138,6 +147,7 @@ def floor(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, seed: 
 
 METHODS: dict[str, Method] = {
     "ssl_robust pgd (all steps)": ssl_pgd(stop=False),
+    "ssl_robust pgd (all steps, bf16)": ssl_pgd(stop=False, precision="bf16"),
     "ssl_robust pgd (stop when fooled)": ssl_pgd(stop=True),
     "torchattacks.PGD": torchattacks_pgd,
     "floor: fwd + input-grad": floor,
@@ -176,26 +186,13 @@ def run_methods(counted: Counted, x: torch.Tensor, y: torch.Tensor,
     return results, gemm_rounds
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", default="dinov2_vits14")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--n-train", type=int, default=96, help="head-fitting images (synthetic train split)")
-    parser.add_argument("--n-val", type=int, default=32)
-    parser.add_argument("--head-epochs", type=int, default=30)
-    parser.add_argument("--gemm", type=int, default=2048, help="square sgemm size for the peak")
-    parser.add_argument("--quick", action="store_true", help="2-block model at 56 px: a smoke test")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    if args.quick:
-        args.size, args.batch, args.steps, args.repeats = 56, 8, 3, 1
-        args.n_train, args.n_val, args.head_epochs, args.gemm = 32, 16, 5, 512
+def benchmark(args: argparse.Namespace, name: str) -> dict:
+    """Build one model, time every method on it, print its table; the numbers as a dict."""
+    model_kwargs, args.size = MODELS[name]
+    if args.quick and name == "vits14":
+        model_kwargs, args.size = {**model_kwargs, "depth": 2}, 56
     load_before = f"{os.getloadavg()[0]:.2f}"
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {cpu_model()}")
-    model, x, y, head_stats = build(args)
+    model, x, y, head_stats = build(args, model_kwargs)
     counted = Counted(model)
     with torch.no_grad():
         clean_acc = float((~misclassified(model(x), y)).float().mean())
@@ -204,49 +201,80 @@ def main() -> None:
     tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
     gemm_before = gemm_gflops(args.gemm, args.gemm, args.gemm, 20)
     mlp_gemm = gemm_gflops(args.batch * tokens, vit.embed_dim, 4 * vit.embed_dim, 20)
-    print(f"head: val acc {head_stats['head/val_score']:.3f}; clean acc on the {args.batch} attacked images "
-          f"{clean_acc:.3f}\nFLOPs/image: fwd+input-grad {step_flops / 1e9:.2f} G, fwd {fwd_flops / 1e9:.2f} G "
-          f"(batch step {args.batch * step_flops / 1e9:.0f} G)")
+    print(f"\n== {name}: {args.encoder} shape {model_kwargs} @{args.size}\nhead: val acc "
+          f"{head_stats['head/val_score']:.3f}; clean acc on the {args.batch} attacked images {clean_acc:.3f}\n"
+          f"FLOPs/image: fwd+input-grad {step_flops / 1e9:.3f} G, fwd {fwd_flops / 1e9:.3f} G "
+          f"(batch step {args.batch * step_flops / 1e9:.1f} G)")
     results, gemm_rounds = run_methods(counted, x, y, args)
     square = [gemm_before, *gemm_rounds, gemm_gflops(args.gemm, args.gemm, args.gemm, 20)]
     peak = statistics.median(square)
     nominal = args.batch * args.steps
     ta = results["torchattacks.PGD"]
-    ta_time, ta_scored = statistics.median(ta["times"]), statistics.median(ta["score_times"])
-    print(f"\nPGD-Linf eps 8/255, step 2/255, {args.steps} steps, random start; {args.encoder} (random init) "
-          f"@{args.size}, batch {args.batch}, fp32; load average {load_before} -> {os.getloadavg()[0]:.2f}\n"
+    ta_answer = [t + s for t, s in zip(ta["times"], ta["score_times"])]  # attack + the forward that scores it
+    print(f"\nPGD-Linf eps 8/255, step 2/255, {args.steps} steps, random start; {name} @{args.size}, "
+          f"batch {args.batch}; load average {load_before} -> {os.getloadavg()[0]:.2f}\n"
           f"sgemm {args.gemm}^3 GFLOP/s before, per round, after: {' '.join(f'{g:.0f}' for g in square)}; "
           f"median {peak:.0f} = the peak used; MLP-shaped {args.batch * tokens}x{vit.embed_dim}x"
           f"{4 * vit.embed_dim}: {mlp_gemm:.0f}\n")
     header = (f"{'method':<34} {'median s':>8} {'min s':>7} {'max s':>7} {'CPU s':>7} {'img*steps/s':>11} "
-              f"{'TA/time':>7} {'rob.acc':>7} {'work':>5} {'GFLOP/s':>7} {'% peak':>6}")
+              f"{'TA/time':>7} {'TA+sc/t':>7} {'rob.acc':>7} {'work':>5} {'GFLOP/s':>7} {'% peak':>6}")
     print(f"{header}\n{'-' * len(header)}")
-    for name, r in results.items():
+    for method, r in results.items():
         t = statistics.median(r["times"])
         gflops = statistics.median((g * step_flops + n * fwd_flops) / s / 1e9
                                    for g, n, s in zip(r["grad"], r["nograd"], r["times"]))
         rob = "-" if r["robust"][0] is None else f"{statistics.mean(r['robust']):.3f}"
         work = statistics.median(r["grad"]) / nominal
         ratio = statistics.median(a / b for a, b in zip(ta["times"], r["times"]))  # paired per round
+        answer = statistics.median(a / b for a, b in zip(ta_answer, r["times"]))
         r.update(median_s=t, median_cpu_s=statistics.median(r["cpu"]), img_steps_per_s=nominal / t,
-                 speed_vs_torchattacks=ratio, work=work, achieved_gflops=gflops, fraction_of_peak=gflops / peak)
-        print(f"{name:<34} {t:8.2f} {min(r['times']):7.2f} {max(r['times']):7.2f} {r['median_cpu_s']:7.2f} "
-              f"{nominal / t:11.2f} {ratio:7.2f} {rob:>7} {work:5.2f} {gflops:7.1f} {100 * gflops / peak:5.1f}%")
-    same = results["ssl_robust pgd (all steps)"]["flags"] == results["ssl_robust pgd (stop when fooled)"]["flags"]
-    full = results["ssl_robust pgd (all steps)"]["median_s"]
-    print(f"\nclean acc {clean_acc:.3f}; stop-when-fooled gives the same robust samples as all-steps: {same}\n"
-          f"torchattacks + the scoring forward that pgd's time includes: {ta_time + ta_scored:.2f} s "
-          f"(all-steps pgd / that = {full / (ta_time + ta_scored):.2f})\n"
+                 speed_vs_torchattacks=ratio, speed_vs_torchattacks_scored=answer, work=work,
+                 achieved_gflops=gflops, fraction_of_peak=gflops / peak)
+        print(f"{method:<34} {t:8.2f} {min(r['times']):7.2f} {max(r['times']):7.2f} {r['median_cpu_s']:7.2f} "
+              f"{nominal / t:11.2f} {ratio:7.2f} {answer:7.2f} {rob:>7} {work:5.2f} {gflops:7.1f} "
+              f"{100 * gflops / peak:5.1f}%")
+    flags = {method: r["flags"] for method, r in results.items()}
+    same = flags["ssl_robust pgd (all steps)"] == flags["ssl_robust pgd (stop when fooled)"]
+    bf16_gap = max(sum(a != b for a, b in zip(f32, b16)) for f32, b16 in
+                   zip(flags["ssl_robust pgd (all steps)"], flags["ssl_robust pgd (all steps, bf16)"]))
+    print(f"\nclean acc {clean_acc:.3f}; stop-when-fooled gives the same robust samples as all-steps: {same}; "
+          f"bf16 robust samples differing from fp32 (worst round): {bf16_gap}\n"
           "img*steps/s: nominal batch x steps; TA/time: median over rounds of torchattacks' time / this time "
-          "(> 1 = faster); work: fwd+grad sample-steps run / nominal; GFLOP/s: FLOPs actually run / wall time")
+          "(> 1 = faster); TA+sc/t: the same with torchattacks' scoring forward added (pgd's time includes "
+          "its score); work: fwd+grad sample-steps run / nominal; GFLOP/s: FLOPs actually run / wall time")
+    return {"model": {"kwargs": model_kwargs, "size": args.size, "batch": args.batch}, "load_before": load_before,
+            "clean_acc": clean_acc, "head": head_stats, "flops_per_image": {"step": step_flops, "forward": fwd_flops},
+            "sgemm_gflops": {"square": square, "mlp_shape": mlp_gemm, "peak": peak}, "methods": results,
+            "same_robust_samples": same, "bf16_sample_gap": bf16_gap}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--encoder", default="dinov2_vits14")
+    parser.add_argument("--models", default="vits14,tiny", help=f"comma-separated, of {sorted(MODELS)}")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n-train", type=int, default=96, help="head-fitting images (synthetic train split)")
+    parser.add_argument("--n-val", type=int, default=32)
+    parser.add_argument("--head-epochs", type=int, default=30)
+    parser.add_argument("--gemm", type=int, default=2048, help="square sgemm size for the peak")
+    parser.add_argument("--quick", action="store_true", help="the ViT-S/14 cut to 2 blocks at 56 px: a smoke test")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    names = args.models.split(",")
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        parser.error(f"--models: unknown {unknown}; choose from {sorted(MODELS)}")
+    if args.quick:
+        args.batch, args.steps, args.repeats = 8, 3, 1
+        args.n_train, args.n_val, args.head_epochs, args.gemm = 32, 16, 5, 512
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {cpu_model()}")
+    models = {name: benchmark(args, name) for name in names}
     if args.json:
         args.json.write_text(json.dumps({
             "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
-            "config": {k: str(v) for k, v in vars(args).items()}, "load_before": load_before,
-            "clean_acc": clean_acc, "head": head_stats,
-            "flops_per_image": {"step": step_flops, "forward": fwd_flops},
-            "sgemm_gflops": {"square": square, "mlp_shape": mlp_gemm, "peak": peak}, "methods": results,
-        }, indent=2))
+            "config": {k: str(v) for k, v in vars(args).items()}, "models": models}, indent=2))
 
 
 if __name__ == "__main__":

@@ -99,29 +99,30 @@ def pgd(
     cascade = stop_when_fooled and success_fn is not None
     generator = torch.Generator().manual_seed(seed)
     best = _Best(x, damage_fn is not None)
-    finite = torch.ones((), dtype=torch.bool, device=device)
+    grad_sum = torch.zeros((), device=device)  # non-finite iff some gradient entry was (a NaN/inf sum)
     nonzero: torch.Tensor | None = None
     forwards = grad_steps = 0
-    step_loss_sum = torch.zeros(steps, dtype=torch.float64, device=device)
+    step_sums: list[list[torch.Tensor]] = [[] for _ in range(steps)]
     step_count = [0] * steps
 
-    def record(idx: torch.Tensor, x_now: torch.Tensor, output: torch.Tensor, loss: torch.Tensor,
+    def record(idx: torch.Tensor | None, x_now: torch.Tensor, output: torch.Tensor, loss: torch.Tensor,
                final: bool) -> None:
         """Keep the first fooling iterate; else the most damaging iterate (``damage_fn``); else the
-        final iterate of the highest-loss restart.
+        final iterate of the highest-loss restart. ``idx``: the samples attacked (None = all).
 
         Losses are compared only between final iterates: objectives such as SegPGD weigh their
         terms by step, so losses of different steps are not comparable. Masked writes, no host sync.
         """
         output, loss = output.detach(), loss.detach().to(best.loss.dtype)
-        fooled_before = best.fooled[idx]
-        now_fooled = success_fn(output, target[idx]) if success_fn else torch.zeros_like(fooled_before)
+        fooled_before = best.take("fooled", idx)
+        target_now = target if idx is None else target[idx]
+        now_fooled = success_fn(output, target_now) if success_fn else torch.zeros_like(fooled_before)
         if damage_fn is not None:
-            damage = damage_fn(output, target[idx]).to(best.damage.dtype)
-            better = damage > best.damage[idx]
+            damage = damage_fn(output, target_now).to(best.damage.dtype)
+            better = damage > best.take("damage", idx)
             best.put("damage", idx, better, damage)
         else:
-            better = ~fooled_before & (now_fooled | (final & (loss > best.loss[idx])))
+            better = ~fooled_before & (now_fooled | (final & (loss > best.take("loss", idx))))
         best.put("x", idx, better, x_now.detach())
         best.put("loss", idx, better, loss)
         best.put("fooled", idx, better, now_fooled)
@@ -133,31 +134,32 @@ def pgd(
             active = active[~best.fooled]
         if active.numel() == 0:
             break
-        x_act, target_act = (x, target) if active.numel() == n else (x[active], target[active])
+        idx = None if active.numel() == n else active  # None: the whole batch, no gathers
+        x_act, target_act = (x, target) if idx is None else (x[idx], target[idx])
         delta = random_delta(x, eps, norm, generator) if random_start and eps > 0 else torch.zeros_like(x)
-        delta = delta if active.numel() == n else delta[active]
+        delta = delta if idx is None else delta[idx]
         for step in range(1, steps + 1):
             delta.requires_grad_(True)
             x_now = x_act + delta
             output = forward(x_now)
             loss = objective(output, target_act, step, steps)
             (grad,) = torch.autograd.grad(loss.sum(), delta)
-            step_loss_sum[step - 1] += loss.detach().sum()
-            step_count[step - 1] += active.numel()
-            finite &= torch.isfinite(grad).all()
+            step_sums[step - 1].append(loss.detach().sum())
+            step_count[step - 1] += len(x_act)
+            grad_sum += grad.sum()
             if nonzero is None:
                 nonzero = (grad.flatten(1).abs().sum(dim=1) > 0).float().mean()
-            forwards += active.numel()
-            grad_steps += active.numel()
+            forwards += len(x_act)
+            grad_steps += len(x_act)
             if success_fn is not None or damage_fn is not None:
-                record(active, x_now, output, loss, final=False)
+                record(idx, x_now, output, loss, final=False)
             with torch.no_grad():
                 delta = project(delta.detach() + step_size * _ascent_direction(grad, norm), x_act, eps, norm)
             if cascade:  # the one host sync in the loop: compacting the batch to the still-robust samples
-                keep = ~best.fooled[active]
+                keep = ~best.take("fooled", idx)
                 if not bool(keep.all()):
                     active, delta = active[keep], delta[keep]
-                    x_act, target_act = x[active], target[active]
+                    idx, x_act, target_act = active, x[active], target[active]
                 if active.numel() == 0:
                     break
         if active.numel() > 0:  # the final iterate has not been evaluated yet
@@ -165,25 +167,32 @@ def pgd(
                 x_now = x_act + delta
                 output = forward(x_now)
                 last = max(steps, 1)
-                record(active, x_now, output, objective(output, target_act, last, last), final=True)
-            forwards += active.numel()
+                record(idx, x_now, output, objective(output, target_act, last, last), final=True)
+            forwards += len(x_act)
     return AttackResult(
         x_adv=best.x,
         loss=best.loss,
         success=best.fooled if success_fn else None,
         output=best.output if best.output is not None and bool(best.has_output.all()) else None,
-        grad_finite=bool(finite),
+        grad_finite=bool(torch.isfinite(grad_sum)),
         grad_nonzero=1.0 if nonzero is None else float(nonzero),
         forward_passes=forwards,
         grad_steps=grad_steps,
-        step_loss_sum=step_loss_sum,
+        step_loss_sum=_sum_per_step(step_sums, device),
         step_count=torch.tensor(step_count, dtype=torch.long, device=device),
     )
 
 
+def _sum_per_step(step_sums: list[list[torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """[steps] float64 totals of the per-restart loss sums (zero for a step no sample reached)."""
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack([torch.stack(sums).double().sum() if sums else zero for sums in step_sums] or [zero])[:len(step_sums)]
+
+
 class _Best:
     """Per-sample bests the engine keeps (iterate, loss, fooled, damage, output), updated by masked
-    writes at sample indices: no boolean indexing, so no host synchronisation."""
+    writes, in place for the whole batch or at sample indices: no boolean indexing, so no host
+    synchronisation."""
 
     def __init__(self, x: torch.Tensor, track_damage: bool) -> None:
         n, device = x.shape[0], x.device
@@ -194,13 +203,20 @@ class _Best:
         self.has_output = torch.zeros(n, dtype=torch.bool, device=device)
         self.output: torch.Tensor | None = None
 
-    def put(self, name: str, idx: torch.Tensor, better: torch.Tensor, new: torch.Tensor) -> None:
+    def take(self, name: str, idx: torch.Tensor | None) -> torch.Tensor:
+        buffer = getattr(self, name)
+        return buffer if idx is None else buffer[idx]
+
+    def put(self, name: str, idx: torch.Tensor | None, better: torch.Tensor, new: torch.Tensor) -> None:
         buffer = getattr(self, name)
         mask = better.view(-1, *([1] * (new.dim() - 1)))
-        buffer.index_copy_(0, idx, torch.where(mask, new.to(buffer.dtype), buffer[idx]))
+        if idx is None:
+            torch.where(mask, new.to(buffer.dtype), buffer, out=buffer)
+        else:
+            buffer.index_copy_(0, idx, torch.where(mask, new.to(buffer.dtype), buffer[idx]))
 
-    def put_output(self, idx: torch.Tensor, better: torch.Tensor, output: torch.Tensor) -> None:
+    def put_output(self, idx: torch.Tensor | None, better: torch.Tensor, output: torch.Tensor) -> None:
         if self.output is None:
             self.output = torch.zeros((self.x.shape[0], *output.shape[1:]), dtype=output.dtype, device=output.device)
         self.put("output", idx, better, output)
-        self.has_output.index_copy_(0, idx, self.has_output[idx] | better)
+        self.put("has_output", idx, better, better)
