@@ -23,7 +23,7 @@ from ssl_robust.tasks import eval_mode
 
 FWD_GRAD_PER_FWD = 25.71 / 12.25  # forward + input gradient over forward, ViT-S/14 (benchmarks/attack_throughput.py)
 VIT_SIZES = {"tiny": (192, 12), "small": (384, 12), "base": (768, 12), "large": (1024, 24), "giant": (1536, 40)}
-BENCHMARK_METHOD = "ssl_robust pgd (all steps)"
+BENCHMARK_MODEL, BENCHMARK_METHOD = "vits14", "ssl_robust pgd (all steps)"
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def grid_cost(cells: list[CellCfg]) -> tuple[Cost, int]:
 
 def read_throughput(value: str) -> float:
     """Sustained GFLOP/s: a number, or the JSON ``benchmarks/attack_throughput.py --json`` wrote
-    (its all-steps PGD's achieved GFLOP/s)."""
+    (the achieved GFLOP/s of its all-steps PGD on the ViT-S/14)."""
     try:
         gflops = float(value)
     except ValueError:
@@ -155,9 +155,11 @@ def read_throughput(value: str) -> float:
         if not path.is_file():
             raise ValueError(f"--throughput: {value!r} is neither a number (GFLOP/s) nor a benchmark JSON file")
         try:
-            gflops = float(json.loads(path.read_text())["methods"][BENCHMARK_METHOD]["achieved_gflops"])
+            gflops = float(json.loads(path.read_text())["models"][BENCHMARK_MODEL]["methods"][BENCHMARK_METHOD]
+                           ["achieved_gflops"])
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"--throughput: {value} has no methods.{BENCHMARK_METHOD!r}.achieved_gflops") from err
+            raise ValueError(f"--throughput: {value} has no models.{BENCHMARK_MODEL}.methods.{BENCHMARK_METHOD!r}"
+                             ".achieved_gflops") from err
     if not gflops > 0:
         raise ValueError(f"--throughput must be positive GFLOP/s, got {value!r}")
     return gflops

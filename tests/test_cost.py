@@ -72,8 +72,12 @@ def test_test_images_are_the_split_or_the_configured_subset() -> None:
 def test_throughput_reads_a_number_or_the_benchmarks_json(tmp_path: Path) -> None:
     assert cost.read_throughput("250") == 250.0
     report = tmp_path / "tp.json"
-    report.write_text(json.dumps({"methods": {cost.BENCHMARK_METHOD: {"achieved_gflops": 83.7}}}))
+    report.write_text(json.dumps({"models": {cost.BENCHMARK_MODEL: {"methods": {
+        cost.BENCHMARK_METHOD: {"achieved_gflops": 83.7}}}}}))
     assert cost.read_throughput(str(report)) == 83.7
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="achieved_gflops"):
+        cost.read_throughput(str(tmp_path / "other.json"))
     with pytest.raises(ValueError, match="neither a number"):
         cost.read_throughput(str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="positive"):
