@@ -75,3 +75,50 @@ def test_random_noise_is_not_required_to_leave_the_score_no_better() -> None:
 
     assert score_checks(0.5, 0.6, True, 0.0)["check/adv_not_better"] == 0.0
     assert "check/adv_not_better" not in score_checks(0.5, 0.6, True, 0.0, searched=False)
+
+
+def test_gradient_checks_report_the_nonzero_fraction() -> None:
+    assert gradient_checks(True, 0.25, 8 / 255, 10)["attack/grad_nonzero_frac"] == 0.25
+
+
+def test_one_step_attack_with_all_zero_gradients_fails() -> None:
+    assert gradient_checks(True, 0.0, 8 / 255, 1)["check/grad_nonzero"] == 0.0
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_delta_exactly_at_the_tolerance_edge_passes(norm: str) -> None:
+    x = torch.zeros(2, 1, 1, 1, dtype=torch.float64)
+    x_adv = x + 1e-5  # eps = 0: the ball is [0, TOLERANCE], closed
+    assert perturbation_checks(x, x_adv, 0.0, norm)["check/delta_in_ball"] == 1.0
+
+
+def test_delta_within_the_relative_tolerance_passes() -> None:
+    x = torch.zeros(1, 1, 1, 1, dtype=torch.float64)
+    eps = 0.5  # bound eps * (1 + 1e-5) + 1e-5 = 0.500015
+    assert perturbation_checks(x, x + 0.50001, eps, "linf")["check/delta_in_ball"] == 1.0
+    assert perturbation_checks(x, x + 0.50002, eps, "linf")["check/delta_in_ball"] == 0.0
+
+
+def test_adversarial_image_on_the_edges_of_the_unit_box_passes() -> None:
+    x = torch.full((2, 1, 1, 2), 0.5)
+    x_adv = torch.tensor([0.0, 1.0, 1.0, 0.0]).view(2, 1, 1, 2)
+    assert perturbation_checks(x, x_adv, 0.5, "linf")["check/x_adv_in_box"] == 1.0
+
+
+def test_empty_batch_reports_a_zero_max_delta() -> None:
+    x = torch.zeros(0, 3, 4, 4)
+    checks = perturbation_checks(x, x, 8 / 255, "linf")
+    assert checks["attack/max_delta"] == 0.0 and checks["check/delta_in_ball"] == 1.0
+
+
+@pytest.mark.parametrize("higher_is_better, sign", [(True, 1), (False, -1)])
+def test_adversarial_score_better_by_exactly_the_tolerance_passes(higher_is_better: bool, sign: int) -> None:
+    from ssl_robust.checks import TOLERANCE
+
+    adv = 0.5 + sign * TOLERANCE
+    assert score_checks(0.5, adv, higher_is_better, 0.0)["check/adv_not_better"] == 1.0
+
+
+def test_zero_budget_output_gap_of_exactly_the_threshold_passes_and_is_reported() -> None:
+    checks = score_checks(0.9, 0.1, True, 1e-4)
+    assert checks["check/eps0_equals_clean"] == 1.0 and checks["check/eps0_max_output_gap"] == 1e-4
