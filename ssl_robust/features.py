@@ -1,7 +1,7 @@
 """Cached head inputs: the frozen encoder's (cls, tokens) and the target of every image, stored once
 and read back in batches for every epoch of head fitting.
 
-Features are stored as float16. On ``disk`` (the default) each array is a raw file in a temporary
+Features are stored as float16, integer targets (labels, label maps) as int16. On ``disk`` (the default) each array is a raw file in a temporary
 folder, written batch by batch and read with positional reads (no memory map, whose touched pages
 would count towards the process's resident memory), so the memory of head fitting does not grow
 with the number of training images; ``memory`` keeps the same float16 arrays in RAM.
@@ -69,6 +69,21 @@ class _Rows:
             self._fd = None
 
 
+def _compact(name: str, value: torch.Tensor) -> torch.Tensor:
+    """float16 features, int16 integer targets; values that do not fit are an error, not a wrap."""
+    if name != "target":
+        value = value.to(torch.float16)
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"encoder {name} features overflow float16 (|value| > 65504) or are not finite")
+        return value
+    if value.dtype.is_floating_point or value.dtype == torch.bool:
+        return value
+    info = torch.iinfo(torch.int16)
+    if value.numel() and (int(value.min()) < info.min or int(value.max()) > info.max):
+        raise ValueError(f"integer targets beyond int16 ({int(value.min())}..{int(value.max())}) cannot be cached")
+    return value.to(torch.int16)
+
+
 class Features:
     """(cls, tokens, target) of ``n`` images: appended once, then read in (shuffled) batches."""
 
@@ -85,14 +100,9 @@ class Features:
         return self.n
 
     def append(self, cls: torch.Tensor, tokens: torch.Tensor, target: torch.Tensor) -> None:
-        """One batch; features must fit float16 (a non-finite value after the cast is an error)."""
+        """One batch; features must fit float16 and integer targets int16 (else an error)."""
         for name, value in zip(self.names, (cls, tokens, target)):
-            value = value.detach().cpu()
-            if name != "target":
-                value = value.to(torch.float16)
-                if not bool(torch.isfinite(value).all()):
-                    raise ValueError(f"encoder {name} features overflow float16 (|value| > 65504) or are not finite")
-            array = value.numpy()
+            array = _compact(name, value.detach().cpu()).numpy()
             if name not in self._rows:
                 path = self.folder / f"{name}.bin" if self.folder is not None else None
                 self._rows[name] = _Rows(self.n, array.shape[1:], array.dtype, path)
@@ -108,7 +118,7 @@ class Features:
         for start in range(0, self.n, batch_size):
             idx = order[start:start + batch_size]
             cls, tokens, target = (torch.from_numpy(self._rows[name].read(idx)) for name in self.names)
-            yield cls.float(), tokens.float(), target
+            yield cls.float(), tokens.float(), target.long() if target.dtype == torch.int16 else target
 
     def nbytes(self) -> int:
         return sum(rows.row_bytes * rows.n for rows in self._rows.values())

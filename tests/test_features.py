@@ -70,3 +70,24 @@ def test_disk_reads_scattered_and_repeated_rows() -> None:
     idx = np.array([9, 0, 1, 2, 5, 5, 3])
     assert np.array_equal(rows.read(idx), cls.half().numpy()[idx])
     features.close()
+
+
+def test_integer_targets_are_stored_as_int16_and_read_back_as_int64() -> None:
+    features, _, _, target = _filled("disk")
+    assert (features.folder / "target.bin").stat().st_size == 10 * 6 * 6 * 2
+    (_, _, got), = features.batches(10)
+    assert got.dtype == torch.int64 and torch.equal(got, target)
+    features.close()
+
+
+def test_float_targets_keep_their_precision() -> None:
+    depth = torch.rand(3, 4, 4) * 10
+    with Features(3, "memory") as features:
+        features.append(torch.zeros(3, 2), torch.zeros(3, 2), depth)
+        (_, _, got), = features.batches(3)
+    assert torch.equal(got, depth)
+
+
+def test_labels_beyond_int16_are_an_error() -> None:
+    with Features(1, "memory") as features, pytest.raises(ValueError, match="int16"):
+        features.append(torch.zeros(1, 4), torch.zeros(1, 4), torch.tensor([40_000]))
