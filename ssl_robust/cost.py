@@ -131,18 +131,22 @@ def head_cost(cell: CellCfg) -> Cost | None:
     return Cost(0, forwards, _gflop(cell.encoder, input_size(cell.encoder), 0, forwards))
 
 
-def grid_cost(cells: list[CellCfg]) -> tuple[Cost, int]:
-    """Total cost of the cells and of their distinct heads; and how many cells or heads have an
-    unknown size (left out of the total)."""
-    total, unknown, heads = Cost(), 0, {}
+def grid_cost(cells: list[CellCfg]) -> tuple[Cost, Cost, int]:
+    """Total cost of the cells' attacks and of fitting their distinct heads; and how many cells or
+    heads have an unknown size (left out of the totals)."""
+    heads: dict[str, CellCfg] = {}
     for cell in cells:
         heads.setdefault(cell.head_id, cell)
-    for cost in [cell_cost(c) for c in cells] + [head_cost(c) for c in heads.values()]:
-        if cost is None:
-            unknown += 1
-        else:
-            total = total + cost
-    return total, unknown
+    totals, unknown = [], 0
+    for costs in ([cell_cost(c) for c in cells], [head_cost(c) for c in heads.values()]):
+        total = Cost()
+        for item in costs:
+            if item is None:
+                unknown += 1
+            else:
+                total = total + item
+        totals.append(total)
+    return totals[0], totals[1], unknown
 
 
 def read_throughput(value: str) -> float:
@@ -173,15 +177,23 @@ def describe(cost: Cost | None) -> str:
 
 
 def summary(cells: list[CellCfg], gflops: float | None) -> list[str]:
-    """The dry run's totals: steps, forwards, FLOPs, and hours at ``gflops`` (sustained GFLOP/s)."""
-    total, unknown = grid_cost(cells)
-    lines = [f"total: {total.grad_steps:,} sample-gradient-steps, {total.forwards:,} sample-forwards"
-             + ("" if total.gflop is None else f", {total.gflop / 1e6:,.1f} PFLOP")
-             + " (upper bounds: the cascade stops attacking fooled samples)"]
+    """The dry run's totals: steps, forwards, FLOPs of the attacks and of the heads, and the hours
+    at ``gflops`` (sustained GFLOP/s)."""
+    attacks, heads, unknown = grid_cost(cells)
+    total = attacks + heads
+
+    def line(label: str, cost: Cost) -> str:
+        flop = "" if cost.gflop is None else f", {cost.gflop / 1e6:,.1f} PFLOP"
+        return f"{label}: {cost.grad_steps:,} sample-gradient-steps, {cost.forwards:,} sample-forwards{flop}"
+
+    lines = [line("attacks", attacks), line("heads", heads),
+             line("total", total) + " (upper bounds: the cascade stops attacking fooled samples)"]
     if unknown:
-        lines.append(f"  {unknown} cells or heads have no known split size or encoder shape and are not counted")
-    if gflops is not None and total.gflop is not None:
+        lines.append(f"  {unknown} cells or heads have no known split size and are not counted")
+    if total.gflop is None:
+        lines.append("  some encoders are not timm ViTs: no FLOP count, no hours")
+    elif gflops is not None:
         lines.append(f"  at {gflops:,.0f} GFLOP/s sustained: {total.gflop / gflops / 3600:,.2f} hours")
-    elif total.gflop is not None:
+    else:
         lines.append("  pass --throughput GFLOP/s (or a benchmarks/attack_throughput.py --json file) for hours")
     return lines

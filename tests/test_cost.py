@@ -87,7 +87,9 @@ def test_throughput_reads_a_number_or_the_benchmarks_json(tmp_path: Path) -> Non
 def test_dry_run_of_the_full_grid_prints_its_totals_and_hours(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sweep", "sweeps/full_benchmark.yaml", "--dry-run", "--throughput", "1000"]) == 0
     out = capsys.readouterr().out
-    total, _ = cost.grid_cost(expand(read_sweep(Path("sweeps/full_benchmark.yaml"), [])))
+    attacks, heads, unknown = cost.grid_cost(expand(read_sweep(Path("sweeps/full_benchmark.yaml"), [])))
+    total = attacks + heads
+    assert unknown == 0 and heads.grad_steps == 0 and heads.forwards > 0
     assert f"total: {total.grad_steps:,} sample-gradient-steps, {total.forwards:,} sample-forwards" in out
     hours = float(re.search(r"at 1,000 GFLOP/s sustained: ([\d,.]+) hours", out).group(1).replace(",", ""))
     assert hours == pytest.approx(total.gflop / 1000 / 3600, rel=1e-2)
