@@ -203,3 +203,72 @@ def test_per_image_miou_matches_sklearn_image_by_image() -> None:
     got = per_image_miou(pred, target, NUM_CLASSES, IGNORE)
     for i in range(4):
         assert float(got[i]) == pytest.approx(mean_iou(pred[i:i + 1], target[i:i + 1], NUM_CLASSES, IGNORE))
+
+
+# ----------------------------------------------------------------------------- edges and defaults
+
+
+def test_miou_ignores_label_255_by_default() -> None:
+    pred, target = torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, IGNORE]])
+    assert mean_iou(pred, target, 2) == 1.0
+    assert float(per_image_miou(pred, target, 2)[0]) == 1.0
+
+
+def test_miou_honours_a_custom_ignore_index() -> None:
+    pred, target = torch.tensor([[0, 1, 1, 0]]), torch.tensor([[0, 1, 9, 9]])
+    assert mean_iou(pred, target, 2, ignore_index=9) == 1.0
+    assert float(per_image_miou(pred, target, 2, ignore_index=9)[0]) == 1.0
+
+
+def test_per_image_miou_counts_single_pixel_classes() -> None:
+    target = torch.tensor([[0, 1], [0, 1]])
+    pred = torch.tensor([[0, 0], [0, 1]])
+    # image 0: class 0 IoU 1/2, class 1 (one labelled pixel, missed) IoU 0; image 1: both IoU 1
+    torch.testing.assert_close(per_image_miou(pred, target, 2), torch.tensor([0.25, 1.0], dtype=torch.float64))
+
+
+def test_depth_at_exactly_min_depth_is_invalid_and_at_exactly_max_depth_is_valid() -> None:
+    target = torch.tensor([[[0.5, 10.0, 2.0]]])
+    pred = torch.tensor([[[7.0, 12.0, 2.0]]])  # error only on the boundary pixels
+    got = depth_metrics(pred, target, min_depth=0.5, max_depth=10.0)
+    assert got["rmse"] == pytest.approx(math.sqrt(4.0 / 2))  # pixels 10.0 (error 2) and 2.0 (error 0)
+
+
+def test_depth_metrics_of_an_image_with_one_valid_pixel() -> None:
+    target = torch.tensor([[[2.0, 0.0]]])
+    got = depth_metrics(torch.tensor([[[3.0, 5.0]]]), target)
+    assert got["rmse"] == pytest.approx(1.0) and got["abs_rel"] == pytest.approx(0.5)
+
+
+def test_delta1_is_strict_a_ratio_of_exactly_1_25_does_not_count() -> None:
+    target = torch.tensor([[[1.0, 1.0]]])
+    assert depth_metrics(torch.tensor([[[1.25, 1.0]]]), target)["delta1"] == 0.5
+
+
+def test_accuracy_of_one_correct_sample_is_one() -> None:
+    acc = ClassificationScores(TaskInfo("classification", num_classes=2))
+    acc.add(torch.tensor([[0.0, 1.0]]), torch.tensor([1]))
+    assert acc.summary() == {"acc": 1.0}
+
+
+def test_segmentation_per_image_counts_are_those_of_every_batch() -> None:
+    acc = SegmentationScores(TaskInfo("segmentation", num_classes=2, ignore_index=IGNORE))
+    assert acc.per_image() == {}
+    logits = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # [1, 2 classes, 1, 2]: predicts [0, 1]
+    acc.add(logits, torch.tensor([[[0, 0]]]))
+    acc.add(logits, torch.tensor([[[0, 1]]]))
+    got = acc.per_image()
+    assert got["inter"].tolist() == [[1, 0], [1, 1]] and got["union"].tolist() == [[2, 1], [1, 1]]
+
+
+def test_depth_accumulator_counts_valid_pixels_over_batches() -> None:
+    acc = DepthScores(TaskInfo("depth", min_depth=1e-3, max_depth=10.0))
+    assert acc.pixels == 0
+    acc.add(torch.ones(1, 2, 2), torch.tensor([[[1.0, 0.0], [2.0, 3.0]]]))
+    acc.add(torch.ones(1, 2, 2), torch.tensor([[[1.0, 0.0], [0.0, 3.0]]]))
+    assert acc.pixels == 5
+
+
+def test_depth_accumulator_without_batches_summarises_to_nan() -> None:
+    summary = DepthScores(TaskInfo("depth", min_depth=1e-3, max_depth=10.0)).summary()
+    assert set(summary) == {"rmse", "abs_rel", "delta1"} and all(math.isnan(v) for v in summary.values())

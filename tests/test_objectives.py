@@ -231,3 +231,28 @@ def test_silog_gradient_is_finite(case: str) -> None:
     (grad,) = torch.autograd.grad(loss.sum(), pred)
     assert bool(torch.isfinite(loss).all())
     assert bool(torch.isfinite(grad).all())
+
+
+def test_segpgd_defaults_are_the_first_step_ignoring_label_255() -> None:
+    logits, target, pixel_ce = _segmentation_example()
+    assert float(segpgd(logits, target)) == pytest.approx((pixel_ce[0] + pixel_ce[1]) / 4, rel=1e-5)
+
+
+def test_silog_accepts_a_one_row_depth_map() -> None:
+    pred, target = _depth_example()
+    one_row_pred, one_row_target = pred[:, :1], target[:, 1:2]  # [B, 1, W]: a row, not a channel
+    expected = torch.stack([silog(p[None], t[None])[0] for p, t in zip(one_row_pred, one_row_target)])
+    torch.testing.assert_close(silog(one_row_pred, one_row_target), expected)
+    assert silog(one_row_pred, one_row_target).shape == (2,)
+
+
+def test_silog_at_exactly_min_depth_is_invalid() -> None:
+    target = torch.tensor([[1e-3, 2.0]])
+    pred = torch.tensor([[5.0, 2.0]])  # wrong only on the min_depth pixel
+    assert float(silog(pred, target)) == pytest.approx(1e-4, abs=1e-6)  # sqrt(0 + 1e-8)
+
+
+def test_silog_of_one_valid_pixel() -> None:
+    target = torch.tensor([[2.0, 0.0]])
+    pred = torch.tensor([[2.0 * math.e, 1.0]])  # g = 1 on the one valid pixel
+    assert float(silog(pred, target)) == pytest.approx(math.sqrt(1 - 0.85), rel=1e-5)
