@@ -32,6 +32,7 @@ from ssl_robust.data.load import load_split
 from ssl_robust.deacl_loss import augment, deacl_loss, embed_attack, probe_attack
 from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import Encoder, create_encoder, input_size
+from ssl_robust.precision import autocast
 
 RESUME_FILE = "resume.pt"
 CUDA_LOADER_WORKERS = 4  # data loading workers on CUDA; the CPU path stays in-process
@@ -82,11 +83,8 @@ def lr_factor(step: int, warmup_steps: float, total_steps: int) -> float:
 
 
 def _autocast(run: _Run) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast on CUDA only; fp32 everywhere else."""
-    if run.device.type != "cuda" or run.cfg.precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if run.cfg.precision == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    """bf16/fp16 autocast on CUDA only (training in half precision on a CPU is slower); fp32 elsewhere."""
+    return autocast(run.cfg.precision if run.device.type == "cuda" else "fp32", run.device)
 
 
 def _load_data(cfg: DeaclCfg) -> tuple[Dataset, tuple[Dataset, Dataset], int]:
