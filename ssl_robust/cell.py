@@ -56,13 +56,9 @@ class Timed:
             yield batch
 
 
-def _loader_kwargs(cfg: CellCfg) -> dict[str, Any]:
-    return cfg.loader.model_dump()
-
-
 def _loader(cfg: CellCfg, split: str, image_size: int, batch_size: int) -> Timed:
     dataset, _ = load_split(cfg.data, split, image_size, seed=cfg.seed)
-    return Timed(DataLoader(dataset, batch_size=batch_size, shuffle=False, **_loader_kwargs(cfg)))
+    return Timed(DataLoader(dataset, batch_size=batch_size, shuffle=False, **cfg.loader.model_dump()))
 
 
 def _test_loader(cfg: CellCfg) -> tuple[Timed, list[list[int]]]:
@@ -73,7 +69,7 @@ def _test_loader(cfg: CellCfg) -> tuple[Timed, list[list[int]]]:
     n, size = len(dataset), cfg.batch_size
     batches = size_batches(dataset, size) if sizing == "short_side" else \
         [list(range(i, min(i + size, n))) for i in range(0, n, size)]
-    return Timed(DataLoader(dataset, batch_sampler=batches, **_loader_kwargs(cfg))), batches
+    return Timed(DataLoader(dataset, batch_sampler=batches, **cfg.loader.model_dump())), batches
 
 
 def _fit_loaders(cfg: CellCfg) -> tuple[Timed, Timed]:
