@@ -11,7 +11,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from ssl_robust.data import TaskInfo
 from ssl_robust.metrics import (ClassificationScores, DepthScores, SegmentationScores, accuracy, confusion_matrix, depth_metrics,
-                                mean_iou, miou_from_confusion, per_image_miou)
+                                mean_iou, miou_from_confusion, per_image_iou, per_image_miou)
 
 IGNORE = 255
 NUM_CLASSES = 6  # labels and predictions use only 0..3: classes 4 and 5 are absent from both
@@ -212,6 +212,40 @@ def test_miou_ignores_label_255_by_default() -> None:
     pred, target = torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, IGNORE]])
     assert mean_iou(pred, target, 2) == 1.0
     assert float(per_image_miou(pred, target, 2)[0]) == 1.0
+    assert confusion_matrix(pred, target, 2).tolist() == [[1, 0], [0, 1]]
+    assert [t.tolist() for t in per_image_iou(pred, target, 2)] == [[[1, 1]], [[1, 1]]]
+
+
+def test_label_equal_to_the_number_of_classes_raises() -> None:
+    with pytest.raises(ValueError, match=r"\[3\] outside \[0, 3\)"):
+        confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 3]), 3, IGNORE)
+
+
+def test_out_of_range_label_error_names_at_most_five_labels() -> None:
+    target = torch.arange(3, 9)  # six distinct labels outside [0, 3)
+    with pytest.raises(ValueError, match=r"labels \[3, 4, 5, 6, 7\] outside"):
+        confusion_matrix(torch.zeros(6, dtype=torch.long), target, 3, IGNORE)
+
+
+def test_segmentation_accumulator_honours_the_task_ignore_index() -> None:
+    acc = SegmentationScores(TaskInfo("segmentation", num_classes=2, ignore_index=9))
+    logits = torch.tensor([[[[1.0, 0.0, 0.0]], [[0.0, 1.0, 1.0]]]])  # predicts [0, 1, 1]
+    acc.add(logits, torch.tensor([[[0, 1, 9]]]))
+    assert acc.summary() == {"miou": 1.0, "pixel_acc": 1.0} and acc.pixels == 2
+    assert acc.per_image()["union"].tolist() == [[1, 1]]
+
+
+def test_segmentation_image_with_one_labelled_pixel_scores_pixel_accuracy_one() -> None:
+    acc = SegmentationScores(TaskInfo("segmentation", num_classes=2, ignore_index=IGNORE))
+    acc.add(torch.tensor([[[[1.0, 1.0]], [[0.0, 0.0]]]]), torch.tensor([[[0, IGNORE]]]))
+    assert acc.per_sample == [1.0] and acc.summary()["pixel_acc"] == 1.0
+
+
+def test_segmentation_confusion_counts_are_exact_integers() -> None:
+    """float32 counts stop being exact beyond 2**24 pixels, fewer than a segmentation val set has."""
+    acc = SegmentationScores(TaskInfo("segmentation", num_classes=2, ignore_index=IGNORE))
+    acc.add(torch.tensor([[[[1.0]], [[0.0]]]]), torch.tensor([[[0]]]))
+    assert acc.conf.dtype == torch.int64
 
 
 def test_miou_honours_a_custom_ignore_index() -> None:

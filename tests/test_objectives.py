@@ -256,3 +256,9 @@ def test_silog_of_one_valid_pixel() -> None:
     target = torch.tensor([[2.0, 0.0]])
     pred = torch.tensor([[2.0 * math.e, 1.0]])  # g = 1 on the one valid pixel
     assert float(silog(pred, target)) == pytest.approx(math.sqrt(1 - 0.85), rel=1e-5)
+
+
+def test_segpgd_of_one_labelled_pixel_is_its_cross_entropy() -> None:
+    logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])  # [1, 2 classes, 1, 2]
+    target = torch.tensor([[[0, IGNORE]]])
+    assert float(segpgd(logits, target, 1, 3)) == pytest.approx(by_hand_ce(logits[0, :, 0, 0], 0), rel=1e-6)
