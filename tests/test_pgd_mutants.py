@@ -40,3 +40,18 @@ def test_zero_steps_give_an_empty_float64_loss_curve() -> None:
     result = pgd(linear_forward(), cross_entropy, images(2), torch.tensor([0, 1]), eps=8 / 255, step_size=1 / 255,
                  steps=0)
     assert result.step_loss_sum.shape == (0,) and result.step_loss_sum.dtype == torch.float64
+
+
+def test_random_start_has_the_dtype_of_the_images() -> None:
+    from ssl_robust.pgd import random_delta
+
+    x = images(2).to(torch.bfloat16)
+    for norm in ("linf", "l2"):
+        assert random_delta(x, 8 / 255, norm, torch.Generator().manual_seed(0)).dtype == torch.bfloat16
+
+
+def test_l2_random_start_of_a_single_image_lies_in_the_ball() -> None:
+    from ssl_robust.pgd import random_delta
+
+    delta = random_delta(images(1), 0.5, "l2", torch.Generator().manual_seed(0))
+    assert delta.shape == (1, *SHAPE) and 0 < float(delta.norm()) <= 0.5 + 1e-6
