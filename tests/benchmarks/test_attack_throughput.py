@@ -1,4 +1,4 @@
-"""The throughput benchmark runs end to end and prints its comparison table (no timing asserted)."""
+"""The benchmarks run end to end and print their tables (no timing asserted)."""
 import importlib.util
 import os
 import subprocess
@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from ssl_robust import cost
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -20,7 +22,16 @@ def test_quick_benchmark_prints_table_with_every_method(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attack_throughput.py"), "--quick",
                           "--repeats", "1", "--json", str(tmp_path / "bench.json")],
                          capture_output=True, text=True, timeout=600, check=True).stdout
-    for method in ("ssl_robust pgd (all steps)", "ssl_robust pgd (stop when fooled)", "torchattacks.PGD"):
-        assert method in out
-    assert "same robust samples as all-steps: True" in out
-    assert (tmp_path / "bench.json").exists()
+    for method in ("ssl_robust pgd (all steps)", "ssl_robust pgd (all steps, bf16)",
+                   "ssl_robust pgd (stop when fooled)", "torchattacks.PGD", "floor: fwd + input-grad"):
+        assert sum(line.startswith(method + " ") for line in out.splitlines()) == 2  # one table row per model
+    assert out.count("same robust samples as all-steps: True") == 2
+    assert cost.read_throughput(str(tmp_path / "bench.json")) > 0  # what --dry-run --throughput reads
+
+
+@pytest.mark.slow
+def test_head_memory_benchmark_prints_both_storages_per_size() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "head_memory.py"), "--quick", "--n", "16", "48"],
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["16"], ["48"])]
+    assert [(r[0], r[1]) for r in rows] == [("16", "disk"), ("16", "memory"), ("48", "disk"), ("48", "memory")]
