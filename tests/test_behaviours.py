@@ -19,7 +19,6 @@ from ssl_robust.cell import run_cell
 from ssl_robust.features import Features
 from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, LinearDepthHead, fit_head
 from ssl_robust.pgd import pgd
-from tests.helpers import TASK_ATTACKS
 
 TASKS = ["classification", "segmentation", "depth"]
 PRIMARY = {"classification": ("acc", True), "segmentation": ("miou", True), "depth": ("rmse", False)}
