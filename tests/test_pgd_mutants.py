@@ -55,3 +55,40 @@ def test_l2_random_start_of_a_single_image_lies_in_the_ball() -> None:
 
     delta = random_delta(images(1), 0.5, "l2", torch.Generator().manual_seed(0))
     assert delta.shape == (1, *SHAPE) and 0 < float(delta.norm()) <= 0.5 + 1e-6
+
+
+def test_invalid_settings_raise_errors_that_name_them() -> None:
+    import pytest
+
+    x, y = images(2), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="norm must be 'linf' or 'l2', got 'l1'"):
+        pgd(linear_forward(), cross_entropy, x, y, eps=0.1, step_size=0.1, steps=1, norm="l1")
+    with pytest.raises(ValueError, match=r"restarts >= 1; got 0.1, 1, 0"):
+        pgd(linear_forward(), cross_entropy, x, y, eps=0.1, step_size=0.1, steps=1, restarts=0)
+
+
+def test_default_seed_is_zero() -> None:
+    x, y = images(3), torch.tensor([0, 1, 2])
+    kwargs = dict(eps=8 / 255, step_size=2 / 255, steps=2)
+    assert torch.equal(pgd(linear_forward(), cross_entropy, x, y, **kwargs).x_adv,
+                       pgd(linear_forward(), cross_entropy, x, y, seed=0, **kwargs).x_adv)
+    assert not torch.equal(pgd(linear_forward(), cross_entropy, x, y, **kwargs).x_adv,
+                           pgd(linear_forward(), cross_entropy, x, y, seed=1, **kwargs).x_adv)
+
+
+def test_fooled_samples_stay_in_the_batch_unless_asked_to_leave() -> None:
+    forward = linear_forward()
+    x = images(4)
+    y = forward(x).argmin(1)  # every sample already misclassified... by its least likely class
+    fooled = lambda output, target: output.argmax(1) != target  # noqa: E731
+    result = pgd(forward, cross_entropy, x, y, eps=8 / 255, step_size=2 / 255, steps=3, success_fn=fooled)
+    assert bool(result.success.all())
+    assert result.grad_steps == 4 * 3 and result.forward_passes == 4 * (3 + 1)
+
+
+def test_the_returned_output_has_the_dtype_of_the_forward() -> None:
+    weight = torch.randn(3, 48, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x, y = images(2).double(), torch.tensor([0, 1])
+    result = pgd(lambda v: v.flatten(1) @ weight.T, cross_entropy, x, y, eps=8 / 255, step_size=2 / 255, steps=2,
+                 success_fn=lambda output, target: output.argmax(1) != target)
+    assert result.output is not None and result.output.dtype == torch.float64
