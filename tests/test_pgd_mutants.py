@@ -92,3 +92,63 @@ def test_the_returned_output_has_the_dtype_of_the_forward() -> None:
     result = pgd(lambda v: v.flatten(1) @ weight.T, cross_entropy, x, y, eps=8 / 255, step_size=2 / 255, steps=2,
                  success_fn=lambda output, target: output.argmax(1) != target)
     assert result.output is not None and result.output.dtype == torch.float64
+
+
+def fooled(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return output.argmax(1) != target
+
+
+def half_fooled_batch(forward):
+    """Four images: the first two labelled with their least likely class (fooled at once), the last
+    two with their predicted class by a wide margin (a tiny eps never flips them)."""
+    x = images(4)
+    logits = forward(x)
+    y = torch.cat([logits[:2].argmin(1), logits[2:].argmax(1)])
+    return x, y
+
+
+def test_ties_between_restarts_keep_the_first_restart() -> None:
+    from ssl_robust.pgd import random_delta
+
+    x, y = images(2), torch.tensor([0, 1])
+    constant = lambda output, target, step, steps: output.sum(1) * 0  # noqa: E731
+    result = pgd(linear_forward(), constant, x, y, eps=8 / 255, step_size=2 / 255, steps=0, restarts=3)
+    first_start = random_delta(x, 8 / 255, "linf", torch.Generator().manual_seed(0))
+    torch.testing.assert_close(result.x_adv, x + first_start)
+
+
+def test_ties_in_damage_keep_the_earliest_iterate() -> None:
+    from ssl_robust.pgd import random_delta
+
+    x, y = images(2), torch.tensor([0, 1])
+    result = pgd(linear_forward(), cross_entropy, x, y, eps=8 / 255, step_size=2 / 255, steps=3,
+                 damage_fn=lambda output, target: torch.zeros(len(output)))
+    first_iterate = x + random_delta(x, 8 / 255, "linf", torch.Generator().manual_seed(0))
+    torch.testing.assert_close(result.x_adv, first_iterate)
+
+
+def test_restarts_after_every_sample_is_fooled_are_skipped() -> None:
+    forward = linear_forward()
+    x, y = images(3), forward(images(3)).argmin(1)
+    result = pgd(forward, cross_entropy, x, y, eps=8 / 255, step_size=2 / 255, steps=3, restarts=3,
+                 success_fn=fooled, stop_when_fooled=True)
+    assert bool(result.success.all()) and result.grad_steps == 3  # one step of the first restart
+
+
+def test_later_restarts_attack_only_the_samples_still_robust() -> None:
+    forward = linear_forward()
+    x, y = half_fooled_batch(forward)
+    result = pgd(forward, cross_entropy, x, y, eps=1e-6, step_size=1e-7, steps=3, restarts=2,
+                 success_fn=fooled, stop_when_fooled=True)
+    assert result.success.tolist() == [True, True, False, False]
+    assert result.grad_steps == (4 + 2 + 2) + 2 * 3  # restart 1: all, then the robust two; restart 2: the two
+
+
+def test_most_damaging_iterate_of_samples_still_attacked_does_not_depend_on_those_that_left() -> None:
+    forward = linear_forward()
+    x, y = half_fooled_batch(forward)
+    kwargs = dict(eps=1e-6, step_size=1e-7, steps=3, random_start=False, success_fn=fooled, stop_when_fooled=True,
+                  damage_fn=lambda output, target: -output.gather(1, target[:, None])[:, 0])
+    together = pgd(forward, cross_entropy, x, y, **kwargs)
+    alone = pgd(forward, cross_entropy, x[2:], y[2:], **kwargs)
+    torch.testing.assert_close(together.x_adv[2:], alone.x_adv)
