@@ -60,24 +60,32 @@ def cpu_model() -> str:
     return names[0] if names else platform.processor() or "unknown"
 
 
-def gemm_gflops(m: int, k: int, n: int, repeats: int) -> float:
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_gflops(m: int, k: int, n: int, repeats: int, device: torch.device) -> float:
     """Median fp32 GFLOP/s of an (m,k) @ (k,n) matmul, after three warm-up products."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
     for _ in range(3):
         a @ b
     times = []
     for _ in range(repeats):
+        sync(device)
         start = time.perf_counter()
         a @ b
+        sync(device)
         times.append(time.perf_counter() - start)
     return 2 * m * k * n / statistics.median(times) / 1e9
 
 
-def count_flops(model: nn.Module, size: int) -> tuple[float, float]:
+def count_flops(model: nn.Module, size: int, device: torch.device) -> tuple[float, float]:
     """(forward + input-gradient, forward only) FLOPs for one image. The math SDPA backend is used
     while counting: FlopCounterMode has no formula for CPU flash attention and would skip it."""
-    x = torch.rand(1, 3, size, size, requires_grad=True)
-    y = torch.zeros(1, dtype=torch.long)
+    x = torch.rand(1, 3, size, size, device=device, requires_grad=True)
+    y = torch.zeros(1, dtype=torch.long, device=device)
     with sdpa_kernel(SDPBackend.MATH):
         with FlopCounterMode(display=False) as step:
             F.cross_entropy(model(x), y).backward()
@@ -96,23 +104,24 @@ def build(args: argparse.Namespace, model_kwargs: dict) -> tuple[TaskModel, torc
     """Random-init encoder + a 10-way linear head fitted on cached CLS features of synthetic images
     (4 object classes, so logits 4-9 only learn to stay low); the attacked batch is the test split's head."""
     torch.manual_seed(0)
+    device = torch.device(args.device)
     encoder = create_encoder(EncoderCfg(name=args.encoder, pretrained=False, image_size=args.size,
-                                        model_kwargs=model_kwargs))
+                                        model_kwargs=model_kwargs)).to(device)
 
     def features(split: str, n: int) -> Features:
         data = Subset(SyntheticDataset(split, "classification", args.size), range(n))
-        return extract_features(encoder, DataLoader(data, batch_size=16), torch.device("cpu"), desc=split)
+        return extract_features(encoder, DataLoader(data, batch_size=16), device, desc=split)
 
     task, info = TASKS.get("classification"), TaskInfo("classification", num_classes=NUM_CLASSES)
     head, stats = fit_head(LinearClassifier(encoder.embed_dim, NUM_CLASSES), features("train", args.n_train),
                            features("val", args.n_val), loss_fn=task.loss(info),
                            val_score=functools.partial(task.validation_score, info),
                            epochs=args.head_epochs, lr=1e-2, weight_decay=0.0, batch_size=32, seed=0,
-                           device=torch.device("cpu"))
+                           device=device)
     model = TaskModel(encoder, head).eval().requires_grad_(False)
     test = SyntheticDataset("test", "classification", args.size)
     images, labels = zip(*(test[i] for i in range(args.batch)))
-    return model, torch.stack(images), torch.tensor(labels), stats
+    return model, torch.stack(images).to(device), torch.tensor(labels).to(device), stats
 
 
 def misclassified(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -165,12 +174,14 @@ def run_methods(counted: Counted, x: torch.Tensor, y: torch.Tensor,
     results: dict[str, dict] = {name: {key: [] for key in keys} for name in METHODS}
     gemm_rounds = []
     for rep in range(args.repeats):
-        gemm_rounds.append(gemm_gflops(args.gemm, args.gemm, args.gemm, 10))
+        gemm_rounds.append(gemm_gflops(args.gemm, args.gemm, args.gemm, 10, x.device))
         for name, method in list(METHODS.items())[::1 if rep % 2 == 0 else -1]:
             r = results[name]
             counted.samples = {True: 0, False: 0}
+            sync(x.device)
             start, cpu_start = time.perf_counter(), time.process_time()
             out = method(counted, x, y, args.steps, rep)
+            sync(x.device)
             measured = (time.perf_counter() - start, time.process_time() - cpu_start,
                         counted.samples[True], counted.samples[False])
             for key, value in zip(("times", "cpu", "grad", "nograd"), measured):
@@ -179,6 +190,7 @@ def run_methods(counted: Counted, x: torch.Tensor, y: torch.Tensor,
                 start = time.perf_counter()
                 with torch.no_grad():
                     out = ~misclassified(counted.model(out), y)
+                sync(x.device)
                 r["score_times"].append(time.perf_counter() - start)
             r["robust"].append(None if out is None else float(out.float().mean()))
             r["flags"].append(None if out is None else out.tolist())
@@ -196,17 +208,18 @@ def benchmark(args: argparse.Namespace, name: str) -> dict:
     counted = Counted(model)
     with torch.no_grad():
         clean_acc = float((~misclassified(model(x), y)).float().mean())
-    step_flops, fwd_flops = count_flops(model, args.size)
+    device = x.device
+    step_flops, fwd_flops = count_flops(model, args.size, device)
     vit = model.encoder.model
     tokens = vit.patch_embed.num_patches + vit.num_prefix_tokens
-    gemm_before = gemm_gflops(args.gemm, args.gemm, args.gemm, 20)
-    mlp_gemm = gemm_gflops(args.batch * tokens, vit.embed_dim, 4 * vit.embed_dim, 20)
+    gemm_before = gemm_gflops(args.gemm, args.gemm, args.gemm, 20, device)
+    mlp_gemm = gemm_gflops(args.batch * tokens, vit.embed_dim, 4 * vit.embed_dim, 20, device)
     print(f"\n== {name}: {args.encoder} shape {model_kwargs} @{args.size}\nhead: val acc "
           f"{head_stats['head/val_score']:.3f}; clean acc on the {args.batch} attacked images {clean_acc:.3f}\n"
           f"FLOPs/image: fwd+input-grad {step_flops / 1e9:.3f} G, fwd {fwd_flops / 1e9:.3f} G "
           f"(batch step {args.batch * step_flops / 1e9:.1f} G)")
     results, gemm_rounds = run_methods(counted, x, y, args)
-    square = [gemm_before, *gemm_rounds, gemm_gflops(args.gemm, args.gemm, args.gemm, 20)]
+    square = [gemm_before, *gemm_rounds, gemm_gflops(args.gemm, args.gemm, args.gemm, 20, device)]
     peak = statistics.median(square)
     nominal = args.batch * args.steps
     ta = results["torchattacks.PGD"]
@@ -260,6 +273,7 @@ def main() -> None:
     parser.add_argument("--head-epochs", type=int, default=30)
     parser.add_argument("--gemm", type=int, default=2048, help="square sgemm size for the peak")
     parser.add_argument("--quick", action="store_true", help="the ViT-S/14 cut to 2 blocks at 56 px: a smoke test")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     names = args.models.split(",")
@@ -269,11 +283,13 @@ def main() -> None:
     if args.quick:
         args.batch, args.steps, args.repeats = 8, 3, 1
         args.n_train, args.n_val, args.head_epochs, args.gemm = 32, 16, 5, 512
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {cpu_model()}")
+    gpu = f", GPU {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU {cpu_model()}{gpu}")
     models = {name: benchmark(args, name) for name in names}
     if args.json:
         args.json.write_text(json.dumps({
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_model(), "device": args.device,
+            "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
             "config": {k: str(v) for k, v in vars(args).items()}, "models": models}, indent=2))
 
 
