@@ -142,6 +142,7 @@ def test_later_restarts_attack_only_the_samples_still_robust() -> None:
                  success_fn=fooled, stop_when_fooled=True)
     assert result.success.tolist() == [True, True, False, False]
     assert result.grad_steps == (4 + 2 + 2) + 2 * 3  # restart 1: all, then the robust two; restart 2: the two
+    assert result.step_count.tolist() == [4 + 2, 2 + 2, 2 + 2]
 
 
 def test_most_damaging_iterate_of_samples_still_attacked_does_not_depend_on_those_that_left() -> None:
@@ -152,3 +153,12 @@ def test_most_damaging_iterate_of_samples_still_attacked_does_not_depend_on_thos
     together = pgd(forward, cross_entropy, x, y, **kwargs)
     alone = pgd(forward, cross_entropy, x[2:], y[2:], **kwargs)
     torch.testing.assert_close(together.x_adv[2:], alone.x_adv)
+
+
+def test_a_non_finite_gradient_at_an_early_step_is_reported() -> None:
+    def nan_at_first_step(output, target, step, steps):
+        return cross_entropy(output, target) * (float("nan") if step == 1 else 1.0)
+
+    result = pgd(linear_forward(), nan_at_first_step, images(2), torch.tensor([0, 1]), eps=8 / 255,
+                 step_size=2 / 255, steps=3)
+    assert result.grad_finite is False
