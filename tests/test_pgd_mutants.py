@@ -162,3 +162,35 @@ def test_a_non_finite_gradient_at_an_early_step_is_reported() -> None:
     result = pgd(linear_forward(), infinite_at_first_step, images(2), torch.tensor([0, 1]), eps=8 / 255,
                  step_size=2 / 255, steps=3)
     assert result.grad_finite is False
+
+
+def test_a_sample_with_a_small_gradient_on_one_pixel_counts_as_nonzero() -> None:
+    forward = lambda x: 1e-3 * x[:, :1, 0, 0] * torch.tensor([[1.0, -1.0]])  # noqa: E731  one pixel, two logits
+    result = pgd(forward, cross_entropy, images(3), torch.tensor([0, 1, 0]), eps=8 / 255, step_size=2 / 255,
+                 steps=2)
+    assert result.grad_nonzero == 1.0
+
+
+def test_without_gradient_steps_the_nonzero_fraction_is_one() -> None:
+    result = pgd(linear_forward(), cross_entropy, images(2), torch.tensor([0, 1]), eps=8 / 255, step_size=1 / 255,
+                 steps=0)
+    assert result.grad_nonzero == 1.0
+
+
+def test_the_last_robust_sample_is_attacked_for_every_step() -> None:
+    forward = linear_forward()
+    x, y = half_fooled_batch(forward)
+    pair = [1, 3]  # one fooled at once (it leaves after step 1), one robust (then alone in the batch)
+    result = pgd(forward, cross_entropy, x[pair], y[pair], eps=1e-6, step_size=1e-7, steps=3, success_fn=fooled,
+                 stop_when_fooled=True)
+    assert result.success.tolist() == [True, False] and result.grad_steps == 2 + 1 + 1
+
+
+def test_no_output_is_returned_unless_every_sample_has_one() -> None:
+    def nan_for_sample_0(output, target, step, steps):
+        loss = cross_entropy(output, target)
+        return torch.where(torch.arange(len(loss)) == 0, torch.full_like(loss, float("nan")), loss)
+
+    result = pgd(linear_forward(), nan_for_sample_0, images(2), torch.tensor([0, 1]), eps=8 / 255,
+                 step_size=2 / 255, steps=1)
+    assert result.output is None
