@@ -27,7 +27,7 @@ from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.load import load_split, size_batches, slide_stride, task_info
 from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import Encoder, create_encoder, input_size, local_file
-from ssl_robust.heads import TaskModel, extract_features, fit_head
+from ssl_robust.heads import TaskModel, TokenKeep, extract_features, fit_head
 from ssl_robust.pgd import AttackResult, pgd
 from ssl_robust.precision import in_precision
 from ssl_robust.sliding import resize_to, slide, slide_tokens
@@ -77,13 +77,20 @@ def _fit_loaders(cfg: CellCfg) -> tuple[Timed, Timed]:
     return _loader(cfg, "train", size, cfg.head.batch_size), _loader(cfg, "val", size, cfg.head.batch_size)
 
 
+def _tokens_kept(cfg: CellCfg, task: TaskSpec) -> TokenKeep:
+    """What the head reads of the patch tokens: the grid, their mean, or nothing (CLS only)."""
+    if task.token_grid:
+        return "grid"
+    return "mean" if cfg.head.classifier_input == "cls_patch_mean" else "none"
+
+
 def _fit(cfg: CellCfg, encoder: Encoder, loaders: tuple[Timed, Timed],
          device: torch.device) -> tuple[nn.Module, dict[str, float]]:
     """Extract the train and val features into the feature cache, fit the head on them."""
     start = time.perf_counter()
     task, info = TASKS.get(cfg.data.resolved_task), task_info(cfg.data)
     head = task.build_head(info, encoder.embed_dim, cfg.head)
-    extract = functools.partial(extract_features, encoder, device=device, token_grid=task.token_grid,
+    extract = functools.partial(extract_features, encoder, device=device, tokens=_tokens_kept(cfg, task),
                                 storage=cfg.head.features, precision=cfg.precision)
     with extract(loaders[0], desc="train features") as train, extract(loaders[1], desc="val features") as val:
         head, metrics = fit_head(head, train, val, loss_fn=task.loss(info),

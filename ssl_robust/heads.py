@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -103,19 +103,29 @@ class TaskModel(nn.Module):
         return self.head(cls, tokens, tuple(x.shape[-2:]))
 
 
+TokenKeep = Literal["grid", "mean", "none"]
+
+
+def _keep(patches: torch.Tensor, keep: TokenKeep) -> torch.Tensor:
+    if keep == "grid":
+        return patches
+    return pooled(patches) if keep == "mean" else patches.new_zeros(patches.shape[0], 0)
+
+
 @torch.no_grad()
 def extract_features(encoder: nn.Module, loader: DataLoader, device: torch.device, desc: str = "features",
-                     token_grid: bool = True, storage: Storage = "disk",
+                     tokens: TokenKeep = "grid", storage: Storage = "disk",
                      precision: Precision = "fp32") -> Features:
     """Run the frozen encoder once over a loader into a float16 feature cache (``storage``: disk or
-    memory). Without ``token_grid`` (heads that read CLS and at most the mean patch token) only the
-    mean patch token is kept: 2·D numbers per image instead of (1 + h·w)·D."""
+    memory). ``tokens`` says what is kept of the patch tokens beside CLS: the ``grid`` (dense heads),
+    their ``mean`` (a classifier on CLS ⊕ mean token: 2·D numbers per image instead of (1 + h·w)·D)
+    or ``none`` (a classifier on CLS only: D numbers)."""
     features = Features(len(loader.dataset), storage)
     try:
         for images, targets in tqdm(loader, desc=desc, leave=False):
             with autocast(precision, device):
-                cls, tokens = encoder.features(images.to(device))
-            features.append(cls, tokens if token_grid else pooled(tokens), torch.as_tensor(targets))
+                cls, patches = encoder.features(images.to(device))
+            features.append(cls, _keep(patches, tokens), torch.as_tensor(targets))
     except BaseException:
         features.close()
         raise

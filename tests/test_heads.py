@@ -40,8 +40,15 @@ def test_features_for_a_cls_head_keep_the_mean_token_not_the_grid() -> None:
     images = torch.rand(6, 3, 4, 4)
     loader = DataLoader(TensorDataset(images, torch.arange(6)), batch_size=4)
     grid = extract_features(_Grid(), loader, torch.device("cpu"))
-    pooled = extract_features(_Grid(), loader, torch.device("cpu"), token_grid=False)
+    pooled = extract_features(_Grid(), loader, torch.device("cpu"), tokens="mean")
     (_, grid_tokens, _), = grid.batches(6)
     (_, pooled_tokens, _), = pooled.batches(6)
     assert grid_tokens.shape == (6, 3, 4, 4) and pooled_tokens.shape == (6, 3)
     torch.testing.assert_close(pooled_tokens, images.mean(dim=(2, 3)), atol=1e-3, rtol=1e-3)  # float16 cache
+
+
+def test_features_for_a_cls_only_head_keep_no_patch_tokens() -> None:
+    loader = DataLoader(TensorDataset(torch.rand(6, 3, 4, 4), torch.arange(6)), batch_size=4)
+    with extract_features(_Grid(), loader, torch.device("cpu"), tokens="none") as features:
+        (cls, tokens, _), = features.batches(6)
+        assert cls.shape == (6, 3) and tokens.shape == (6, 0) and features.nbytes() == 6 * 3 * 2 + 6 * 2
