@@ -1,0 +1,101 @@
+"""Heads computed by hand: depth heads' bins, weights and bilinear resizing (half-pixel centres),
+and fit_head's optimiser settings."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ssl_robust.features import Features
+from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, LinearDepthHead, fit_head
+
+
+def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in] linear interpolation with half-pixel centres (align_corners=False), edges clamped."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * n_in / n_out - 0.5).clamp(0, n_in - 1)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=n_in - 1)
+    w = src - lo
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    m[torch.arange(n_out), lo] += 1 - w
+    m[torch.arange(n_out), hi] += w
+    return m
+
+
+def resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of [B, C, H, W] by hand, in float64."""
+    rows, cols = resize_matrix(t.shape[2], size[0]), resize_matrix(t.shape[3], size[1])
+    return torch.einsum("oh,bchw,pw->bcop", rows, t.double(), cols)
+
+
+def one_by_one(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution as a matrix product (fails for any other kernel size)."""
+    return torch.einsum("oc,bchw->bohw", conv.weight.double().view(conv.out_channels, -1), x) + \
+        conv.bias.double().view(1, -1, 1, 1)
+
+
+def tokens_and_cls(dim: int = 4, h: int = 2, w: int = 3):
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(2, dim, generator=gen), torch.randn(2, dim, h, w, generator=gen)
+
+
+def test_linear_depth_head_is_the_expected_bin_centre_per_patch_resized_bilinearly() -> None:
+    torch.manual_seed(0)
+    head = LinearDepthHead(4, n_bins=5, min_depth=0.5, max_depth=4.5).eval()
+    cls, tokens = tokens_and_cls()
+    features = head.norm(torch.cat([tokens, cls[:, :, None, None].expand_as(tokens)], dim=1)).double()
+    probs = one_by_one(head.conv, features).softmax(dim=1)
+    depth = (probs * torch.linspace(0.5, 4.5, 5, dtype=torch.float64).view(1, -1, 1, 1)).sum(1, keepdim=True)
+    with torch.no_grad():
+        got = head(cls, tokens, (5, 7))
+    torch.testing.assert_close(got.double(), resize(depth, (5, 7))[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_dinov2_depth_head_matches_its_formula_by_hand() -> None:
+    torch.manual_seed(0)
+    head = DINOv2DepthHead(4, n_bins=5, min_depth=0.5, max_depth=4.5).eval()
+    cls, tokens = tokens_and_cls()
+    features = resize(torch.cat([tokens, cls[:, :, None, None].expand_as(tokens)], dim=1), (8, 12))
+    weights = F.relu(one_by_one(head.conv, head.norm(features.float()).double())) + 0.1
+    weights = weights / weights.sum(1, keepdim=True)
+    depth = (weights * torch.linspace(0.5, 4.5, 5, dtype=torch.float64).view(1, -1, 1, 1)).sum(1, keepdim=True)
+    with torch.no_grad():
+        got = head(cls, tokens, (5, 7))
+    torch.testing.assert_close(got.double(), resize(depth, (5, 7))[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def _features(n: int, dim: int = 3) -> Features:
+    gen = torch.Generator().manual_seed(n)
+    features = Features(n, "memory")
+    features.append(torch.randn(n, dim, generator=gen), torch.zeros(n, dim), torch.arange(n) % 2)
+    return features
+
+
+def _fit(head, train, **kwargs):
+    settings = dict(loss_fn=lambda out, target: F.cross_entropy(out, target),
+                    val_score=lambda batches: 0.0, epochs=3, lr=0.1, weight_decay=0.0, batch_size=4, seed=0,
+                    device=torch.device("cpu"))
+    return fit_head(head, train, _features(4), **{**settings, **kwargs})
+
+
+def test_fit_head_anneals_the_learning_rate_over_every_batch_of_every_epoch(monkeypatch) -> None:
+    seen: list[int] = []
+    real = torch.optim.lr_scheduler.CosineAnnealingLR
+
+    def recording(optimizer, T_max):
+        seen.append(T_max)
+        return real(optimizer, T_max=T_max)
+
+    monkeypatch.setattr(torch.optim.lr_scheduler, "CosineAnnealingLR", recording)
+    _fit(LinearClassifier(3, 2), _features(10), epochs=3, batch_size=4)  # 3 batches a epoch
+    _fit(LinearClassifier(3, 2), _features(4), epochs=1, batch_size=4)  # one step in all
+    assert seen == [9, 1]
+
+
+def test_fit_head_uses_the_given_weight_decay() -> None:
+    torch.manual_seed(0)
+    head = LinearClassifier(3, 2)
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    no_gradient = lambda out, target: 0.0 * out.sum()  # noqa: E731  only weight decay could move the weights
+    head, _ = _fit(head, _features(8), loss_fn=no_gradient, weight_decay=0.0)
+    for key, value in head.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
