@@ -99,3 +99,48 @@ def test_fit_head_uses_the_given_weight_decay() -> None:
     head, _ = _fit(head, _features(8), loss_fn=no_gradient, weight_decay=0.0)
     for key, value in head.state_dict().items():
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+def _labelled(n: int) -> Features:
+    """Features whose targets number the images 0..n-1 (to see the training order)."""
+    features = Features(n, "memory")
+    features.append(torch.randn(n, 3, generator=torch.Generator().manual_seed(1)), torch.zeros(n, 3), torch.arange(n))
+    return features
+
+
+def test_fit_head_trains_exactly_the_given_epochs_on_batches_shuffled_afresh_each_epoch() -> None:
+    seen: list[list[int]] = []
+    scored: list[int] = []
+
+    def loss_fn(out, target):
+        seen.append(target.tolist())
+        return out.sum() * 0 + out.pow(2).mean()
+
+    def val_score(batches) -> float:
+        list(batches)
+        scored.append(1)
+        return -float(len(scored))
+
+    _fit(LinearClassifier(3, 10), _labelled(10), loss_fn=loss_fn, val_score=val_score, epochs=3, batch_size=4, seed=7)
+    generator = torch.Generator().manual_seed(7)
+    expected = [torch.randperm(10, generator=generator).tolist() for _ in range(3)]
+    assert [sum(seen[3 * e:3 * e + 3], []) for e in range(3)] == expected and len(seen) == 9
+    assert len(scored) == 3
+    assert expected[0] != sorted(expected[0])
+
+
+def test_fit_head_keeps_the_first_of_equally_scoring_epochs() -> None:
+    _, metrics = _fit(LinearClassifier(3, 2), _features(8), val_score=lambda batches: 0.5, epochs=3)
+    assert metrics["head/best_epoch"] == 1.0 and metrics["head/val_score"] == 0.5
+
+
+def test_fit_head_reports_the_last_batch_training_loss() -> None:
+    losses: list[float] = []
+
+    def loss_fn(out, target):
+        loss = F.cross_entropy(out, target)
+        losses.append(float(loss))
+        return loss
+
+    _, metrics = _fit(LinearClassifier(3, 2), _features(10), loss_fn=loss_fn, epochs=2, batch_size=4)
+    assert metrics["head/train_loss"] == losses[-1] and len(losses) == 6
