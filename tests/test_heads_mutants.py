@@ -50,6 +50,18 @@ def test_linear_depth_head_is_the_expected_bin_centre_per_patch_resized_bilinear
     torch.testing.assert_close(got.double(), resize(depth, (5, 7))[:, 0], rtol=1e-5, atol=1e-5)
 
 
+def test_linear_segmenter_is_a_1x1_conv_on_normalised_tokens_resized_bilinearly() -> None:
+    from ssl_robust.heads import LinearSegmenter
+
+    torch.manual_seed(0)
+    head = LinearSegmenter(4, 3).eval()
+    cls, tokens = tokens_and_cls()
+    logits = one_by_one(head.conv, head.norm(tokens).double())
+    with torch.no_grad():
+        got = head(cls, tokens, (5, 7))
+    torch.testing.assert_close(got.double(), resize(logits, (5, 7)), rtol=1e-5, atol=1e-5)
+
+
 def test_dinov2_depth_head_matches_its_formula_by_hand() -> None:
     torch.manual_seed(0)
     head = DINOv2DepthHead(4, n_bins=5, min_depth=0.5, max_depth=4.5).eval()
