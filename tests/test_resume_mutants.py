@@ -48,3 +48,45 @@ def test_only_finished_head_runs_count_as_finished_heads(uri: str, weights: Path
     attack = _head_run(client, exp_id, 1_000_000, weights, phase="attack")  # carries the head_id tag too
     assert finished_heads("running-head", uri) == {}
     assert client.get_run(running).info.status == "RUNNING" and client.get_run(attack).info.status == "FINISHED"
+
+
+def test_a_head_run_without_a_head_id_is_no_finished_head(uri: str, weights: Path) -> None:
+    exp_id = tracking.ensure_experiment("no-head-id", uri)
+    client = MlflowClient(uri)
+    run_id = client.create_run(exp_id, tags={"phase": "head"}).info.run_id
+    client.log_artifact(run_id, str(weights), str(Path(HEAD_ARTIFACT).parent))
+    client.set_terminated(run_id, "FINISHED")
+    assert finished_heads("no-head-id", uri) == {}
+
+
+def test_finished_runs_are_attack_runs_unless_a_phase_is_given(uri: str) -> None:
+    exp_id = tracking.ensure_experiment("default-phase", uri)
+    client = MlflowClient(uri)
+    ids = {}
+    for phase, key in (("attack", "cell_id"), ("head", "head_id")):
+        ids[phase] = client.create_run(exp_id, tags={"phase": phase, key: f"{phase}-1"}).info.run_id
+        client.set_terminated(ids[phase], "FINISHED")
+    assert tracking.finished_runs("default-phase", tracking_uri=uri) == {"attack-1": ids["attack"]}
+
+
+def test_failing_the_stale_runs_of_one_key_leaves_other_keys_running(uri: str) -> None:
+    exp_id = tracking.ensure_experiment("stale-key", uri)
+    client = MlflowClient(uri)
+    mine, other = (client.create_run(exp_id, tags={"phase": "attack", "cell_id": c}).info.run_id
+                   for c in ("cell-1", "cell-2"))
+    assert tracking.fail_stale_runs("stale-key", "attack", uri, key_value="cell-1") == [mine]
+    assert client.get_run(mine).info.status == "FAILED" and client.get_run(other).info.status == "RUNNING"
+
+
+def test_a_claim_reuses_the_oldest_finished_run_whatever_its_run_id(uri: str) -> None:
+    from ssl_robust.tracking.cells import claim_for
+
+    exp_id = tracking.ensure_experiment("claim-oldest", uri)
+    client = MlflowClient(uri)
+    runs: list[str] = []
+    start = 9_000_000
+    while len(runs) < 2 or min(runs) == runs[-1]:  # until the oldest run is not the smallest run id
+        start -= 1_000_000
+        runs.append(client.create_run(exp_id, start_time=start, tags={"phase": "attack", "cell_id": "c"}).info.run_id)
+        client.set_terminated(runs[-1], "FINISHED")
+    assert claim_for(uri, exp_id, "attack", "c").wait() == runs[-1]
