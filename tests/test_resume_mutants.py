@@ -90,3 +90,22 @@ def test_a_claim_reuses_the_oldest_finished_run_whatever_its_run_id(uri: str) ->
         runs.append(client.create_run(exp_id, start_time=start, tags={"phase": "attack", "cell_id": "c"}).info.run_id)
         client.set_terminated(runs[-1], "FINISHED")
     assert claim_for(uri, exp_id, "attack", "c").wait() == runs[-1]
+
+
+def test_finished_runs_of_one_key_are_only_that_keys(uri: str) -> None:
+    exp_id = tracking.ensure_experiment("one-key", uri)
+    client = MlflowClient(uri)
+    ids = {}
+    for cell in ("cell-1", "cell-2"):
+        ids[cell] = client.create_run(exp_id, tags={"phase": "attack", "cell_id": cell}).info.run_id
+        client.set_terminated(ids[cell], "FINISHED")
+    assert tracking.finished_runs("one-key", "attack", uri, key_value="cell-2") == {"cell-2": ids["cell-2"]}
+
+
+def test_a_finished_run_without_its_key_tag_is_left_out(uri: str) -> None:
+    exp_id = tracking.ensure_experiment("no-key", uri)
+    client = MlflowClient(uri)
+    client.set_terminated(client.create_run(exp_id, tags={"phase": "attack"}).info.run_id, "FINISHED")
+    keyed = client.create_run(exp_id, tags={"phase": "attack", "cell_id": "cell-1"}).info.run_id
+    client.set_terminated(keyed, "FINISHED")
+    assert tracking.finished_runs("no-key", "attack", uri) == {"cell-1": keyed}
