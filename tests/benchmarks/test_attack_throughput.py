@@ -20,7 +20,7 @@ def test_quick_benchmark_prints_table_with_every_method(tmp_path):
         pytest.skip("torchattacks is not installed (pip install --no-deps torchattacks)")
     import torchattacks  # noqa: F401  (installed but broken: an error, not a skip)
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attack_throughput.py"), "--quick",
-                          "--repeats", "1", "--json", str(tmp_path / "bench.json")],
+                          "--repeats", "1", "--bf16", "all", "--json", str(tmp_path / "bench.json")],
                          capture_output=True, text=True, timeout=600, check=True).stdout
     for method in ("ssl_robust pgd (all steps)", "ssl_robust pgd (all steps, bf16)",
                    "ssl_robust pgd (stop when fooled)", "torchattacks.PGD", "floor: fwd + input-grad"):
