@@ -243,3 +243,16 @@ def test_runs_are_named_as_their_cell_and_experiments_open_on_the_runs_table(sto
     assert tracking.cells.run_name(cell, "head") == f"head · {cell.encoder.name} · synthetic classification"
     tags = MlflowClient(uri).get_experiment(exp_id).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_s3_client_reads_the_credentials_of_the_environment_at_each_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that once had credentials must not keep using them (boto3's default session caches them)."""
+    from ssl_robust.tracking.artifacts import s3_client
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    assert s3_client()._request_signer._credentials.access_key == "key"
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert s3_client()._request_signer._credentials is None

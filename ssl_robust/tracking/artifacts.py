@@ -88,7 +88,7 @@ def _cache_dir(uri: str) -> Path:
 def s3_client() -> Any:
     """boto3 S3 client for ``AWS_ENDPOINT_URL_S3`` / ``MLFLOW_S3_ENDPOINT_URL`` (or AWS itself)."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    return boto3.client("s3", endpoint_url=endpoint or None)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint or None)  # credentials read now, not cached
 
 
 def _download(uri: str, dst: Path, tracking_uri: str | None) -> Path:
