@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssl_robust.config import DeaclCfg, EncoderCfg
+from ssl_robust.config import EncoderCfg
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.deacl import _optimization, _optimizer_step, _Run, _train_batch
 from ssl_robust.encoders import create_encoder
 

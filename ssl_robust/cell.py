@@ -181,16 +181,6 @@ def attack_setup(cfg: CellCfg, view: Views, task: TaskSpec, info: TaskInfo) -> A
                        None if on_embedding else task.fooled, task.damage(info) if worst else None, on_embedding)
 
 
-def attack_steps(cfg: CellCfg) -> int:
-    """Gradient steps per restart: none for a gradient-free attack (uniform noise)."""
-    return 0 if ATTACKS.get(cfg.attack.name).gradient_free else cfg.attack.steps
-
-
-def moves_delta(cfg: CellCfg) -> bool:
-    """Whether the attack can move the input at all: eps > 0 and a step or a random start to take."""
-    return cfg.attack.eps > 0 and (attack_steps(cfg) > 0 or cfg.attack.random_start)
-
-
 @torch.no_grad()
 def unmoved(setup: AttackSetup, x: torch.Tensor, labels: torch.Tensor, clean_out: torch.Tensor,
             steps: int) -> AttackResult:
@@ -277,13 +267,14 @@ def _attack_batch(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo
     with torch.no_grad():
         clean_out = view.scored(x)
     tally.clean.add(clean_out, y)
-    if not moves_delta(cfg):
-        result, adv_out = unmoved(setup, x, y, clean_out, attack_steps(cfg)), clean_out
+    if not cfg.attack.moves_input:
+        result, adv_out = unmoved(setup, x, y, clean_out, cfg.attack.gradient_steps), clean_out
     else:
         if i == 0:
             tally.eps0_gap, zero = eps0_gap(cfg, setup, view.scored, x, y, clean_out)
-            tally.grad_steps, tally.forward_passes = zero.grad_steps, zero.forward_passes
-        result = _attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=attack_steps(cfg), seed=cfg.seed + i)
+            tally.grad_steps += zero.grad_steps
+            tally.forward_passes += zero.forward_passes
+        result = _attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=cfg.attack.gradient_steps, seed=cfg.seed + i)
         adv_out = None if setup.on_embedding else result.output
         if adv_out is None or (i == 0 and result.success is not None):
             with torch.no_grad():
@@ -311,7 +302,7 @@ def _summary(cfg: CellCfg, task: TaskSpec, tally: Tally) -> dict[str, float]:
     metrics["attack/max_delta"] = max(b["attack/max_delta"] for b in tally.bounds)
     metrics["attack/grad_steps"] = float(tally.grad_steps)
     metrics["attack/forward_passes"] = float(tally.forward_passes)
-    steps = attack_steps(cfg) if moves_delta(cfg) else 0
+    steps = cfg.attack.gradient_steps if cfg.attack.moves_input else 0
     metrics.update(checks.gradient_checks(tally.grad_finite, tally.grad_nonzero, cfg.attack.eps, steps))
     metrics.update(checks.score_checks(clean_scores[task.metric], adv_scores[task.metric], task.higher_is_better,
                                        tally.eps0_gap, searched=not ATTACKS.get(cfg.attack.name).gradient_free))

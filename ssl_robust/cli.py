@@ -18,7 +18,8 @@ import yaml
 
 from ssl_robust import cost, tracking
 from ssl_robust.cell import run_cell
-from ssl_robust.config import CellCfg, ConfigError, DeaclCfg, load_config, parse_budget
+from ssl_robust.config import CellCfg, ConfigError, load_config, parse_budget
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.data import preflight
 from ssl_robust.data.safe_pickle import DataFileError
 from ssl_robust.devices import resolve_device

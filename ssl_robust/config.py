@@ -25,6 +25,7 @@ from ssl_robust.attacks import ATTACKS, check_applies
 from ssl_robust.data.catalog import DATASETS
 
 Norm = Literal["linf", "l2"]
+Precision = Literal["fp32", "bf16", "fp16"]  # fp32, or bf16/fp16 autocast
 Triple = tuple[float, float, float]
 _TIMM_NAME = r"^[a-z0-9_]+(\.[a-z0-9_]+)?$"
 _DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?|xpu(:\d+)?)$"
@@ -198,6 +199,16 @@ class AttackCfg(StrictModel):
             return self.step_size
         return 2.5 * self.eps / max(self.steps, 1)
 
+    @property
+    def gradient_steps(self) -> int:
+        """Gradient steps per restart: none for a gradient-free attack (uniform noise)."""
+        return 0 if ATTACKS.get(self.name).gradient_free else self.steps
+
+    @property
+    def moves_input(self) -> bool:
+        """Whether the attack can move the input at all: eps > 0 and a step or a random start to take."""
+        return self.eps > 0 and (self.gradient_steps > 0 or self.random_start)
+
 
 class LoaderCfg(StrictModel):
     """How images are loaded (torch DataLoader settings); does not change any result."""
@@ -223,7 +234,7 @@ class CellFields(StrictModel):
     seed: int = 0
     batch_size: int = Field(default=16, gt=0)
     device: Device = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # attacks and feature extraction: fp32, or bf16/fp16 autocast
+    precision: Precision = "fp32"  # of attacks and feature extraction
     loader: LoaderCfg = Field(default_factory=LoaderCfg)
 
 
@@ -339,67 +350,3 @@ def read_config(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
 def load_config(model: type[M], path: str | Path, overrides: list[str] = ()) -> M:
     """Read a YAML file, apply ``key=value`` overrides and validate it as ``model``."""
     return validate(model, read_config(path, overrides), str(path))
-
-
-class DeaclAttackCfg(StrictModel):
-    """DeACL's inner EmbedAttack (cosine objective) on the student."""
-
-    eps: Budget = 8 / 255
-    step_size: Budget = 2 / 255
-    steps: int = Field(default=5, ge=0, le=MAX_STEPS)
-    norm: Norm = "linf"
-    random_start: bool = True
-
-
-class ProbeCfg(StrictModel):
-    """The per-epoch linear probe on CLS: fitted on the data set's val split, scored on test."""
-
-    n_train: int | None = Field(default=256, gt=0)  # val-split images the probe is fitted on
-    n_samples: int | None = Field(default=256, gt=0)  # test images scored clean and under EmbedAttack
-    epochs: int = Field(default=20, ge=1)
-    lr: float = Field(default=1e-2, gt=0)
-    batch_size: int = Field(default=64, gt=0)
-    eps: Budget | None = None  # the probe's EmbedAttack; None = the training attack's (fix it when searching eps)
-    steps: int | None = Field(default=None, ge=0, le=MAX_STEPS)
-
-
-class DeaclCfg(StrictModel):
-    """DeACL robust fine-tuning: the student starts from the frozen teacher and minimises
-    -cos(f_R(x), f(x)) - gamma * cos(f_R(x_adv), f_R(x)) (plus the same on patch tokens, weighted
-    by ``dense_weight``)."""
-
-    name: str = Field(default="deacl", pattern=r"^[A-Za-z0-9_.\-]+$")  # the MLflow experiment
-    encoder: EncoderCfg = Field(default_factory=EncoderCfg)
-    data: DataCfg = Field(default_factory=lambda: DataCfg(name="synthetic", task="classification"))
-    augment: bool = True  # random resized crop + horizontal flip
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-    gamma: float = Field(default=2.0, ge=0)
-    dense_weight: float = Field(default=0.0, ge=0)  # 0 = the paper's DeACL (CLS only)
-    attack: DeaclAttackCfg = Field(default_factory=DeaclAttackCfg)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(default=0.5, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=5e-4, ge=0)
-    warmup_epochs: float = Field(default=10.0, ge=0)
-    epochs: int = Field(default=101, ge=1)
-    batch_size: int = Field(default=128, gt=0)
-    grad_accum: int = Field(default=1, ge=1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    checkpoint_every: int = Field(default=25, ge=1)
-    probe: ProbeCfg = Field(default_factory=ProbeCfg)
-    seed: int = 0
-    device: Device = "auto"
-
-    @field_validator("crop_scale")
-    @classmethod
-    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0 < low <= high <= 1:
-            raise ValueError(f"need 0 < low <= high <= 1, got {value}")
-        return value
-
-    @property
-    def deacl_id(self) -> str:
-        """Hash of everything that defines the fine-tune's result (not the device)."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"device", "name"}), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]

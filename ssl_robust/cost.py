@@ -9,7 +9,6 @@ Counts are upper bounds where the cascade (``stop_when_fooled``) drops fooled sa
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,9 @@ from ssl_robust.aliases import ENCODERS
 from ssl_robust.attacks import ATTACKS
 from ssl_robust.config import CellCfg, DataCfg, EncoderCfg
 from ssl_robust.data.catalog import DATASETS
+from ssl_robust.data.load import slide_stride
 from ssl_robust.encoders import input_size
+from ssl_robust.sliding import n_windows
 from ssl_robust.tasks import eval_mode
 
 FWD_GRAD_PER_FWD = 25.71 / 12.25  # forward + input gradient over forward, ViT-S/14 (benchmarks/attack_throughput.py)
@@ -42,13 +43,15 @@ class Cost:
 
 def vit_shape(encoder: EncoderCfg) -> tuple[int, int, int, int] | None:
     """(width, depth, patch, prefix tokens) of a timm ViT name (and its ``model_kwargs``), or None."""
-    name = ENCODERS.get(encoder.name).timm_name if encoder.name in ENCODERS else encoder.name
-    kwargs = {**(ENCODERS.get(encoder.name).model_kwargs if encoder.name in ENCODERS else {}), **encoder.model_kwargs}
+    alias = ENCODERS.get(encoder.name) if encoder.name in ENCODERS else None
+    name = alias.timm_name if alias else encoder.name
+    kwargs = {**(alias.model_kwargs if alias else {}), **encoder.model_kwargs}
     match = re.match(r"vit_(tiny|small|base|large|giant)_patch(\d+)", name)
     if match is None:
         return None
     width, depth = VIT_SIZES[match.group(1)]
-    registers = int(re.search(r"reg(\d+)", name).group(1)) if re.search(r"reg(\d+)", name) else 0
+    registers = re.search(r"reg(\d+)", name)
+    registers = int(registers.group(1)) if registers else 0
     return (kwargs.get("embed_dim", width), kwargs.get("depth", depth), kwargs.get("patch_size", int(match.group(2))),
             1 + kwargs.get("reg_tokens", registers))
 
@@ -89,8 +92,7 @@ def windows_per_image(cell: CellCfg, size: int) -> int:
     if eval_mode(cell.data) != "slide":
         return 1
     long_side = round(size * DATASETS.get(cell.data.name).aspect)
-    stride = cell.data.slide_stride or round(2 * size / 3)
-    return math.ceil(max(long_side - size, 0) / stride) + 1
+    return n_windows(size, long_side, size, slide_stride(cell.data, size))
 
 
 def _gflop(encoder: EncoderCfg, size: int, grad_steps: int, forwards: int, windows: int = 1) -> float | None:
@@ -106,16 +108,15 @@ def cell_cost(cell: CellCfg) -> Cost | None:
     n = split_images(cell.data, "test")
     if n is None:
         return None
-    attack, spec = cell.attack, ATTACKS.get(cell.attack.name)
-    steps = 0 if spec.gradient_free else attack.steps
-    first = min(cell.batch_size, n)
+    attack, on_embedding = cell.attack, ATTACKS.get(cell.attack.name).on_embedding
+    steps, first = attack.gradient_steps, min(cell.batch_size, n)
     forwards, grad_steps = n, 0  # clean
-    if spec.on_embedding:
+    if on_embedding:
         forwards += n  # the clean representation EmbedAttack pushes away from
-    if attack.eps > 0 and (steps > 0 or attack.random_start):
+    if attack.moves_input:
         grad_steps = (n * steps + first) * attack.restarts
         forwards += (n * (steps + 1) + 2 * first) * attack.restarts + first  # + the check's rescoring
-        forwards += n if spec.on_embedding else first  # rescoring: every batch (EmbedAttack) or the first
+        forwards += n if on_embedding else first  # rescoring: every batch (EmbedAttack) or the first
     size = input_size(cell.encoder)
     return Cost(grad_steps, forwards, _gflop(cell.encoder, size, grad_steps, forwards, windows_per_image(cell, size)))
 

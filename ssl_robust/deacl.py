@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ssl_robust.config import DeaclCfg
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.data import DATASETS
 from ssl_robust.data.load import load_split
 from ssl_robust.deacl_loss import augment, deacl_loss, embed_attack, probe_attack

@@ -1,10 +1,11 @@
 """Cached head inputs: the frozen encoder's (cls, tokens) and the target of every image, stored once
 and read back in batches for every epoch of head fitting.
 
-Features are stored as float16, integer targets (labels, label maps) as int16. On ``disk`` (the default) each array is a raw file in a temporary
-folder, written batch by batch and read with positional reads (no memory map, whose touched pages
-would count towards the process's resident memory), so the memory of head fitting does not grow
-with the number of training images; ``memory`` keeps the same float16 arrays in RAM.
+Features are stored as float16, integer targets (labels, label maps) as int16. On ``disk`` (the
+default) each array is a raw file in a temporary folder, written batch by batch and read with
+positional reads (no memory map, whose touched pages would count towards the process's resident
+memory), so the memory of head fitting does not grow with the number of training images; ``memory``
+keeps the same float16 arrays in RAM.
 """
 from __future__ import annotations
 

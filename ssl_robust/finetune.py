@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from ssl_robust.config import DeaclCfg
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.deacl import fine_tune
 from ssl_robust.encoders import check_encoder_name
 from ssl_robust.tracking import DeaclRun, localize

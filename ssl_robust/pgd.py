@@ -24,7 +24,7 @@ class AttackResult:
     x_adv: torch.Tensor  # per sample: first fooling iterate, else final iterate of the best restart
     loss: torch.Tensor  # objective at x_adv, one per sample
     success: torch.Tensor | None  # per sample: any iterate fooled it (None without success_fn)
-    output: torch.Tensor | None = None  # forward(x_adv), as computed during the attack (None if not every sample has one)
+    output: torch.Tensor | None = None  # forward(x_adv) as computed in the attack (None unless every sample has one)
     grad_finite: bool = True  # every gradient seen was finite
     grad_nonzero: float = 1.0  # fraction of samples with a non-zero gradient at the first step
     forward_passes: int = 0  # sample-forwards spent (for throughput accounting)
@@ -186,7 +186,9 @@ def pgd(
 def _sum_per_step(step_sums: list[list[torch.Tensor]], device: torch.device) -> torch.Tensor:
     """[steps] float64 totals of the per-restart loss sums (zero for a step no sample reached)."""
     zero = torch.zeros((), dtype=torch.float64, device=device)
-    return torch.stack([torch.stack(sums).double().sum() if sums else zero for sums in step_sums] or [zero])[:len(step_sums)]
+    if not step_sums:
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    return torch.stack([torch.stack(sums).double().sum() if sums else zero for sums in step_sums])
 
 
 class _Best:

@@ -6,11 +6,12 @@ attack's loss, the perturbation delta and its gradient stay float32 (the "master
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 
-Precision = Literal["fp32", "bf16", "fp16"]
+from ssl_robust.config import Precision
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

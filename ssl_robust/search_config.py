@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
-from ssl_robust.config import (ConfigError, DeaclCfg, StrictModel, format_errors, parse_budget, read_config,
-                               validate)
+from ssl_robust.config import ConfigError, StrictModel, format_errors, parse_budget, read_config, validate
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.sweep_config import Resources
 
 SpaceKey = Literal["lr", "gamma", "attack.eps", "attack.steps", "weight_decay", "dense_weight"]

@@ -14,8 +14,9 @@ from typing import Annotated, Any, Callable
 from pydantic import BeforeValidator, Field, model_validator
 
 from ssl_robust.attacks import ATTACKS, attacks_for
-from ssl_robust.config import (AttackCfg, Budget, CellCfg, CellFields, ConfigError, DataCfg, DeaclCfg,
-                               EncoderCfg, StrictModel, read_config, validate)
+from ssl_robust.config import (AttackCfg, Budget, CellCfg, CellFields, ConfigError, DataCfg, EncoderCfg, StrictModel,
+                               read_config, validate)
+from ssl_robust.deacl_config import DeaclCfg
 
 
 def _name_to_entry(value: Any) -> Any:

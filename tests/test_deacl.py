@@ -11,7 +11,8 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from ssl_robust.config import DeaclCfg, EncoderCfg
+from ssl_robust.config import EncoderCfg
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.deacl import RESUME_FILE, DeaclHooks, fine_tune, lr_factor
 from ssl_robust.deacl_loss import deacl_loss
 from ssl_robust.encoders import create_encoder

@@ -10,7 +10,8 @@ from mlflow import MlflowClient
 from safetensors.torch import load_file
 
 from ssl_robust import tracking
-from ssl_robust.config import DeaclCfg, EncoderCfg
+from ssl_robust.config import EncoderCfg
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.encoders import create_encoder
 from ssl_robust.finetune import run_deacl
 from tests.helpers import TINY_ENCODER

@@ -391,7 +391,8 @@ def test_all_steps_pgd_returns_the_textbook_final_iterate(seed: int) -> None:
     assert torch.equal(result.x_adv, expected)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"success_fn": misclassified}, {"success_fn": misclassified, "stop_when_fooled": True},
+@pytest.mark.parametrize("kwargs", [{}, {"success_fn": misclassified},
+                                    {"success_fn": misclassified, "stop_when_fooled": True},
                                     {"restarts": 3, "success_fn": misclassified}])
 def test_returned_output_is_the_forward_of_the_returned_input(kwargs) -> None:
     model, x, y = linear_model(4), images(9), labels(9, 4)

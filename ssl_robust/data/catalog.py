@@ -32,7 +32,7 @@ class DatasetSpec:
     infos: dict[str, TaskInfo] = field(default_factory=dict)
     needs_root: bool = True
     how_to_get: str = ""
-    sizes: dict[str, int] = field(default_factory=dict)  # images per split (train before the val carve-out), for cost estimates
+    sizes: dict[str, int] = field(default_factory=dict)  # images per split (train before the val carve-out)
     aspect: float = 1.0  # long side / short side of a typical test image (sliding-window count)
 
     @property

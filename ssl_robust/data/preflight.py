@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ssl_robust.config import CellCfg, ConfigError, DataCfg, DeaclCfg
+from ssl_robust.config import CellCfg, ConfigError, DataCfg
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.data.catalog import DATASETS
 from ssl_robust.data.load import load_split
 from ssl_robust.sweep_config import DeaclSweepCfg, EncoderEntry, SweepCfg, benchmark_sweep, deacl_configs, expand

@@ -16,7 +16,8 @@ import mlflow.artifacts
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 from mlflow.exceptions import MlflowException
 
-from ssl_robust.config import CellCfg, DeaclCfg
+from ssl_robust.config import CellCfg
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.tracking.store import absolute_tracking_uri
 
 _REMOTE_SCHEMES = ("runs", "mlflow-artifacts", "models", "http", "https")

@@ -17,7 +17,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from ssl_robust.config import DeaclCfg
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.tracking.store import (absolute_tracking_uri, code_version, ensure_experiment, experiment_id,
                                        flatten, search_runs)
 

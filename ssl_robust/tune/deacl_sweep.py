@@ -16,7 +16,7 @@ from typing import Any
 from ray import tune
 
 from ssl_robust import tracking
-from ssl_robust.config import DeaclCfg
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.finetune import run_deacl
 from ssl_robust.sweep_config import (DeaclSweepCfg, SweepCfg, benchmark_sweep, deacl_configs, expand,
                                      resolve_encoders)

@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
-from ssl_robust.config import DeaclCfg
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.finetune import run_deacl
 from ssl_robust.pareto import plot_pareto
 from ssl_robust.search_config import ParamSpace, SearchCfg, check_search, normalized, trial_config
