@@ -187,9 +187,10 @@ class RayInstance:
     address: str  # its GCS address, for drivers in other processes
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_tmp(stack_env: dict[str, str]) -> Iterator[RayInstance]:
-    """A local Ray instance (2 CPUs, its own short temp dir) started after the stack's secret is set."""
+    """A local Ray instance (2 CPUs, its own short temp dir) started after the stack's secret is set;
+    one per test, so that no instance outlives its test (the join test connects to a cluster of its own)."""
     import ray
 
     folder = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
