@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 
-from tests.helpers import REPO_ROOT, TASK_ATTACKS, TINY_ENCODER, TINY_IMAGE_SIZE, free_port, merge
+from tests.helpers import REPO_ROOT, TASK_ATTACKS, TINY_ENCODER, TINY_IMAGE_SIZE, free_port, merge, shared_scope
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 # Tiny models: one intra-op thread is as fast as two, and far faster when several test
@@ -78,7 +78,7 @@ def tiny_encoder(tiny_encoder_cfg: dict[str, Any]):
     return create_encoder(EncoderCfg(**tiny_encoder_cfg))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope=shared_scope("session"))
 def fitted_head(make_cell_cfg: Callable[..., Any],
                 tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """``fitted_head(task)`` -> path of the head ``prepare_head`` fitted for ``make_cell_cfg(task)``
@@ -97,7 +97,7 @@ def fitted_head(make_cell_cfg: Callable[..., Any],
     return get
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope=shared_scope("session"))
 def fitted_classifier(make_cell_cfg: Callable[..., Any], fitted_head: Callable[[str], Path]):
     """(model, x, y): the tiny encoder + fitted linear classifier, and 32 synthetic test images."""
     from ssl_robust.cell import load_head

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_ENCODER = "tiny_dinov2"  # the random-init test encoder of configs/tiny.yaml (ssl_robust/aliases.py)
 TINY_IMAGE_SIZE = 28
 TASK_ATTACKS = {"classification": "pgd", "segmentation": "segpgd", "depth": "depthpgd"}
+
+
+def shared_scope(scope: str):
+    """A fixture scope: ``scope``, but ``function`` while mutmut records which tests reach which
+    function (``MUTANT_UNDER_TEST=stats``), so that the work a shared fixture does is mapped to every
+    test that reads it, not only to the first one that built it."""
+
+    def pick(fixture_name: str, config: Any) -> str:
+        return "function" if os.environ.get("MUTANT_UNDER_TEST") == "stats" else scope
+
+    return pick
 
 
 def merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from ssl_robust.cell import run_cell
+from tests.helpers import shared_scope
 
 PRIMARY = {"classification": ("acc", True), "segmentation": ("miou", True), "depth": ("rmse", False)}
 CLEAN_KEYS = {"classification": {"acc"}, "segmentation": {"miou", "pixel_acc"},
@@ -27,7 +28,7 @@ def check_flags(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.startswith("check/") and k != "check/eps0_max_output_gap"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope=shared_scope("module"))
 def cell_run(make_cell_cfg: Callable[..., Any], fitted_head: Callable[[str], Path],
              tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], tuple[dict[str, float], Path]]:
     """``cell_run(task, attack)`` -> (metrics, out_dir), run once per module.
