@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from ssl_robust import tracking
 from ssl_robust.config import CellCfg
 from ssl_robust.sweep_config import expand, parse_sweep
-from tests.helpers import tiny_sweep
+from tests.helpers import dead_pid, tiny_sweep
 
 
 @pytest.fixture(scope="module")
@@ -128,15 +128,6 @@ def fast_claims(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(claims, "SETTLE_S", 0.6)
     monkeypatch.setattr(claims, "POLL_S", 0.1)
-
-
-def dead_pid() -> int:
-    import subprocess
-    import sys
-
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
 
 
 def test_concurrent_claims_give_one_finished_run_per_key(store: tuple[str, str], cells: list[CellCfg],

@@ -1,0 +1,183 @@
+"""The claim protocol, one rule at a time: when a run's owner counts as alive, when a new run may
+take a key, and when a holder keeps it (`ssl_robust.tracking.claims`)."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Run, RunData, RunInfo, RunTag
+
+from ssl_robust import tracking
+from ssl_robust.tracking import claims
+from ssl_robust.tracking.cells import claim_for
+from tests.helpers import dead_pid
+
+NOW = 1_800_000_000.0  # seconds; a clock given to `alive`, far from the real one
+
+
+def run(status: str = "RUNNING", start_ms: int = 0, **tags: str) -> Run:
+    info = RunInfo(run_id="r1", experiment_id="0", user_id="u", status=status, start_time=start_ms,
+                   end_time=None, lifecycle_stage="active")
+    return Run(info, RunData(tags=[RunTag(k, v) for k, v in tags.items()]))
+
+
+def test_a_running_run_with_a_recent_heartbeat_is_alive() -> None:
+    assert claims.alive(run(heartbeat=f"{NOW - 1:.0f}", host="elsewhere"), now=NOW)
+
+
+def test_a_heartbeat_as_old_as_the_stale_limit_is_dead() -> None:
+    assert not claims.alive(run(heartbeat=f"{NOW - claims.STALE_S:.0f}", host="elsewhere"), now=NOW)
+
+
+def test_a_finished_run_is_not_alive() -> None:
+    assert not claims.alive(run("FINISHED", heartbeat=f"{NOW:.0f}"), now=NOW)
+
+
+def test_liveness_is_judged_at_the_time_given() -> None:
+    beat = run(heartbeat="1000", host="elsewhere")
+    assert claims.alive(beat, now=1001.0)
+    assert not claims.alive(beat, now=1000.0 + claims.STALE_S)
+
+
+def test_without_a_time_given_liveness_is_judged_now() -> None:
+    assert claims.alive(run(heartbeat=f"{time.time():.0f}", host="elsewhere"))
+    assert not claims.alive(run(heartbeat="1000", host="elsewhere"))
+
+
+def test_without_a_heartbeat_the_start_time_counts_as_the_last_beat() -> None:
+    assert claims.alive(run(start_ms=int((NOW - 1) * 1000), host="elsewhere"), now=NOW)
+    assert not claims.alive(run(start_ms=int((NOW - claims.STALE_S - 1) * 1000), host="elsewhere"), now=NOW)
+
+
+def test_a_run_started_at_the_epoch_without_a_heartbeat_beat_last_then() -> None:
+    assert claims.alive(run(host="elsewhere"), now=claims.STALE_S - 0.0005)
+    assert not claims.alive(run(host="elsewhere"), now=claims.STALE_S)
+
+
+def test_a_run_of_this_host_whose_process_lives_is_alive() -> None:
+    assert claims.alive(run(host=socket.gethostname(), pid=str(os.getpid()), heartbeat=f"{NOW:.0f}"), now=NOW)
+
+
+def test_a_run_of_this_host_whose_process_died_is_dead_whatever_its_heartbeat() -> None:
+    assert not claims.alive(run(host=socket.gethostname(), pid=str(dead_pid()), heartbeat=f"{NOW:.0f}"), now=NOW)
+
+
+def test_a_run_of_this_host_without_a_pid_is_judged_by_its_heartbeat() -> None:
+    assert claims.alive(run(host=socket.gethostname(), heartbeat=f"{NOW:.0f}"), now=NOW)
+    assert claims.alive(run(host=socket.gethostname(), pid="", heartbeat=f"{NOW:.0f}"), now=NOW)
+
+
+def test_an_acquire_counts_as_in_time_up_to_a_third_of_the_settling_time() -> None:
+    assert claims.tagged_in_time(claims.SETTLE_S / 3)
+    assert not claims.tagged_in_time(claims.SETTLE_S / 3 + 1e-6)
+    assert claims.tagged_in_time(claims.SETTLE_S / 4 + 1e-6)
+
+
+# Claims on a real store: runs of one key ("cell_id" = "c") in an experiment of each test's own.
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture()
+def key(uri: str, request: pytest.FixtureRequest) -> tuple[MlflowClient, str, claims.Claim]:
+    """(client, experiment id, the claim of cell "c") in an experiment of this test's own."""
+    exp_id = tracking.ensure_experiment(f"claims-{request.node.name}", uri)
+    return MlflowClient(uri), exp_id, claim_for(uri, exp_id, "attack", "c")
+
+
+def new_run(client: MlflowClient, exp_id: str, start_ms: int | None = None, **tags: str) -> str:
+    tags = {"phase": "attack", "cell_id": "c", **claims.owner_tags(), **tags}
+    return client.create_run(exp_id, start_time=start_ms, tags=tags).info.run_id
+
+
+def test_acquire_tags_the_run_as_the_holder(key) -> None:
+    client, exp_id, claim = key
+    mine = new_run(client, exp_id)
+    assert claim.acquire(mine)
+    assert client.get_run(mine).data.tags[claims.CLAIM_TAG] == claims.HELD
+
+
+def test_acquire_gives_way_to_a_finished_run(key) -> None:
+    client, exp_id, claim = key
+    client.set_terminated(new_run(client, exp_id), "FINISHED")
+    assert not claim.acquire(new_run(client, exp_id))
+
+
+def test_acquire_gives_way_to_a_live_holder_even_a_newer_one(key) -> None:
+    client, exp_id, claim = key
+    mine = new_run(client, exp_id, start_ms=1_000)
+    new_run(client, exp_id, start_ms=2_000, claim=claims.HELD)
+    assert not claim.acquire(mine)
+
+
+def test_acquire_gives_way_to_an_older_live_run(key) -> None:
+    client, exp_id, claim = key
+    new_run(client, exp_id, start_ms=1_000)
+    assert not claim.acquire(new_run(client, exp_id, start_ms=2_000))
+
+
+def test_acquire_ignores_a_dead_holder(key) -> None:
+    client, exp_id, claim = key
+    new_run(client, exp_id, start_ms=1_000, claim=claims.HELD, host="elsewhere", heartbeat="0")
+    assert claim.acquire(new_run(client, exp_id, start_ms=2_000))
+
+
+def test_a_slow_acquire_gives_the_claim_back(key, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, exp_id, claim = key
+    monkeypatch.setattr(claims, "SETTLE_S", 0.0)  # any acquire is too slow
+    mine = new_run(client, exp_id)
+    assert not claim.acquire(mine)
+    assert client.get_run(mine).data.tags[claims.CLAIM_TAG] == ""
+
+
+def test_confirm_waits_until_the_settling_time_after_acquire(key, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, exp_id, claim = key
+    mine = new_run(client, exp_id)
+    assert claim.acquire(mine)
+    waits: list[float] = []
+    monkeypatch.setattr(claims.time, "sleep", waits.append)
+    assert claim.confirm(mine)
+    assert claims.SETTLE_S - 1.0 < waits[0] <= claims.SETTLE_S
+
+
+def test_confirm_does_not_wait_once_the_settling_time_has_passed(key, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, exp_id, claim = key
+    mine = new_run(client, exp_id)
+    assert claim.acquire(mine)
+    claim.held_at -= claims.SETTLE_S + 10
+    waits: list[float] = []
+    monkeypatch.setattr(claims.time, "sleep", waits.append)
+    assert claim.confirm(mine)
+    assert waits == [0.0]
+
+
+def test_confirm_gives_way_to_an_older_live_holder(key, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, exp_id, claim = key
+    mine = new_run(client, exp_id, start_ms=2_000)
+    assert claim.acquire(mine)
+    monkeypatch.setattr(claims, "SETTLE_S", 0.0)  # no wait in confirm
+    new_run(client, exp_id, start_ms=1_000, claim=claims.HELD)  # tagged while we settled
+    assert not claim.confirm(mine)
+
+
+def test_confirm_fails_a_run_that_is_no_longer_running(key, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, exp_id, claim = key
+    mine = new_run(client, exp_id)
+    assert claim.acquire(mine)
+    monkeypatch.setattr(claims, "SETTLE_S", 0.0)  # no wait in confirm
+    client.set_terminated(mine, "FAILED")  # judged dead by another trial meanwhile
+    assert not claim.confirm(mine)
+
+
+def test_confirm_gives_way_to_a_run_that_finished_meanwhile(key, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, exp_id, claim = key
+    mine = new_run(client, exp_id)
+    assert claim.acquire(mine)
+    monkeypatch.setattr(claims, "SETTLE_S", 0.0)  # no wait in confirm
+    client.set_terminated(new_run(client, exp_id), "FINISHED")
+    assert not claim.confirm(mine)
