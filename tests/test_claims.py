@@ -181,3 +181,76 @@ def test_confirm_gives_way_to_a_run_that_finished_meanwhile(key, monkeypatch: py
     monkeypatch.setattr(claims, "SETTLE_S", 0.0)  # no wait in confirm
     client.set_terminated(new_run(client, exp_id), "FINISHED")
     assert not claim.confirm(mine)
+
+
+def test_owner_tags_name_this_host_this_process_and_now() -> None:
+    tags = claims.owner_tags()
+    assert tags["host"] == socket.gethostname() and tags["pid"] == str(os.getpid())
+    assert abs(float(tags[claims.HEARTBEAT_TAG]) - time.time()) < 5
+
+
+def test_a_head_claim_does_not_reuse_a_finished_head_without_its_weights(uri: str) -> None:
+    client, exp_id = MlflowClient(uri), tracking.ensure_experiment("claims-head-weights", uri)
+    lost = client.create_run(exp_id, tags={"phase": "head", "head_id": "h"}).info.run_id
+    client.set_terminated(lost, "FINISHED")
+    assert claim_for(uri, exp_id, "head", "h").wait() is None
+    assert client.get_run(lost).info.status == "FAILED"
+
+
+def test_confirm_without_acquire_does_not_wait(key, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, exp_id, claim = key
+    waits: list[float] = []
+    monkeypatch.setattr(claims.time, "sleep", waits.append)
+    claim.confirm(new_run(client, exp_id))
+    assert waits == [0.0]
+
+
+def test_wait_polls_a_live_run_at_one_to_two_poll_intervals(key, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, exp_id, claim = key
+    other = new_run(client, exp_id)
+    waits: list[float] = []
+
+    def other_finishes(seconds: float) -> None:
+        waits.append(seconds)
+        client.set_terminated(other, "FINISHED")
+
+    monkeypatch.setattr(claims.time, "sleep", other_finishes)
+    assert claim.wait() == other
+    assert len(waits) == 1 and claims.POLL_S <= waits[0] < 2 * claims.POLL_S
+
+
+@pytest.fixture()
+def fast_beats(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(claims, "HEARTBEAT_S", 0.05)
+
+
+def test_a_heartbeat_refreshes_its_runs_tag(key, fast_beats: None) -> None:
+    client, exp_id, _ = key
+    run_id = new_run(client, exp_id, heartbeat="0")
+    beat = claims.Heartbeat(client.tracking_uri, run_id)
+    try:
+        deadline = time.time() + 30
+        while client.get_run(run_id).data.tags[claims.HEARTBEAT_TAG] == "0" and time.time() < deadline:
+            time.sleep(0.05)
+        assert abs(float(client.get_run(run_id).data.tags[claims.HEARTBEAT_TAG]) - time.time()) < 5
+    finally:
+        beat.stop()
+    assert not beat.thread.is_alive()
+
+
+def test_a_heartbeat_runs_in_a_daemon_thread_named_after_its_run(key, fast_beats: None) -> None:
+    client, exp_id, _ = key
+    run_id = new_run(client, exp_id)
+    beat = claims.Heartbeat(client.tracking_uri, run_id)
+    beat.stop()
+    assert beat.thread.daemon and beat.thread.name == f"heartbeat-{run_id[:8]}"
+
+
+def test_a_heartbeat_keeps_beating_after_a_failed_write(key, fast_beats: None) -> None:
+    client, _, _ = key
+    beat = claims.Heartbeat(client.tracking_uri, "no-such-run")  # every write fails
+    try:
+        time.sleep(0.5)  # ten beats
+        assert beat.thread.is_alive()
+    finally:
+        beat.stop()
