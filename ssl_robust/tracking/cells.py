@@ -8,11 +8,12 @@ from typing import Any, Callable
 
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 
 from ssl_robust.config import CellCfg
 from ssl_robust.tracking.claims import CLAIM_TAG, DUPLICATE, Claim, Heartbeat, owner_tags
-from ssl_robust.tracking.store import absolute_tracking_uri, code_version, experiment_id, flatten, search_runs
+from ssl_robust.tracking.store import (absolute_tracking_uri, code_version, experiment_id, flatten, log_metrics,
+                                       log_params, search_runs)
 
 PHASES = ("head", "attack")
 KEY_TAG = {"head": "head_id", "attack": "cell_id"}
@@ -189,9 +190,7 @@ class CellRun:
         self.run_id = run.info.run_id
         self.heartbeat = Heartbeat(self.tracking_uri, self.run_id)
         try:
-            params = [Param(k, v) for k, v in cell_params(self.cfg, self.phase).items()]
-            for i in range(0, len(params), 100):
-                self.client.log_batch(self.run_id, params=params[i:i + 100])
+            log_params(self.client, self.run_id, cell_params(self.cfg, self.phase))
             self.log_config()
         except BaseException as err:
             self.__exit__(type(err), err, err.__traceback__)
@@ -221,9 +220,7 @@ class CellRun:
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+        log_metrics(self.client, self.run_id, [Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

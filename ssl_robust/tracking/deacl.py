@@ -15,11 +15,11 @@ from typing import Any, Callable
 import mlflow.artifacts
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 
 from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.tracking.store import (absolute_tracking_uri, code_version, ensure_experiment, experiment_id,
-                                       flatten, search_runs)
+                                       flatten, log_params, search_runs)
 
 PHASE = "deacl"
 CHECKPOINTS = "checkpoints"
@@ -113,9 +113,7 @@ class DeaclRun:
         encoder = self.cfg.encoder.model_dump(mode="json", exclude_unset=True)  # the teacher, as configured
         params = {**flatten(self.cfg.model_dump(mode="json")),
                   "encoder_config": yaml.safe_dump(encoder, default_flow_style=True).strip()}
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+        log_params(self.client, self.run_id, params)
         self.client.log_text(self.run_id, yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False),
                              "config.yaml")
         return self

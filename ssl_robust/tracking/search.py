@@ -6,10 +6,11 @@ import time
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric
 
 from ssl_robust.tracking.deacl import deacl_runs
-from ssl_robust.tracking.store import absolute_tracking_uri, code_version, ensure_experiment, search_runs
+from ssl_robust.tracking.store import (absolute_tracking_uri, code_version, ensure_experiment, log_metrics, log_params,
+                                       search_runs)
 
 PHASE = "search"
 PARENT_TAG = "mlflow.parentRunId"
@@ -31,9 +32,7 @@ def open_parent_run(name: str, tracking_uri: str | None, tags: dict[str, str], p
     else:
         run_id = client.create_run(exp_id, tags={**wanted, "code_version": code_version()},
                                    run_name=f"search-{name}").info.run_id
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            client.log_batch(run_id, params=items[i:i + 100])
+        log_params(client, run_id, params)
     client.log_text(run_id, config_text, "search.yaml")
     return run_id
 
@@ -89,7 +88,5 @@ def finish_parent_run(run_id: str, tracking_uri: str | None, files: list[Path],
     for path in files:
         client.log_artifact(run_id, str(path), folder)
     now = int(time.time() * 1000)
-    items = [Metric(key, float(value), now, step) for key, value, step in metrics]
-    for i in range(0, len(items), 1000):
-        client.log_batch(run_id, metrics=items[i:i + 1000])
+    log_metrics(client, run_id, [Metric(key, float(value), now, step) for key, value, step in metrics])
     client.set_terminated(run_id, status)

@@ -11,8 +11,9 @@ from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
 from mlflow import MlflowClient
-from mlflow.entities import ViewType
+from mlflow.entities import Metric, Param, ViewType
 from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
 
 def default_tracking_uri() -> str:
@@ -125,6 +126,19 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = "" if value is None else str(value)
     return flat
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    """Log ``params`` in as many ``log_batch`` requests as MLflow's per-request limit needs."""
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=items[start:start + MAX_PARAMS_TAGS_PER_BATCH])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    """Log ``metrics`` in as many ``log_batch`` requests as MLflow's per-request limit needs."""
+    for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
 
 
 def search_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> Iterator[Any]:
