@@ -248,11 +248,9 @@ class Tally:
         self.grad_nonzero = min(self.grad_nonzero, result.grad_nonzero)
         self.grad_steps += result.grad_steps
         self.forward_passes += result.forward_passes
-        if self.step_loss is None:
-            self.step_loss, self.step_count = result.step_loss_sum.cpu(), result.step_count.cpu()
-        else:
-            self.step_loss += result.step_loss_sum.cpu()
-            self.step_count += result.step_count.cpu()
+        loss, count = result.step_loss_sum.cpu(), result.step_count.cpu()  # new sums: the result is left as it is
+        self.step_loss = loss if self.step_loss is None else self.step_loss + loss
+        self.step_count = count if self.step_count is None else self.step_count + count
 
 
 def _attack_batch(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo, tally: Tally,

@@ -1,4 +1,5 @@
-"""Plain helpers shared by tests: the repository root, deep merge, tiny sweep configs, free ports."""
+"""Plain helpers shared by tests: the repository root, deep merge, tiny sweep configs, free ports,
+dead pids, and a spy that stands in for the attack engine a cell calls."""
 from __future__ import annotations
 
 import copy
@@ -7,9 +8,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import torch
 import yaml
+
+from ssl_robust.pgd import AttackResult, pgd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_ENCODER = "tiny_dinov2"  # the random-init test encoder of configs/tiny.yaml (ssl_robust/aliases.py)
@@ -71,3 +75,34 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+class EngineSpy:
+    """Stands in for the engine a cell calls: runs it, counting the sample-forwards that carry a
+    gradient (one per sample and gradient step), and keeps each call's inputs, settings and result.
+    ``edit(result, call)`` (optional) may change a result before the cell sees it."""
+
+    def __init__(self, edit: Callable[[AttackResult, dict[str, Any]], None] | None = None) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.edit = edit
+
+    def __call__(self, forward, objective, x, target, **kwargs):
+        record = {"grad_forwards": 0, "eps": kwargs["eps"], "seed": kwargs["seed"], "x": x.detach().clone(),
+                  "kwargs": kwargs}
+
+        def counted(z: torch.Tensor) -> torch.Tensor:
+            if torch.is_grad_enabled() and z.requires_grad:
+                record["grad_forwards"] += z.shape[0]
+            return forward(z)
+
+        result = pgd(counted, objective, x, target, **kwargs)
+        record["x_adv"] = result.x_adv.detach().clone()
+        record["result"] = result
+        self.calls.append(record)
+        if self.edit is not None:
+            self.edit(result, record)
+        return result
+
+    def attacks(self) -> list[dict[str, Any]]:
+        """The calls that attack at the cell's budget (not the eps = 0 check)."""
+        return [c for c in self.calls if c["eps"] > 0]

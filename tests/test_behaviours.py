@@ -19,6 +19,7 @@ from ssl_robust.cell import run_cell
 from ssl_robust.features import Features
 from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, LinearDepthHead, fit_head
 from ssl_robust.pgd import pgd
+from tests.helpers import EngineSpy
 
 TASKS = ["classification", "segmentation", "depth"]
 PRIMARY = {"classification": ("acc", True), "segmentation": ("miou", True), "depth": ("rmse", False)}
@@ -32,31 +33,6 @@ def worse(task: str, a: float, b: float) -> bool:
 
 def adv_score(metrics: dict[str, float], task: str) -> float:
     return metrics[f"adv/{PRIMARY[task][0]}"]
-
-
-class EngineSpy:
-    """Stands in for the engine a cell calls: runs it, counting the sample-forwards that carry a
-    gradient (one per sample and gradient step), and keeps each call's inputs and result."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-
-    def __call__(self, forward, objective, x, target, **kwargs):
-        record = {"grad_forwards": 0, "eps": kwargs["eps"], "seed": kwargs["seed"], "x": x.detach().clone()}
-
-        def counted(z: torch.Tensor) -> torch.Tensor:
-            if torch.is_grad_enabled() and z.requires_grad:
-                record["grad_forwards"] += z.shape[0]
-            return forward(z)
-
-        result = pgd(counted, objective, x, target, **kwargs)
-        record["x_adv"] = result.x_adv.detach().clone()
-        self.calls.append(record)
-        return result
-
-    def attacks(self) -> list[dict[str, Any]]:
-        """The calls that attack at the cell's budget (not the eps = 0 check)."""
-        return [c for c in self.calls if c["eps"] > 0]
 
 
 @pytest.fixture()

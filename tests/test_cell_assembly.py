@@ -1,0 +1,151 @@
+"""How a cell assembles its number from batches: every attack setting reaches the engine, results
+and checks sum over all batches, the example image and the result folders, the times it logs."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_robust import cell as cell_module
+from ssl_robust.cell import prepare_head, run_cell
+from tests.helpers import EngineSpy
+
+BATCH = 8  # conftest's tiny cell: 16 test images in batches of 8
+
+
+def spy_engine(monkeypatch: pytest.MonkeyPatch, edit=None) -> EngineSpy:
+    spy = EngineSpy(edit)
+    monkeypatch.setattr(cell_module, "pgd", spy)
+    return spy
+
+
+def head_cfg(make_cell_cfg, fitted_head, task: str, **updates: Any):
+    return make_cell_cfg(task, head={"checkpoint": str(fitted_head(task))}, **updates)
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_every_attack_setting_reaches_the_engine(make_cell_cfg, fitted_head, monkeypatch, task: str) -> None:
+    spy = spy_engine(monkeypatch)
+    attack = {"eps": 0.05, "step_size": 0.01, "steps": 2, "restarts": 2, "norm": "l2", "random_start": False,
+              "stop_when_fooled": False}
+    run_cell(head_cfg(make_cell_cfg, fitted_head, task, attack=attack, seed=5))
+    calls = spy.attacks()
+    assert len(calls) >= 2 and [c["seed"] for c in calls] == [5 + i for i in range(len(calls))]  # seed + batch
+    for call in calls:
+        kwargs = call["kwargs"]
+        assert {k: kwargs[k] for k in ("eps", "step_size", "steps", "restarts", "norm", "random_start",
+                                       "stop_when_fooled")} == attack
+        assert (kwargs["success_fn"] is not None) == (task == "classification")  # misclassification
+        assert (kwargs["damage_fn"] is not None) == (task == "segmentation")  # each image's most damaging iterate
+
+
+def test_the_loss_curve_sums_every_batch(make_cell_cfg, fitted_head, monkeypatch, tmp_path: Path) -> None:
+    spy = spy_engine(monkeypatch)
+    run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", attack={"stop_when_fooled": False}), tmp_path)
+    results = [c["result"] for c in spy.attacks()]
+    expected = sum(r.step_loss_sum for r in results) / sum(r.step_count for r in results)
+    with open(tmp_path / "loss_curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, len(expected) + 1))
+    np.testing.assert_allclose([float(r["mean_loss"]) for r in rows], expected.numpy(), rtol=1e-6)
+
+
+def test_a_non_finite_gradient_in_the_first_batch_fails_the_check(make_cell_cfg, fitted_head, monkeypatch) -> None:
+    def first_batch_non_finite(result, call) -> None:
+        if call["eps"] > 0 and call["seed"] == 0:
+            result.grad_finite = False
+
+    spy_engine(monkeypatch, first_batch_non_finite)
+    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification"))
+    assert metrics["check/grad_finite"] == 0.0 and metrics["check/all_passed"] == 0.0
+
+
+def test_zero_gradients_fail_the_check_of_a_cell_that_takes_steps(make_cell_cfg, fitted_head, monkeypatch) -> None:
+    def no_gradient(result, call) -> None:
+        result.grad_nonzero = 0.0
+
+    spy_engine(monkeypatch, no_gradient)
+    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification"))
+    assert metrics["check/grad_nonzero"] == 0.0
+
+
+def test_a_success_the_scored_model_does_not_confirm_fails_the_rescore_check(make_cell_cfg, fitted_head,
+                                                                             monkeypatch) -> None:
+    def flip_first_sample(result, call) -> None:
+        if call["eps"] > 0 and call["seed"] == 0:
+            result.success = result.success.clone()
+            result.success[0] = ~result.success[0]
+
+    spy_engine(monkeypatch, flip_first_sample)
+    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification"))
+    assert metrics["check/success_matches_rescore"] == 0.0 and metrics["attack/rescore_disagreements"] == 1.0
+
+
+def test_a_classification_cell_rescores_its_successes(make_cell_cfg, fitted_head) -> None:
+    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification"))
+    assert metrics["check/success_matches_rescore"] == 1.0 and metrics["attack/rescore_disagreements"] == 0.0
+
+
+def test_uniform_noise_is_not_checked_for_scoring_no_better_than_clean(make_cell_cfg, fitted_head) -> None:
+    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", attack={"name": "noise"}))
+    assert "check/adv_not_better" not in metrics
+    assert "check/adv_not_better" in run_cell(head_cfg(make_cell_cfg, fitted_head, "classification"))
+
+
+def test_the_example_image_shows_the_first_batch_its_attack_and_the_scaled_perturbation(
+        make_cell_cfg, fitted_head, monkeypatch, tmp_path: Path) -> None:
+    spy = spy_engine(monkeypatch)
+    run_cell(head_cfg(make_cell_cfg, fitted_head, "classification"), tmp_path)
+    first = spy.attacks()[0]
+    x, x_adv = first["x"][:4], first["x_adv"][:4]
+    delta = x_adv - x
+    rows = [x, x_adv, delta / (2 * delta.abs().max()) + 0.5]
+    image = torch.from_numpy(np.array(Image.open(tmp_path / "adv_examples.png"))).permute(2, 0, 1).float() / 255
+    size, pad = x.shape[-1], 2  # torchvision's grid: 2-pixel padding around every tile
+    assert image.shape[-2:] == (3 * (size + pad) + pad, 4 * (size + pad) + pad)
+    for r, row in enumerate(rows):
+        for c in range(4):
+            top, left = pad + r * (size + pad), pad + c * (size + pad)
+            tile = image[:, top:top + size, left:left + size]
+            torch.testing.assert_close(tile, row[c], atol=1 / 255 + 1e-6, rtol=0)
+
+
+def test_results_go_into_a_folder_created_with_its_parents(make_cell_cfg, fitted_head, tmp_path: Path) -> None:
+    out_dir = tmp_path / "a" / "b"
+    run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", attack={"steps": 1}), out_dir)
+    assert {p.name for p in out_dir.iterdir()} == {"adv_examples.png", "per_sample.csv", "loss_curve.csv"}
+
+
+def test_a_head_is_saved_into_a_folder_created_with_its_parents(make_cell_cfg, tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "head.safetensors"
+    prepare_head(make_cell_cfg("classification", head={"epochs": 1}), path)
+    assert path.is_file()
+
+
+def test_a_cell_logs_its_attack_and_data_times_within_its_own(make_cell_cfg) -> None:
+    metrics = run_cell(make_cell_cfg("classification", head={"epochs": 1}, attack={"steps": 1}))
+    assert 0 < metrics["time/attack_seconds"] < metrics["time/cell_seconds"]
+    assert 0 < metrics["time/data_seconds"] < metrics["time/cell_seconds"]
+    assert "time/head_data_seconds" not in metrics
+
+
+def test_adv_loss_is_the_mean_attack_loss_of_the_samples(make_cell_cfg, fitted_head, tmp_path: Path) -> None:
+    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", data={"n_samples": BATCH}), tmp_path)
+    with open(tmp_path / "per_sample.csv") as f:
+        losses = [float(row["attack_loss"]) for row in csv.DictReader(f)]
+    assert len(losses) == BATCH
+    assert metrics["adv/loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+
+
+def test_the_cells_seed_picks_its_synthetic_test_images(make_cell_cfg, fitted_head, monkeypatch) -> None:
+    seen = []
+    for seed in (0, 1):
+        spy = spy_engine(monkeypatch)
+        run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", seed=seed, attack={"steps": 1}))
+        seen.append(spy.attacks()[0]["x"])
+    assert not torch.equal(seen[0], seen[1])
