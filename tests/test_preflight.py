@@ -180,6 +180,12 @@ def test_blackholed_s3_endpoint_fails_within_the_timeout(isolated: None, tmp_pat
     assert took < 2.0 + 2.0 and f"S3 endpoint {endpoint}: unreachable (no answer within 2 s)" in message
 
 
+def test_a_malformed_s3_endpoint_is_named(isolated: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "not a url")
+    message, _ = failure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert "S3 endpoint not a url: Invalid endpoint: not a url" in message
+
+
 def test_s3_is_checked_only_when_needed(isolated: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     preflight(f"sqlite:///{tmp_path / 'mlflow.db'}", need_s3=False)

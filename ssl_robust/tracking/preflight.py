@@ -83,7 +83,7 @@ def preflight(tracking_uri: str | None, timeout_s: float = 5.0, need_s3: bool | 
     endpoint = s3_endpoint()
     if need_s3 or (need_s3 is None and endpoint):
         label = f"S3 endpoint {redact(endpoint)}" if endpoint else "S3 (AWS default endpoint)"
-        checks.append((label, lambda b: _check_s3(endpoint, b)))
+        checks.append((label, _s3_check(endpoint, timeout_s)))
     failures = _run_bounded(checks, timeout_s)
     if failures:
         raise PreflightError(redact("; ".join(failures)).replace("\n", " "))
@@ -258,20 +258,34 @@ def _check_tcp(uri: str, default_port: int, budget: _Budget) -> None:
         raise _Failed(f"database unreachable ({_socket_reason(str(err), budget.total)})") from None
 
 
-def _check_s3(endpoint: str | None, budget: _Budget) -> None:
-    """One unretried ListBuckets: the endpoint answers and accepts the credentials. AccessDenied
-    passes (the credentials are valid; listing all buckets is not granted to every role)."""
+def _s3_check(endpoint: str | None, timeout_s: float) -> Callable[[_Budget], None]:
+    """The S3 check, its client made before the preflight's clock starts: loading botocore's
+    service model can take a second on a busy machine, which must not eat the request's time."""
     import boto3
     from botocore.config import Config
+
+    config = Config(connect_timeout=timeout_s, read_timeout=timeout_s,
+                    retries={"total_max_attempts": 1, "mode": "standard"})
+    try:
+        client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
+    except ValueError as err:  # a malformed endpoint URL
+        reason = _first_line(err)
+
+        def malformed(budget: _Budget) -> None:
+            raise _Failed(reason)
+
+        return malformed
+    return lambda budget: _check_s3(client, budget)
+
+
+def _check_s3(client: Any, budget: _Budget) -> None:
+    """One unretried ListBuckets: the endpoint answers and accepts the credentials. AccessDenied
+    passes (the credentials are valid; listing all buckets is not granted to every role)."""
     from botocore.exceptions import ClientError, ConnectTimeoutError, NoCredentialsError
     from botocore.exceptions import ConnectionError as BotoConnectionError
     from botocore.exceptions import PartialCredentialsError, ReadTimeoutError, SSLError
 
-    timeout = budget.left()
-    config = Config(connect_timeout=timeout, read_timeout=timeout,
-                    retries={"total_max_attempts": 1, "mode": "standard"})
     try:
-        client = boto3.session.Session().client("s3", endpoint_url=endpoint, config=config)
         client.list_buckets(MaxBuckets=1)
     except NoCredentialsError:
         raise _Failed("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), "
