@@ -185,7 +185,7 @@ def test_run_results_are_the_finished_runs_of_a_phase_with_their_key(uri, exp, c
         pass
     with pytest.raises(RuntimeError), CellRun(cfg, "attack", exp_id, uri):
         raise RuntimeError
-    (row,) = run_results(name, "attack", uri)
+    (row,) = run_results(name, tracking_uri=uri)  # attack runs unless a phase is given
     assert row["run_id"] == run.run_id and row["cell_id"] == cfg.cell_id and row["adv/acc"] == 0.25
     assert row["start_time"] == client.get_run(run.run_id).info.start_time and row["eps_255"] == "8"
     assert run_results("no-such-experiment", "attack", uri) == []

@@ -3,7 +3,10 @@ take a key, and when a holder keeps it (`ssl_robust.tracking.claims`)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -59,6 +62,18 @@ def test_a_run_started_at_the_epoch_without_a_heartbeat_beat_last_then() -> None
 
 def test_a_run_of_this_host_whose_process_lives_is_alive() -> None:
     assert claims.alive(run(host=socket.gethostname(), pid=str(os.getpid()), heartbeat=f"{NOW:.0f}"), now=NOW)
+
+
+def test_checking_a_process_does_not_signal_it() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    try:
+        assert claims.alive(run(host=socket.gethostname(), pid=str(child.pid), heartbeat=f"{NOW:.0f}"), now=NOW)
+        time.sleep(0.2)
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_run_of_this_host_whose_process_died_is_dead_whatever_its_heartbeat() -> None:
