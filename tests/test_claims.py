@@ -171,29 +171,32 @@ def test_confirm_does_not_wait_once_the_settling_time_has_passed(key, monkeypatc
     assert waits == [0.0]
 
 
+def acquired(key, monkeypatch: pytest.MonkeyPatch, start_ms: int | None = None) -> str:
+    """A new run of the key that holds the claim; a later ``confirm`` does not wait."""
+    client, exp_id, claim = key
+    mine = new_run(client, exp_id, start_ms=start_ms)
+    assert claim.acquire(mine)
+    monkeypatch.setattr(claims, "SETTLE_S", 0.0)
+    return mine
+
+
 def test_confirm_gives_way_to_an_older_live_holder(key, monkeypatch: pytest.MonkeyPatch) -> None:
     client, exp_id, claim = key
-    mine = new_run(client, exp_id, start_ms=2_000)
-    assert claim.acquire(mine)
-    monkeypatch.setattr(claims, "SETTLE_S", 0.0)  # no wait in confirm
+    mine = acquired(key, monkeypatch, start_ms=2_000)
     new_run(client, exp_id, start_ms=1_000, claim=claims.HELD)  # tagged while we settled
     assert not claim.confirm(mine)
 
 
 def test_confirm_fails_a_run_that_is_no_longer_running(key, monkeypatch: pytest.MonkeyPatch) -> None:
-    client, exp_id, claim = key
-    mine = new_run(client, exp_id)
-    assert claim.acquire(mine)
-    monkeypatch.setattr(claims, "SETTLE_S", 0.0)  # no wait in confirm
+    client, _, claim = key
+    mine = acquired(key, monkeypatch)
     client.set_terminated(mine, "FAILED")  # judged dead by another trial meanwhile
     assert not claim.confirm(mine)
 
 
 def test_confirm_gives_way_to_a_run_that_finished_meanwhile(key, monkeypatch: pytest.MonkeyPatch) -> None:
     client, exp_id, claim = key
-    mine = new_run(client, exp_id)
-    assert claim.acquire(mine)
-    monkeypatch.setattr(claims, "SETTLE_S", 0.0)  # no wait in confirm
+    mine = acquired(key, monkeypatch)
     client.set_terminated(new_run(client, exp_id), "FINISHED")
     assert not claim.confirm(mine)
 
