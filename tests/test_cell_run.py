@@ -15,7 +15,7 @@ from ssl_robust import tracking
 from ssl_robust.config import CellCfg
 from ssl_robust.tracking import claims
 from ssl_robust.tracking.cells import CellRun, cell_params, close_session_runs, run_claimed, run_name, run_results
-from ssl_robust.tracking.store import code_version
+from ssl_robust.tracking.store import code_version, log_params
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,14 @@ def test_metrics_beyond_one_request_are_all_logged_once_at_step_zero(uri, exp, c
     assert client.get_run(run.run_id).data.metrics == metrics
     history = client.get_metric_history(run.run_id, "m/1999")
     assert len(history) == 1 and history[0].step == 0 and before - 1 <= history[0].timestamp <= time.time() * 1000
+
+
+def test_params_beyond_one_request_are_all_logged(uri, exp) -> None:
+    client, _, exp_id = exp
+    run_id = client.create_run(exp_id).info.run_id
+    params = {f"p{i}": str(i) for i in range(250)}
+    log_params(client, run_id, params)
+    assert client.get_run(run_id).data.params == params
 
 
 def test_tags_are_written_as_text(uri, exp, cfg) -> None:
