@@ -12,7 +12,9 @@ import torch
 from PIL import Image
 
 from ssl_robust import cell as cell_module
-from ssl_robust.cell import prepare_head, run_cell
+from ssl_robust.cell import Tally, prepare_head, run_cell, write_results
+from ssl_robust.data.catalog import TaskInfo
+from ssl_robust.tasks import TASKS
 from tests.helpers import EngineSpy
 
 BATCH = 8  # conftest's tiny cell: 16 test images in batches of 8
@@ -44,9 +46,13 @@ def test_every_attack_setting_reaches_the_engine(make_cell_cfg, fitted_head, mon
         assert (kwargs["damage_fn"] is not None) == (task == "segmentation")  # each image's most damaging iterate
 
 
-def test_the_loss_curve_sums_every_batch(make_cell_cfg, fitted_head, monkeypatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize("n_samples", [16, 1])  # two batches; one sample per step
+def test_the_loss_curve_sums_every_batch(make_cell_cfg, fitted_head, monkeypatch, tmp_path: Path,
+                                         n_samples: int) -> None:
     spy = spy_engine(monkeypatch)
-    run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", attack={"stop_when_fooled": False}), tmp_path)
+    cfg = head_cfg(make_cell_cfg, fitted_head, "classification", attack={"stop_when_fooled": False},
+                   data={"n_samples": n_samples})
+    run_cell(cfg, tmp_path)
     results = [c["result"] for c in spy.attacks()]
     expected = sum(r.step_loss_sum for r in results) / sum(r.step_count for r in results)
     with open(tmp_path / "loss_curve.csv") as f:
@@ -119,6 +125,13 @@ def test_results_go_into_a_folder_created_with_its_parents(make_cell_cfg, fitted
     out_dir = tmp_path / "a" / "b"
     run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", attack={"steps": 1}), out_dir)
     assert {p.name for p in out_dir.iterdir()} == {"adv_examples.png", "per_sample.csv", "loss_curve.csv"}
+
+
+def test_results_are_written_into_a_folder_created_with_its_parents(tmp_path: Path) -> None:
+    task, info = TASKS.get("classification"), TaskInfo("classification", num_classes=3)
+    out_dir = tmp_path / "a" / "b"
+    write_results(out_dir, task, Tally(task.scores(info), task.scores(info)))
+    assert {p.name for p in out_dir.iterdir()} == {"per_sample.csv", "loss_curve.csv"}
 
 
 def test_a_head_is_saved_into_a_folder_created_with_its_parents(make_cell_cfg, tmp_path: Path) -> None:
