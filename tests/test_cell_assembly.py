@@ -162,3 +162,16 @@ def test_the_cells_seed_picks_its_synthetic_test_images(make_cell_cfg, fitted_he
         run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", seed=seed, attack={"steps": 1}))
         seen.append(spy.attacks()[0]["x"])
     assert not torch.equal(seen[0], seen[1])
+
+
+def test_the_attack_shows_a_progress_bar_named_for_it_that_goes_when_done(make_cell_cfg, fitted_head,
+                                                                         monkeypatch) -> None:
+    bars: list[dict] = []
+
+    def recording_tqdm(iterable, **kwargs):
+        bars.append(kwargs)
+        return iterable
+
+    monkeypatch.setattr(cell_module, "tqdm", recording_tqdm)
+    run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", attack={"steps": 1}))
+    assert bars == [{"desc": f"pgd eps={8 / 255:.4f}", "leave": False}]

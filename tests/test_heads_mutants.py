@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssl_robust import heads as heads_module
 from ssl_robust.features import Features
 from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, LinearDepthHead, fit_head
 
@@ -156,3 +157,15 @@ def test_fit_head_reports_the_last_batch_training_loss() -> None:
 
     _, metrics = _fit(LinearClassifier(3, 2), _features(10), loss_fn=loss_fn, epochs=2, batch_size=4)
     assert metrics["head/train_loss"] == losses[-1] and len(losses) == 6
+
+
+def test_fit_head_shows_a_progress_bar_over_epochs_that_goes_when_done(monkeypatch) -> None:
+    bars: list[dict] = []
+
+    def recording_tqdm(iterable, **kwargs):
+        bars.append(kwargs)
+        return iterable
+
+    monkeypatch.setattr(heads_module, "tqdm", recording_tqdm)
+    _fit(LinearClassifier(3, 2), _features(4), epochs=1)
+    assert bars[0] == {"desc": "fit head", "leave": False}
