@@ -84,11 +84,13 @@ def test_a_success_the_scored_model_does_not_confirm_fails_the_rescore_check(mak
                                                                              monkeypatch) -> None:
     def flip_first_sample(result, call) -> None:
         if call["eps"] > 0 and call["seed"] == 0:
+            call["fooled"] = int(result.success.sum())
             result.success = result.success.clone()
             result.success[0] = ~result.success[0]
 
-    spy_engine(monkeypatch, flip_first_sample)
-    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification"))
+    spy = spy_engine(monkeypatch, flip_first_sample)
+    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", attack={"eps": "1/255", "steps": 1}))
+    assert 1 < spy.attacks()[0]["fooled"] < BATCH - 1  # a weak attack: fooled and unfooled samples both
     assert metrics["check/success_matches_rescore"] == 0.0 and metrics["attack/rescore_disagreements"] == 1.0
 
 
@@ -175,3 +177,10 @@ def test_the_attack_shows_a_progress_bar_named_for_it_that_goes_when_done(make_c
     monkeypatch.setattr(cell_module, "tqdm", recording_tqdm)
     run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", attack={"steps": 1}))
     assert bars == [{"desc": f"pgd eps={8 / 255:.4f}", "leave": False}]
+
+
+def test_a_one_batch_cell_runs_its_eps0_check_on_that_batch(make_cell_cfg, fitted_head, monkeypatch) -> None:
+    spy = spy_engine(monkeypatch)
+    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", data={"n_samples": BATCH}))
+    assert [c["eps"] == 0 for c in spy.calls] == [True, False]
+    assert metrics["attack/grad_steps"] == sum(c["grad_forwards"] for c in spy.calls)
