@@ -149,11 +149,14 @@ def test_a_cell_logs_its_attack_and_data_times_within_its_own(make_cell_cfg) -> 
     assert "time/head_data_seconds" not in metrics
 
 
-def test_adv_loss_is_the_mean_attack_loss_of_the_samples(make_cell_cfg, fitted_head, tmp_path: Path) -> None:
-    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", data={"n_samples": BATCH}), tmp_path)
+@pytest.mark.parametrize("n_samples", [1, BATCH])
+def test_adv_loss_is_the_mean_attack_loss_of_the_samples(make_cell_cfg, fitted_head, tmp_path: Path,
+                                                         n_samples: int) -> None:
+    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", data={"n_samples": n_samples}),
+                       tmp_path)
     with open(tmp_path / "per_sample.csv") as f:
         losses = [float(row["attack_loss"]) for row in csv.DictReader(f)]
-    assert len(losses) == BATCH
+    assert len(losses) == n_samples
     assert metrics["adv/loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
 
 
@@ -184,3 +187,8 @@ def test_a_one_batch_cell_runs_its_eps0_check_on_that_batch(make_cell_cfg, fitte
     metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", data={"n_samples": BATCH}))
     assert [c["eps"] == 0 for c in spy.calls] == [True, False]
     assert metrics["attack/grad_steps"] == sum(c["grad_forwards"] for c in spy.calls)
+
+
+def test_a_cell_given_a_head_checkpoint_fits_no_head(make_cell_cfg, fitted_head) -> None:
+    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", attack={"steps": 1}))
+    assert not [k for k in metrics if k.startswith("head/") or k == "time/head_seconds"]
