@@ -99,3 +99,12 @@ def test_per_image_iou_counts_on_the_predictions_device(default_device_elsewhere
     inter, union = per_image_iou(pred, pred.clone(), num_classes=3)
     assert inter.device.type == "cpu"
     assert inter.tolist() == union.tolist() == [[1, 3, 0], [1, 0, 2]]
+
+
+def test_steps_no_sample_reached_are_summed_on_the_images_device(default_device_elsewhere) -> None:
+    forward, x = linear_forward(), images(3)
+    y = forward(x).argmin(1)  # every image labelled with its least likely class: fooled at the first look
+    result = pgd(forward, cross_entropy, x, y, eps=8 / 255, step_size=2 / 255, steps=3,
+                 success_fn=fooled, stop_when_fooled=True)
+    assert result.step_count.tolist() == [3, 0, 0]
+    assert_on_cpu(result)
