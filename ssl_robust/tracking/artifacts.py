@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 
 from ssl_robust.config import CellCfg
 from ssl_robust.deacl_config import DeaclCfg
-from ssl_robust.tracking.store import absolute_tracking_uri
+from ssl_robust.tracking.store import absolute_tracking_uri, s3_endpoint
 
 _REMOTE_SCHEMES = ("runs", "mlflow-artifacts", "models", "http", "https")
 _MLFLOW_SCHEMES = ("runs", "models")  # resolved through the tracking store
@@ -88,8 +88,7 @@ def _cache_dir(uri: str) -> Path:
 
 def s3_client() -> Any:
     """boto3 S3 client for ``AWS_ENDPOINT_URL_S3`` / ``MLFLOW_S3_ENDPOINT_URL`` (or AWS itself)."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("MLFLOW_S3_ENDPOINT_URL")
-    return boto3.session.Session().client("s3", endpoint_url=endpoint or None)  # credentials read now, not cached
+    return boto3.session.Session().client("s3", endpoint_url=s3_endpoint())  # credentials read now, not cached
 
 
 def _download(uri: str, dst: Path, tracking_uri: str | None) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlparse
 
-from ssl_robust.tracking.store import absolute_tracking_uri
+from ssl_robust.tracking.store import absolute_tracking_uri, s3_endpoint
 
 # ~30 s of retries (sleeps 0, 2, 4, 8, 16 s plus jitter) so that a 20-s outage is still absorbed,
 # instead of MLflow's 7 retries with factor 2 (~4 minutes); 60 s per request instead of 120.
@@ -63,11 +63,6 @@ class _Budget:
 def fail_fast_env() -> dict[str, str]:
     """MLflow HTTP retry and timeout settings for ``os.environ.setdefault`` (a user's values win)."""
     return dict(_FAIL_FAST_ENV)
-
-
-def s3_endpoint() -> str | None:
-    """The S3 endpoint of ``AWS_ENDPOINT_URL_S3`` or ``MLFLOW_S3_ENDPOINT_URL`` (None: AWS itself)."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
 
 
 def redact(text: str) -> str:

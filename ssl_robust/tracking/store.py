@@ -128,6 +128,11 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def s3_endpoint() -> str | None:
+    """The S3 endpoint of ``AWS_ENDPOINT_URL_S3`` or ``MLFLOW_S3_ENDPOINT_URL`` (None: AWS itself)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
+
+
 def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
     """Log ``params`` in as many ``log_batch`` requests as MLflow's per-request limit needs."""
     items = [Param(k, v) for k, v in params.items()]
