@@ -7,7 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_robust.objectives import OBJECTIVES, cross_entropy, embed_cos, embed_l2, segpgd, segpgd_weight, silog
+from ssl_robust.metrics import depth_errors
+from ssl_robust.objectives import (OBJECTIVES, cross_entropy, depth_l1, depth_l2, depth_log_l1, dlr, dlr_targeted,
+                                   embed_cos, embed_l2, seg_balanced_ce, seg_js, seg_masked_ce, seg_masked_spherical,
+                                   segpgd, segpgd_weight, silog, target_classes)
 
 IGNORE = 255
 
@@ -262,3 +265,383 @@ def test_segpgd_of_one_labelled_pixel_is_its_cross_entropy() -> None:
     logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 1.0]]]])  # [1, 2 classes, 1, 2]
     target = torch.tensor([[[0, IGNORE]]])
     assert float(segpgd(logits, target, 1, 3)) == pytest.approx(by_hand_ce(logits[0, :, 0, 0], 0), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- standard attack losses: all
+
+
+SEGMENTATION_LOSSES = {"seg_masked_ce": seg_masked_ce, "seg_balanced_ce": seg_balanced_ce, "seg_js": seg_js,
+                       "seg_masked_spherical": seg_masked_spherical}
+DEPTH_LOSSES = {"depth_l1": depth_l1, "depth_l2": depth_l2, "depth_log_l1": depth_log_l1}
+NEW_LOSSES = {"dlr": dlr, "dlr_targeted": dlr_targeted, **SEGMENTATION_LOSSES, **DEPTH_LOSSES}
+
+
+def _new_loss_inputs(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of 3 model outputs and targets of the kind each new loss reads."""
+    gen = torch.Generator().manual_seed(5)
+    if name in ("dlr", "dlr_targeted"):
+        logits = torch.randn(3, 6, generator=gen)
+        labels = torch.randint(6, (3,), generator=gen)
+        return logits, (target_classes(logits, labels, 2) if name == "dlr_targeted" else labels)
+    if name in SEGMENTATION_LOSSES:
+        target = torch.randint(4, (3, 4, 5), generator=gen)
+        target[:, 0, :2] = IGNORE
+        return torch.randn(3, 4, 4, 5, generator=gen), target
+    pred, target = _depth_example()
+    return torch.cat([pred, pred[:1]])[:, None], torch.cat([target, target[:1]])
+
+
+def test_new_objectives_are_registered_under_their_names() -> None:
+    for name, fn in NEW_LOSSES.items():
+        assert OBJECTIVES.get(name) is fn
+
+
+@pytest.mark.parametrize("name", sorted(NEW_LOSSES))
+def test_each_new_loss_is_one_finite_value_per_sample_with_a_finite_gradient(name: str) -> None:
+    output, target = _new_loss_inputs(name)
+    output.requires_grad_(True)
+    loss = NEW_LOSSES[name](output, target)
+    (grad,) = torch.autograd.grad(loss.sum(), output)
+    assert loss.shape == (3,)
+    assert bool(torch.isfinite(loss).all()) and bool(torch.isfinite(grad).all())
+    assert float(grad.abs().sum()) > 0
+
+
+# ----------------------------------------------------------------------------- DLR (AutoAttack)
+
+
+def autoattack_dlr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """AutoAttack's ``APGDAttack.dlr_loss`` (autoattack/autopgd_base.py), sort-based as written there."""
+    x_sorted, ind_sorted = x.sort(dim=1)
+    ind = (ind_sorted[:, -1] == y).float()
+    u = torch.arange(x.shape[0])
+    return -(x[u, y] - x_sorted[:, -2] * ind - x_sorted[:, -1] * (1.0 - ind)) / (
+        x_sorted[:, -1] - x_sorted[:, -3] + 1e-12)
+
+
+def autoattack_dlr_targeted(x: torch.Tensor, y: torch.Tensor, y_target: torch.Tensor) -> torch.Tensor:
+    """AutoAttack's ``APGDAttack_targeted.dlr_loss_targeted`` (autoattack/autopgd_base.py)."""
+    x_sorted, _ = x.sort(dim=1)
+    u = torch.arange(x.shape[0])
+    return -(x[u, y] - x[u, y_target]) / (x_sorted[:, -1] - 0.5 * (x_sorted[:, -3] + x_sorted[:, -4]) + 1e-12)
+
+
+def test_dlr_matches_autoattack_on_hand_computed_logits() -> None:
+    # z = [1, 4, 2, 0]; sorted descending 4, 2, 1, 0: z_pi1 - z_pi3 = 4 - 1 = 3.
+    # y=0: -(1 - 4)/3 = 1.   y=1 (the top class): -(4 - 2)/3 = -2/3.   y=2: -(2 - 4)/3 = 2/3.
+    logits = torch.tensor([[1.0, 4.0, 2.0, 0.0]]).repeat(3, 1)
+    labels = torch.tensor([0, 1, 2])
+    expected = torch.tensor([1.0, -2 / 3, 2 / 3])
+    torch.testing.assert_close(dlr(logits, labels), expected)
+    torch.testing.assert_close(autoattack_dlr(logits, labels), expected)
+
+
+def test_dlr_equals_autoattacks_formula_on_random_logits() -> None:
+    gen = torch.Generator().manual_seed(6)
+    logits, labels = torch.randn(32, 10, generator=gen), torch.randint(10, (32,), generator=gen)
+    labels[:8] = logits[:8].argmax(1)  # some correctly classified, where the runner-up is the max other
+    torch.testing.assert_close(dlr(logits, labels), autoattack_dlr(logits, labels))
+
+
+def test_dlr_is_invariant_to_scaling_and_shifting_the_logits() -> None:
+    gen = torch.Generator().manual_seed(7)
+    logits, labels = torch.randn(8, 5, generator=gen), torch.randint(5, (8,), generator=gen)
+    torch.testing.assert_close(dlr(100 * logits + 7, labels), dlr(logits, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_dlr_gradient_survives_logits_where_cross_entropys_gradient_is_exactly_zero() -> None:
+    # x100, every margin is >= 200: softmax is exactly one-hot in float32 (exp(-200) underflows to 0).
+    base = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, -1.0]], requires_grad=True)
+    labels = torch.tensor([0, 1])
+    (ce_grad,) = torch.autograd.grad(cross_entropy(base * 100, labels).sum(), base)
+    (dlr_grad,) = torch.autograd.grad(dlr(base * 100, labels).sum(), base)
+    assert torch.equal(ce_grad, torch.zeros_like(ce_grad))
+    assert bool((dlr_grad.abs().sum(dim=1) > 0).all())
+
+
+def test_dlr_increases_as_the_true_logit_drops() -> None:
+    labels = torch.tensor([0])
+    losses = [float(dlr(torch.tensor([[z_y, 1.0, 0.0, -1.0]]), labels)) for z_y in (3.0, 2.5, 1.5, 0.5)]
+    assert losses == sorted(losses) and len(set(losses)) == 4
+
+
+def test_dlr_needs_at_least_three_classes() -> None:
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        dlr(torch.randn(2, 2), torch.tensor([0, 1]))
+
+
+def test_dlr_targeted_matches_autoattack_on_hand_computed_logits() -> None:
+    # z = [1, 4, 2, 0]; sorted descending 4, 2, 1, 0: z_pi1 - (z_pi3 + z_pi4)/2 = 4 - (1 + 0)/2 = 3.5.
+    # (y=1, t=2): -(4 - 2)/3.5 = -4/7.   (y=0, t=1): -(1 - 4)/3.5 = 6/7.
+    logits = torch.tensor([[1.0, 4.0, 2.0, 0.0]]).repeat(2, 1)
+    target = torch.tensor([[1, 2], [0, 1]])
+    expected = torch.tensor([-4 / 7, 6 / 7])
+    torch.testing.assert_close(dlr_targeted(logits, target), expected)
+    torch.testing.assert_close(autoattack_dlr_targeted(logits, target[:, 0], target[:, 1]), expected)
+
+
+def test_dlr_targeted_equals_autoattacks_formula_on_random_logits() -> None:
+    gen = torch.Generator().manual_seed(8)
+    logits, labels = torch.randn(32, 10, generator=gen), torch.randint(10, (32,), generator=gen)
+    target = torch.stack([labels, torch.randint(10, (32,), generator=gen)], dim=1)
+    expected = autoattack_dlr_targeted(logits, target[:, 0], target[:, 1])
+    torch.testing.assert_close(dlr_targeted(logits, target), expected)
+
+
+def test_ascending_dlr_targeted_raises_the_target_logit_and_lowers_the_true_one() -> None:
+    # z = [4, 1, 0, -1, -2], y = 0 (z_pi1), t = 1 (z_pi2): the denominator 4 - (0 - 1)/2 = 4.5 holds z_y only.
+    # d/dz_t = 1/4.5 > 0;  d/dz_y = -1/4.5 + (4 - 1)/4.5^2 = -2/27 < 0.
+    logits = torch.tensor([[4.0, 1.0, 0.0, -1.0, -2.0]], requires_grad=True)
+    (grad,) = torch.autograd.grad(dlr_targeted(logits, torch.tensor([[0, 1]])).sum(), logits)
+    torch.testing.assert_close(grad[0, :2], torch.tensor([-2 / 27, 1 / 4.5]))
+
+
+def test_dlr_targeted_needs_at_least_four_classes() -> None:
+    with pytest.raises(ValueError, match="at least 4 classes"):
+        dlr_targeted(torch.randn(2, 3), torch.tensor([[0, 1], [1, 2]]))
+
+
+def test_target_classes_count_the_rank_from_the_top_class() -> None:
+    logits = torch.tensor([[1.0, 4.0, 2.0, 0.0]])  # classes by logit, highest first: 1, 2, 0, 3
+    labels = torch.tensor([1])
+    picked = [int(target_classes(logits, labels, rank)[0, 1]) for rank in (1, 2, 3, 4)]
+    assert picked == [1, 2, 0, 3]
+    assert target_classes(logits, labels, 2).tolist() == [[1, 2]]
+
+
+def test_target_classes_pick_autoattacks_target_for_every_rank() -> None:
+    gen = torch.Generator().manual_seed(9)
+    logits = torch.randn(16, 10, generator=gen)
+    labels = torch.randint(10, (16,), generator=gen)  # the labels pass through, whatever the prediction
+    for target_class in range(2, 9 + 2):  # AutoAttack's n_target_classes = 9
+        target = target_classes(logits, labels, target_class)
+        assert torch.equal(target[:, 0], labels)
+        assert torch.equal(target[:, 1], logits.sort(dim=1)[1][:, -target_class])
+        assert torch.equal(target[:, 1], logits.topk(target_class, dim=1).indices[:, -1])
+
+
+def test_target_classes_reject_a_rank_outside_the_classes() -> None:
+    for rank in (0, 5):
+        with pytest.raises(ValueError, match="rank"):
+            target_classes(torch.randn(2, 4), torch.tensor([0, 1]), rank)
+
+
+# ----------------------------------------------------------------------------- segmentation (SEA)
+
+
+def _confidence_drop(logits: torch.Tensor) -> torch.Tensor:
+    """The example with correct pixel 0 less sure of its class 0 (2.0 -> 1.0, still the argmax)."""
+    worse = logits.clone()
+    worse[0, 0, 0, 0] = 1.0
+    return worse
+
+
+def _wrong_and_ignored_pixels_changed(logits: torch.Tensor) -> torch.Tensor:
+    """The example with new logits on the wrong pixels 2-3 (still wrong) and the ignored pixel 4."""
+    changed = logits.clone()
+    changed[0, :, 0, 2] = torch.tensor([0.0, 5.0, -3.0])  # label 2, predicted 1
+    changed[0, :, 0, 3] = torch.tensor([4.0, -2.0, 1.0])  # label 1, predicted 0
+    changed[0, :, 0, 4] = torch.tensor([-5.0, 7.0, 3.0])
+    return changed
+
+
+def test_seg_masked_ce_averages_the_ce_of_correct_pixels_over_labelled_pixels() -> None:
+    logits, target, pixel_ce = _segmentation_example()
+    assert float(seg_masked_ce(logits, target)) == pytest.approx((pixel_ce[0] + pixel_ce[1]) / 4, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["seg_masked_ce", "seg_balanced_ce", "seg_masked_spherical"])
+def test_masked_segmentation_losses_ignore_misclassified_and_ignored_pixels(name: str) -> None:
+    fn = SEGMENTATION_LOSSES[name]
+    logits, target, _ = _segmentation_example()
+    changed = _wrong_and_ignored_pixels_changed(logits).requires_grad_(True)
+    loss = fn(changed, target)
+    torch.testing.assert_close(loss.detach(), fn(logits, target))
+    (grad,) = torch.autograd.grad(loss.sum(), changed)
+    assert torch.equal(grad[0, :, 0, 2:], torch.zeros(3, 3))
+    assert float(grad[0, :, 0, :2].abs().sum()) > 0
+
+
+def test_seg_balanced_ce_weights_each_correct_pixel_by_its_class_weight() -> None:
+    logits, target, pixel_ce = _segmentation_example()
+    weights = torch.tensor([0.2, 0.5, 0.3])  # pixel 0 is class 0, pixel 1 class 1; pixels 2-3 wrong
+    expected = (0.2 * pixel_ce[0] + 0.5 * pixel_ce[1]) / 4
+    assert float(seg_balanced_ce(logits, target, class_weights=weights)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_seg_balanced_ce_defaults_to_the_images_inverse_label_frequency() -> None:
+    # Pixels 0-2 are class 0 (CE a each), pixel 3 class 1 (CE b), all correct. Inverse counts 1/3 and 1,
+    # normalised to sum 1: w = [1/4, 3/4]. Loss = (3 * a/4 + 3 b/4) / 4 = 3 (a + b) / 16: both classes weigh alike.
+    column_0, column_1 = [3.0, 1.0, 0.0], [0.5, 2.0, -1.0]
+    logits = torch.tensor([column_0, column_0, column_0, column_1]).T.reshape(1, 3, 1, 4)
+    target = torch.tensor([[[0, 0, 0, 1]]])
+    a, b = by_hand_ce(torch.tensor(column_0), 0), by_hand_ce(torch.tensor(column_1), 1)
+    assert float(seg_balanced_ce(logits, target)) == pytest.approx(3 * (a + b) / 16, rel=1e-5)
+
+
+def test_seg_js_is_zero_for_a_perfect_confident_prediction_and_log_two_for_a_confident_wrong_one() -> None:
+    target = torch.tensor([[[0, 1, 2]]])
+    perfect = 30.0 * F.one_hot(target, 3).permute(0, 3, 1, 2).float()
+    wrong = 30.0 * F.one_hot((target + 1) % 3, 3).permute(0, 3, 1, 2).float()
+    assert float(seg_js(perfect, target)) == pytest.approx(0.0, abs=1e-6)
+    assert float(seg_js(wrong, target)) == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_seg_js_equals_the_kl_form_of_jensen_shannon_over_labelled_pixels() -> None:
+    gen = torch.Generator().manual_seed(10)
+    logits, target = torch.randn(2, 4, 3, 3, generator=gen), torch.randint(4, (2, 3, 3), generator=gen)
+    target[0, 0] = IGNORE
+    expected = []
+    for z, y in zip(logits.double(), target):
+        terms = []
+        for i, j in zip(*torch.nonzero(y != IGNORE, as_tuple=True)):
+            p = torch.softmax(z[:, i, j], dim=0)
+            q = F.one_hot(y[i, j], 4).double()
+            m = (p + q) / 2
+            kl_pm = float((p * (p / m).log()).sum())
+            kl_qm = float((q[q > 0] * (q[q > 0] / m[q > 0]).log()).sum())
+            terms.append((kl_pm + kl_qm) / 2)
+        expected.append(sum(terms) / len(terms))
+    torch.testing.assert_close(seg_js(logits, target).double(), torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_seg_js_is_finite_where_softmax_underflows() -> None:
+    logits = torch.tensor([[[[500.0, -500.0]], [[-500.0, 500.0]], [[0.0, 0.0]]]], requires_grad=True)
+    target = torch.tensor([[[0, 0]]])  # pixel 0 certain and right, pixel 1 certain and wrong
+    loss = seg_js(logits, target)
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    assert float(loss.detach()) == pytest.approx(math.log(2) / 2, abs=1e-6)
+    assert bool(torch.isfinite(grad).all())
+
+
+def test_seg_js_ignores_ignored_pixels() -> None:
+    logits, target, _ = _segmentation_example()
+    changed = _wrong_and_ignored_pixels_changed(logits)
+    changed[0, :, 0, 2:4] = logits[0, :, 0, 2:4]  # only the ignored pixel differs
+    changed.requires_grad_(True)
+    loss = seg_js(changed, target)
+    torch.testing.assert_close(loss.detach(), seg_js(logits, target))
+    (grad,) = torch.autograd.grad(loss.sum(), changed)
+    assert torch.equal(grad[0, :, 0, 4], torch.zeros(3))
+
+
+def test_seg_js_grows_as_a_wrong_pixel_gets_more_wrong() -> None:
+    logits, target, _ = _segmentation_example()
+    worse = logits.clone()
+    worse[0, 2, 0, 2] = -1.0  # pixel 2 (label 2): its class logit 0.4 -> -1.0
+    assert float(seg_js(worse, target)) > float(seg_js(logits, target))
+
+
+def test_seg_masked_spherical_is_minus_the_normalised_true_logit_on_correct_pixels() -> None:
+    logits, target, _ = _segmentation_example()
+    # pixel 0: z = [2.0, 0.5, 0.1], y = 0;  pixel 1: z = [0.1, 1.9, 0.3], y = 1;  4 labelled pixels.
+    expected = -(2.0 / math.sqrt(4 + 0.25 + 0.01) + 1.9 / math.sqrt(0.01 + 3.61 + 0.09)) / 4
+    assert float(seg_masked_spherical(logits, target)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_seg_masked_spherical_is_invariant_to_scaling_the_logits() -> None:
+    logits, target, _ = _segmentation_example()
+    torch.testing.assert_close(seg_masked_spherical(50 * logits, target), seg_masked_spherical(logits, target))
+
+
+@pytest.mark.parametrize("name", sorted(SEGMENTATION_LOSSES))
+def test_each_segmentation_loss_grows_as_a_correct_pixel_loses_confidence(name: str) -> None:
+    fn = SEGMENTATION_LOSSES[name]
+    logits, target, _ = _segmentation_example()
+    assert float(fn(_confidence_drop(logits), target)) > float(fn(logits, target))
+
+
+@pytest.mark.parametrize("name", sorted(SEGMENTATION_LOSSES))
+def test_each_segmentation_loss_is_zero_with_a_zero_gradient_without_labelled_pixels(name: str) -> None:
+    logits = torch.randn(2, 3, 2, 2, requires_grad=True)
+    loss = SEGMENTATION_LOSSES[name](logits, torch.full((2, 2, 2), IGNORE))
+    (grad,) = torch.autograd.grad(loss.sum(), logits)
+    assert torch.equal(loss.detach(), torch.zeros(2))
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("name", sorted(SEGMENTATION_LOSSES))
+def test_each_segmentation_loss_honours_a_custom_ignore_index(name: str) -> None:
+    fn = SEGMENTATION_LOSSES[name]
+    logits, target, _ = _segmentation_example()
+    relabelled = torch.where(target == IGNORE, torch.tensor(-1), target)
+    torch.testing.assert_close(fn(logits, relabelled, ignore_index=-1), fn(logits, target))
+
+
+# ----------------------------------------------------------------------------- depth (RMSE, AbsRel)
+
+
+def test_depth_losses_match_their_formulas_over_valid_pixels() -> None:
+    pred, target = _depth_example()
+    l1, l2, log_l1 = [], [], []
+    for p, t in zip(pred.double(), target.double()):
+        valid = t > 1e-3
+        err = p[valid] - t[valid]
+        l1.append(float(err.abs().mean()))
+        l2.append(math.sqrt(float(err.pow(2).mean()) + 1e-8))
+        log_l1.append(float((p[valid].log() - t[valid].log()).abs().mean()))
+    for fn, expected in ((depth_l1, l1), (depth_l2, l2), (depth_log_l1, log_l1)):
+        torch.testing.assert_close(fn(pred, target).double(), torch.tensor(expected, dtype=torch.float64),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_depth_l2_is_the_per_image_rmse_of_depth_errors() -> None:
+    pred, target = _depth_example()
+    rmse = depth_errors(pred, target, target > 1e-3)["rmse"]
+    torch.testing.assert_close(depth_l2(pred, target), rmse, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(DEPTH_LOSSES))
+def test_each_depth_loss_ignores_invalid_pixels(name: str) -> None:
+    fn = DEPTH_LOSSES[name]
+    pred, target = _depth_example()
+    changed = pred.clone()
+    changed[:, 0, :3] = 123.0  # prediction at invalid (0) target pixels
+    changed.requires_grad_(True)
+    loss = fn(changed, target)
+    torch.testing.assert_close(loss.detach(), fn(pred, target))
+    (grad,) = torch.autograd.grad(loss.sum(), changed)
+    assert torch.equal(grad[:, 0, :3], torch.zeros(2, 3))
+
+
+@pytest.mark.parametrize("name", sorted(DEPTH_LOSSES))
+def test_each_depth_loss_grows_as_the_prediction_drifts_from_the_target(name: str) -> None:
+    fn = DEPTH_LOSSES[name]
+    _, target = _depth_example()
+    losses = [fn(target * (1 + drift), target) for drift in (0.0, 0.1, 0.3, 0.6)]
+    assert all(bool((a < b).all()) for a, b in zip(losses, losses[1:]))
+    assert bool((losses[0] <= 1e-4 + 1e-7).all())  # perfect: 0, or sqrt(1e-8) for depth_l2
+
+
+@pytest.mark.parametrize("name", sorted(DEPTH_LOSSES))
+def test_each_depth_loss_is_zero_with_a_zero_gradient_without_valid_pixels(name: str) -> None:
+    pred, target = _depth_example()
+    pred.requires_grad_(True)
+    loss = DEPTH_LOSSES[name](pred, torch.zeros_like(target))
+    (grad,) = torch.autograd.grad(loss.sum(), pred)
+    assert torch.equal(loss.detach(), torch.zeros(2))
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("name", sorted(DEPTH_LOSSES))
+def test_each_depth_loss_accepts_a_channel_dimension(name: str) -> None:
+    fn = DEPTH_LOSSES[name]
+    pred, target = _depth_example()
+    torch.testing.assert_close(fn(pred[:, None], target), fn(pred, target))
+
+
+def test_depth_l2_gradient_is_finite_at_a_perfect_prediction() -> None:
+    _, target = _depth_example()
+    pred = target.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(depth_l2(pred, target).sum(), pred)
+    assert bool(torch.isfinite(grad).all())
+
+
+def test_depth_log_l1_clamps_non_positive_predictions_at_min_depth() -> None:
+    target = torch.tensor([[1.0, 1.0]])
+    pred = torch.tensor([[0.0, -1.0]], requires_grad=True)  # both read as 1e-3: |log 1e-3 - log 1| each
+    loss = depth_log_l1(pred, target)
+    (grad,) = torch.autograd.grad(loss.sum(), pred)
+    assert float(loss.detach()) == pytest.approx(-math.log(1e-3), rel=1e-5)
+    assert bool(torch.isfinite(grad).all())
