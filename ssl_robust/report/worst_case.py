@@ -1,11 +1,16 @@
 """Worst case over attacks, per test item (as AutoAttack and RobustBench report robustness).
 
 For each configuration and eps, over every attack run at that eps (each set of per-attack settings
-counts as an attack): classification counts an item as robust only if every attack failed on it;
-segmentation and depth take each image's worst attack by its per-image score (per-image mIoU, the
-lowest; RMSE, the highest; ties go to the first attack in label order) and compute the metric
-from the chosen images: mIoU from their summed per-class intersections and unions, RMSE as the
-mean of their per-image RMSEs. Needs the per-sample artifacts of every attack of the group.
+counts as an attack), one attack's result is kept per test item (``ssl_robust.worst``).
+Classification and depth keep each item's worst score and report their mean (an item is robust only
+if every attack failed on it; an image's RMSE is its highest), with ties to the first attack in label
+order and NaN only where every attack has it. Segmentation reports mIoU from the kept images' summed
+per-class intersections and unions, which is not monotone in per-image mIoU, so the images are chosen
+by a local search on that aggregate: starting from the attack with the lowest own mIoU, an image
+switches to another attack's result only where that strictly lowers the aggregate mIoU (up to 10
+passes over the images); the per-image choice (each image's lowest per-image mIoU) is searched from as
+well, and the lower result is kept. The worst case is therefore never above any attack's own mIoU.
+Needs the per-sample artifacts of every attack of the group.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from ssl_robust.report import intervals
 from ssl_robust.report.artifacts import CellArtifacts, Samples, aggregate, samples
 from ssl_robust.report.frame import ROW
 from ssl_robust.tasks import TASKS
+from ssl_robust.worst import worst_mean_pick, worst_miou_pick
 
 COLUMNS = ["task", "dataset", "encoder_label", "config", "config_label", "eps", "eps_255", "clean", "worst",
            "worst_lo", "worst_hi", "n", "attacks", "runs", "note"]
@@ -23,20 +29,14 @@ COLUMNS = ["task", "dataset", "encoder_label", "config", "config_label", "eps", 
 
 def choose(task: str, adv: list[Samples]) -> Samples:
     """Per item, the worst of the aligned ``adv`` samples (same index order in each)."""
-    if TASKS.get(task).per_sample == "correct":
-        score = np.min(np.stack([s.score for s in adv]), axis=0)
-        return Samples(adv[0].index, score)
     scores = np.stack([s.score for s in adv])  # [A, N]
-    higher = TASKS.get(task).higher_is_better
-    # NaN (an image without valid pixels) is never chosen unless every attack has it
-    filled = np.where(np.isnan(scores), np.inf if higher else -np.inf, scores)
-    pick = np.argmin(filled, axis=0) if higher else np.argmax(filled, axis=0)
     cols = np.arange(scores.shape[1])
-    chosen = Samples(adv[0].index, scores[pick, cols])
-    if adv[0].inter is not None:
-        chosen.inter = np.stack([s.inter for s in adv])[pick, cols]
-        chosen.union = np.stack([s.union for s in adv])[pick, cols]
-    return chosen
+    if TASKS.get(task).metric == "miou" and adv[0].inter is not None:
+        inter, union = np.stack([s.inter for s in adv]), np.stack([s.union for s in adv])
+        pick = worst_miou_pick(inter, union)
+        return Samples(adv[0].index, scores[pick, cols], inter[pick, cols], union[pick, cols])
+    pick = worst_mean_pick(scores, TASKS.get(task).higher_is_better)
+    return Samples(adv[0].index, scores[pick, cols])
 
 
 def _align(found: list[Samples]) -> list[Samples] | None:

@@ -10,7 +10,9 @@ import pytest
 
 from ssl_robust.report import write_report
 from ssl_robust.report.intervals import bootstrap_mean, bootstrap_miou, wilson
-from tests.report.fake import METRIC, TASK_ATTACK, sweep
+from ssl_robust.worst import miou_of, worst_miou_pick
+from tests.report.fake import METRIC, TASK_ATTACK, params, sweep
+from tests.test_worst import INTER, UNION
 
 pytestmark = pytest.mark.slow  # each renders a whole report: seconds
 
@@ -46,22 +48,32 @@ def test_every_table_number_is_the_metric_of_its_run(report: tuple[list[dict], P
     assert all(p["adv"] == by_run[p["run_id"]][f"adv/{METRIC[p['task']]}"] for _, p in curves.iterrows())
 
 
+def _segmentation_arrays(run_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The attacks' per-image intersections and unions [A, N, C], merged on the item index."""
+    loaded = [np.load(d / "per_image_iou.npz") for d in run_dirs]
+    index = sorted(loaded[0]["index"].tolist())
+    rows = [[int(np.flatnonzero(data["index"] == item)[0]) for item in index] for data in loaded]
+    return (np.stack([data["adv_inter"][r] for data, r in zip(loaded, rows)]),
+            np.stack([data["adv_union"][r] for data, r in zip(loaded, rows)]))
+
+
+def _greedy_miou(inter: np.ndarray, union: np.ndarray) -> float:
+    """mIoU of each image's lowest per-image mIoU over the attacks."""
+    chosen_i, chosen_u = [], []
+    for n in range(inter.shape[1]):
+        per_image = [np.mean([a / b for a, b in zip(i[n], u[n]) if b > 0]) for i, u in zip(inter, union)]
+        k = int(np.argmin(per_image))
+        chosen_i.append(inter[k, n]), chosen_u.append(union[k, n])
+    i, u = np.sum(chosen_i, 0), np.sum(chosen_u, 0)
+    return float(np.mean(i[u > 0] / u[u > 0]))
+
+
 def _recompute(run_dirs: list[Path], task: str) -> float:
-    """Independently of the package: merge the attacks' files on the item index, take the worst."""
+    """Independently of the report: merge the attacks' files on the item index, take the worst."""
     if task == "segmentation":
-        loaded = [np.load(d / "per_image_iou.npz") for d in run_dirs]
-        index = sorted(loaded[0]["index"].tolist())
-        inter, union = [], []
-        for item in index:
-            options = []
-            for data in loaded:
-                k = int(np.flatnonzero(data["index"] == item)[0])
-                i, u = data["adv_inter"][k], data["adv_union"][k]
-                per_image = np.mean([a / b for a, b in zip(i, u) if b > 0])
-                options.append((per_image, i, u))
-            worst = min(options, key=lambda o: o[0])
-            inter.append(worst[1]), union.append(worst[2])
-        i, u = np.sum(inter, 0), np.sum(union, 0)
+        inter, union = _segmentation_arrays(run_dirs)
+        pick = worst_miou_pick(inter, union)
+        i, u = inter[pick, np.arange(pick.size)].sum(0), union[pick, np.arange(pick.size)].sum(0)
         return float(np.mean(i[u > 0] / u[u > 0]))
     column = "adv_correct" if task == "classification" else "adv_rmse"
     merged = None
@@ -87,7 +99,33 @@ def test_worst_case_equals_a_recomputation_from_the_per_sample_files(report: tup
             assert line["Worst case"] >= max(scores) - 1e-12
         else:
             assert line["Worst case"] <= min(scores) + 1e-12
+        if line["Task"] == "segmentation":
+            greedy = _greedy_miou(*_segmentation_arrays([runs_dir / r / "results" for r in run_ids]))
+            assert line["Worst case"] <= greedy + 1e-12
         assert line["Worst case lo"] <= line["Worst case"] + 1e-9 and line["Worst case hi"] >= line["Worst case"] - 0.05
+
+
+def test_a_segmentation_worst_case_is_not_above_any_attack_when_per_image_choice_would_be(tmp_path: Path) -> None:
+    """Each image's lowest per-image mIoU would give 0.4722, above SegPGD's own 0.3968."""
+    rows, artifacts = [], {}
+    for k, attack in enumerate(("embed", "segpgd")):
+        run_id = f"nm{k}"
+        folder = tmp_path / run_id / "results"
+        folder.mkdir(parents=True)
+        index = np.array([7, 10, 13])
+        np.savez(folder / "per_image_iou.npz", index=index, clean_inter=UNION[k], clean_union=UNION[k],
+                 adv_inter=INTER[k], adv_union=UNION[k])
+        pd.DataFrame({"index": index, "clean_pixel_acc": 1.0, "adv_pixel_acc": 0.5, "attack_loss": 1.0}) \
+            .to_csv(folder / "per_sample.csv", index=False)
+        row = params("dinov2_vits14", "voc2012", "segmentation", attack, 8 / 255, run_id, 3)
+        row.update({"clean/miou": 1.0, "adv/miou": miou_of(INTER[k], UNION[k]), "n_samples": 3.0,
+                    "check/delta_in_ball": 1.0, "check/all_passed": 1.0})
+        rows.append(row)
+        artifacts[run_id] = folder
+    write_report(rows, tmp_path / "report", artifacts=artifacts)
+    worst = pd.read_csv(tmp_path / "report" / "worst_case.csv")["Worst case"].item()
+    assert worst <= min(r["adv/miou"] for r in rows)
+    assert worst == pytest.approx(0.3125)
 
 
 def test_the_table_holds_the_worst_case_of_its_eps(report: tuple[list[dict], Path]) -> None:
