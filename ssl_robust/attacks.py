@@ -1,4 +1,5 @@
-"""Named attacks: which objective the PGD engine ascends, on which output, for which tasks.
+"""Named attacks: which objective the engine ascends, with which optimiser, on which output, for
+which tasks; and the ``standard`` suite of each task.
 
 Light on purpose (no torch): configs check attack names and their tasks against this registry.
 """
@@ -16,8 +17,13 @@ class AttackSpec:
     tasks: tuple[str, ...] | None = None  # None: every task
     on_embedding: bool = False  # ascends a distance on the encoder's representation (no labels)
     gradient_free: bool = False  # only the random start: uniform noise in the eps-ball, no steps
+    optimizer: str = "pgd"  # the engine's optimiser unless attack.optimizer says otherwise: pgd | apgd
+    targeted: bool = False  # targeted over the top classes of the clean output (APGD-T): one run per target
+    suite: tuple[str, ...] = ()  # a suite: its members by task, as "task:attack" pairs
 
     def applies_to(self, task: str) -> bool:
+        if self.suite:
+            return any(pair.startswith(f"{task}:") for pair in self.suite)
         return self.tasks is None or task in self.tasks
 
 
@@ -29,6 +35,46 @@ ATTACKS.register("noise")(AttackSpec("embed_l2", "Uniform noise", on_embedding=T
 ATTACKS.register("pgd")(AttackSpec("cross_entropy", "PGD", ("classification",)))
 ATTACKS.register("segpgd")(AttackSpec("segpgd", "SegPGD", ("segmentation",)))
 ATTACKS.register("depthpgd")(AttackSpec("silog", "DepthPGD (SILog)", ("depth",)))
+# The field's strongest evaluations: APGD (Croce & Hein 2020) on AutoAttack's and SEA's losses.
+_CLS, _SEG, _DEPTH = ("classification",), ("segmentation",), ("depth",)
+ATTACKS.register("apgd_ce")(AttackSpec("cross_entropy", "APGD-CE", _CLS, optimizer="apgd"))
+ATTACKS.register("apgd_dlr")(AttackSpec("dlr", "APGD-DLR", _CLS, optimizer="apgd"))
+ATTACKS.register("apgd_t")(AttackSpec("dlr_targeted", "APGD-T", _CLS, optimizer="apgd", targeted=True))
+ATTACKS.register("apgd_masked_ce")(AttackSpec("seg_masked_ce", "APGD masked CE", _SEG, optimizer="apgd"))
+ATTACKS.register("apgd_balanced_ce")(AttackSpec("seg_balanced_ce", "APGD balanced CE", _SEG, optimizer="apgd"))
+ATTACKS.register("apgd_js")(AttackSpec("seg_js", "APGD JS", _SEG, optimizer="apgd"))
+ATTACKS.register("apgd_masked_spherical")(AttackSpec("seg_masked_spherical", "APGD masked spherical", _SEG,
+                                                     optimizer="apgd"))
+ATTACKS.register("apgd_depth_l1")(AttackSpec("depth_l1", "APGD depth L1", _DEPTH, optimizer="apgd"))
+ATTACKS.register("apgd_depth_l2")(AttackSpec("depth_l2", "APGD depth L2", _DEPTH, optimizer="apgd"))
+ATTACKS.register("apgd_depth_log")(AttackSpec("depth_log_l1", "APGD log-depth L1", _DEPTH, optimizer="apgd"))
+# AutoAttack's cascade (APGD-CE, then APGD-T on what is left) for classification; SEA's four losses,
+# each image's worst, for segmentation; depth's L1, L2 and log-L1, each image's worst.
+ATTACKS.register("standard")(AttackSpec("", "Standard suite", optimizer="apgd", suite=(
+    "classification:apgd_ce", "classification:apgd_t",
+    "segmentation:apgd_masked_ce", "segmentation:apgd_balanced_ce", "segmentation:apgd_js",
+    "segmentation:apgd_masked_spherical",
+    "depth:apgd_depth_l1", "depth:apgd_depth_l2", "depth:apgd_depth_log")))
+
+
+def suite_members(attack: str, task: str) -> list[str]:
+    """The attacks a suite runs on ``task``, in order; a plain attack is its own one member."""
+    spec = ATTACKS.get(attack)
+    if not spec.suite:
+        return [attack]
+    return [member for pair in spec.suite for t, member in [pair.split(":")] if t == task]
+
+
+def target_ranks(num_classes: int, targets: int) -> tuple[int, ...]:
+    """APGD-T's target classes as ranks of the clean output (2 = the runner-up): ``targets`` of them,
+    at most ``num_classes - 1``; none below the 4 classes targeted DLR needs."""
+    return tuple(range(2, min(targets, num_classes - 1) + 2)) if num_classes >= 4 else ()
+
+
+def engine_runs(attack: str, task: str, num_classes: int, targets: int) -> int:
+    """Engine runs per batch: 1 for a plain attack; a suite's members, APGD-T once per target."""
+    return sum(len(target_ranks(num_classes, targets)) if ATTACKS.get(name).targeted else 1
+               for name in suite_members(attack, task))
 
 
 def attacks_for(task: str) -> list[str]:
@@ -37,8 +83,10 @@ def attacks_for(task: str) -> list[str]:
 
 
 def task_attack(task: str) -> str | None:
-    """The task's own downstream attack (not an embedding attack), if it has one."""
-    own = [name for name in attacks_for(task) if ATTACKS.get(name).tasks is not None]
+    """The task's own downstream attack of the poster (PGD, SegPGD, DepthPGD: fixed-step PGD on a task
+    loss, not an embedding attack), if it has one."""
+    own = [name for name in attacks_for(task) if ATTACKS.get(name).tasks is not None
+           and ATTACKS.get(name).optimizer == "pgd" and not ATTACKS.get(name).suite]
     return own[0] if own else None
 
 

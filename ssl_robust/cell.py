@@ -20,15 +20,16 @@ from torch.utils.data import DataLoader
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
-from ssl_robust import checks
-from ssl_robust.attacks import ATTACKS
+from ssl_robust import checks, suite
+from ssl_robust.attacks import ATTACKS, suite_members
 from ssl_robust.config import CellCfg
 from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.load import load_split, size_batches, slide_stride, task_info
 from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import Encoder, create_encoder, input_size, local_file
 from ssl_robust.heads import TaskModel, TokenKeep, extract_features, fit_head
-from ssl_robust.pgd import AttackResult, pgd
+from ssl_robust.engine import AttackSettings, run_attack
+from ssl_robust.pgd import AttackResult
 from ssl_robust.precision import in_precision
 from ssl_robust.sliding import resize_to, slide, slide_tokens
 from ssl_robust.tasks import TASKS, Scores, TaskSpec, eval_mode, eval_sizing
@@ -174,10 +175,11 @@ class AttackSetup:
 
 def attack_setup(cfg: CellCfg, view: Views, task: TaskSpec, info: TaskInfo) -> AttackSetup:
     """EmbedAttack pushes the representation; task attacks ascend the task objective on the
-    scored output."""
-    on_embedding = ATTACKS.get(cfg.attack.name).on_embedding
+    scored output (a suite: its first member's)."""
+    name = suite_members(cfg.attack.name, task.name)[0]
+    on_embedding = ATTACKS.get(name).on_embedding
     worst = cfg.attack.select == "worst" and not on_embedding and task.damage is not None
-    return AttackSetup(view.representation if on_embedding else view.scored, task.objective(cfg.attack.name, info),
+    return AttackSetup(view.representation if on_embedding else view.scored, task.objective(name, info),
                        None if on_embedding else task.fooled, task.damage(info) if worst else None, on_embedding)
 
 
@@ -195,13 +197,18 @@ def unmoved(setup: AttackSetup, x: torch.Tensor, labels: torch.Tensor, clean_out
                         step_count=torch.zeros(steps, dtype=torch.long))
 
 
+def settings(cfg: CellCfg, eps: float, steps: int, seed: int) -> AttackSettings:
+    """The engine's settings of the cell's attack at this budget and seed."""
+    a = cfg.attack
+    return AttackSettings(eps=eps, steps=steps, optimizer=a.resolved_optimizer, step_size=a.resolved_step_size,
+                          norm=a.norm, random_start=a.random_start, restarts=a.restarts, seed=seed,
+                          stop_when_fooled=a.stop_when_fooled)
+
+
 def _attack(cfg: CellCfg, setup: AttackSetup, x: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
             seed: int) -> AttackResult:
-    a = cfg.attack
-    return pgd(setup.forward, setup.objective, x, setup.target(x, labels), eps=eps,
-               step_size=a.resolved_step_size, steps=steps, norm=a.norm, random_start=a.random_start,
-               restarts=a.restarts, seed=seed, success_fn=setup.success, stop_when_fooled=a.stop_when_fooled,
-               damage_fn=setup.damage)
+    return run_attack(setup.forward, setup.objective, x, setup.target(x, labels), settings(cfg, eps, steps, seed),
+                      setup.success, setup.damage)
 
 
 @torch.no_grad()
@@ -225,32 +232,75 @@ def _save_examples(x: torch.Tensor, x_adv: torch.Tensor, path: Path, n: int = 4)
 
 @dataclass
 class Tally:
-    """What a cell accumulates over its test batches."""
+    """What a cell accumulates over its test batches; a suite's members' scores under ``members``
+    (classification: cumulative; dense: each member's own, the worst case chosen at the end)."""
 
     clean: Scores
     adv: Scores
+    members: dict[str, Scores] = field(default_factory=dict)
     indices: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     bounds: list[dict[str, float]] = field(default_factory=list)
     eps0_gap: float = 0.0
     disagreements: int = 0
     grad_finite: bool = True
-    grad_nonzero: float = 1.0
+    grad_zero: int = 0  # attacked samples with an all-zero input gradient at their first step (in every member)
+    attacked: int = 0  # samples that took a gradient step
     grad_steps: int = 0  # sample-gradient-steps spent, the eps = 0 check's included
     forward_passes: int = 0  # sample-forwards of the attacks (with and without gradient)
     step_loss: torch.Tensor | None = None  # summed loss per gradient step
     step_count: torch.Tensor | None = None
 
-    def add_attack(self, result: AttackResult, indices: list[int]) -> None:
-        self.indices.extend(indices)
-        self.losses.extend(result.loss.cpu().tolist())
+    def add_cost(self, result: AttackResult) -> None:
         self.grad_finite &= result.grad_finite
-        self.grad_nonzero = min(self.grad_nonzero, result.grad_nonzero)
         self.grad_steps += result.grad_steps
         self.forward_passes += result.forward_passes
-        loss, count = result.step_loss_sum.cpu(), result.step_count.cpu()  # new sums: the result is left as it is
-        self.step_loss = loss if self.step_loss is None else self.step_loss + loss
-        self.step_count = count if self.step_count is None else self.step_count + count
+
+    def add_attack(self, result: AttackResult, indices: list[int]) -> None:
+        """The batch's scored result: its items, losses and loss curve (a suite's first member's)."""
+        self.indices.extend(indices)
+        self.losses.extend(result.loss.cpu().tolist())
+        if result.step_loss_sum is not None:
+            loss, count = result.step_loss_sum.cpu(), result.step_count.cpu()  # new sums: the result is left as it is
+            self.step_loss = loss if self.step_loss is None else self.step_loss + loss
+            self.step_count = count if self.step_count is None else self.step_count + count
+
+    def add_zero_grad(self, results: list[AttackResult], n: int) -> None:
+        """Samples whose gradient was all zero in every result that stepped on them."""
+        masks = [r.grad_zero for r in results if r.grad_zero is not None]
+        if masks:
+            self.grad_zero += int(torch.stack([m.cpu() for m in masks]).all(dim=0).sum())
+            self.attacked += n
+
+
+def _rescored(cfg: CellCfg, view: Views, setup: AttackSetup, task: TaskSpec, tally: Tally, result: AttackResult,
+              y: torch.Tensor, i: int) -> torch.Tensor:
+    """The attacked output: the engine's (task attacks), rescored on the first batch to check that
+    the attack's successes are the scored model's; EmbedAttack's is scored here."""
+    adv_out = None if setup.on_embedding else result.output
+    if adv_out is None or (i == 0 and result.success is not None):
+        with torch.no_grad():
+            rescored = view.scored(result.x_adv)
+        if result.success is not None:
+            tally.disagreements += int((result.success != task.fooled(rescored, y)).sum())
+        adv_out = rescored if adv_out is None else adv_out
+    return adv_out
+
+
+def _suite_batch(cfg: CellCfg, view: Views, setup: AttackSetup, task: TaskSpec, info: TaskInfo, tally: Tally,
+                 x: torch.Tensor, y: torch.Tensor, clean_out: torch.Tensor, i: int) -> list[AttackResult]:
+    """Every member of the cell's suite on the batch; their scores under ``tally.members``; the
+    results, the scored one (cascade: the cumulative last) at the end."""
+    plan = suite.members(cfg.attack.name, task, info, settings(cfg, cfg.attack.eps, cfg.attack.gradient_steps,
+                         cfg.seed + i), cfg.attack.targets, cfg.attack.optimizer)
+    if task.fooled is not None:
+        results = suite.cascade(setup.forward, x, y, clean_out, plan, task.fooled)
+    else:
+        results = suite.dense(setup.forward, x, y, plan, setup.damage)
+    for member, result in zip(plan, results):
+        tally.members.setdefault(member.name, task.scores(info)).add(_rescored(cfg, view, setup, task, tally, result,
+                                                                               y, i + 1), y)
+    return results
 
 
 def _attack_batch(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo, tally: Tally,
@@ -259,38 +309,54 @@ def _attack_batch(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo
 
     An attack that cannot move the input (eps = 0) is scored clean with no gradient step. The
     attacked output is the one the engine computed (task attacks), rescored on the first batch to
-    check that the attack's successes are the scored model's."""
+    check that the attack's successes are the scored model's. A suite runs each member; a dense
+    suite's attacked score is chosen at the end (``suite.combine``)."""
     view = views(cfg, model, task, tuple(y.shape[-2:]))
     setup = attack_setup(cfg, view, task, info)
     with torch.no_grad():
         clean_out = view.scored(x)
     tally.clean.add(clean_out, y)
+    is_suite = bool(ATTACKS.get(cfg.attack.name).suite)
     if not cfg.attack.moves_input:
         result, adv_out = unmoved(setup, x, y, clean_out, cfg.attack.gradient_steps), clean_out
+        results = [result]
     else:
         if i == 0:
             tally.eps0_gap, zero = eps0_gap(cfg, setup, view.scored, x, y, clean_out)
-            tally.grad_steps += zero.grad_steps
-            tally.forward_passes += zero.forward_passes
-        result = _attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=cfg.attack.gradient_steps, seed=cfg.seed + i)
-        adv_out = None if setup.on_embedding else result.output
-        if adv_out is None or (i == 0 and result.success is not None):
-            with torch.no_grad():
-                rescored = view.scored(result.x_adv)
-            if result.success is not None:
-                tally.disagreements += int((result.success != task.fooled(rescored, y)).sum())
-            adv_out = rescored if adv_out is None else adv_out
-    tally.adv.add(adv_out, y)
-    tally.bounds.append(checks.perturbation_checks(x, result.x_adv, cfg.attack.eps, cfg.attack.norm))
-    tally.add_attack(result, indices)
+            tally.add_cost(zero)
+        if is_suite:
+            results = _suite_batch(cfg, view, setup, task, info, tally, x, y, clean_out, i)
+            result = results[-1] if task.fooled is not None else results[0]
+        else:
+            results = [_attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=cfg.attack.gradient_steps,
+                               seed=cfg.seed + i)]
+            result = results[0]
+        adv_out = _rescored(cfg, view, setup, task, tally, result, y, i)
+        tally.add_zero_grad(results[-1:] if task.fooled is not None else results, len(x))
+    if not is_suite or task.fooled is not None or not cfg.attack.moves_input:
+        tally.adv.add(adv_out, y)
+    for item in results if task.fooled is None else results[-1:]:
+        tally.bounds.append(checks.perturbation_checks(x, item.x_adv, cfg.attack.eps, cfg.attack.norm))
+        tally.add_cost(item)
+    tally.add_attack(results[0] if task.fooled is None else result, indices)
     return result
 
 
-def _summary(cfg: CellCfg, task: TaskSpec, tally: Tally) -> dict[str, float]:
+def _suite_summary(cfg: CellCfg, task: TaskSpec, info: TaskInfo, tally: Tally) -> dict[str, float]:
+    """A dense suite's worst case becomes the attacked score; every member's own scores are logged
+    as ``suite/<member>/<metric>``."""
+    if tally.members and task.fooled is None:
+        tally.adv = suite.combine(task, info, list(tally.members.values()))
+    return {f"suite/{name}/{k}": v for name, scores in tally.members.items() for k, v in scores.summary().items()}
+
+
+def _summary(cfg: CellCfg, task: TaskSpec, info: TaskInfo, tally: Tally) -> dict[str, float]:
     """Scores, counts and checks of a finished cell."""
+    member_metrics = _suite_summary(cfg, task, info, tally)
     clean_scores, adv_scores = tally.clean.summary(), tally.adv.summary()
     metrics = {f"clean/{k}": v for k, v in clean_scores.items()}
     metrics.update({f"adv/{k}": v for k, v in adv_scores.items()})
+    metrics.update(member_metrics)
     metrics["adv/loss"] = sum(tally.losses) / max(len(tally.losses), 1)
     metrics["n_samples"] = float(len(tally.clean.per_sample))
     metrics["eval/slide"] = float(eval_mode(cfg.data) == "slide")
@@ -301,7 +367,7 @@ def _summary(cfg: CellCfg, task: TaskSpec, tally: Tally) -> dict[str, float]:
     metrics["attack/grad_steps"] = float(tally.grad_steps)
     metrics["attack/forward_passes"] = float(tally.forward_passes)
     steps = cfg.attack.gradient_steps if cfg.attack.moves_input else 0
-    metrics.update(checks.gradient_checks(tally.grad_finite, tally.grad_nonzero, cfg.attack.eps, steps))
+    metrics.update(checks.gradient_checks(tally.grad_finite, tally.grad_zero, tally.attacked, cfg.attack.eps, steps))
     metrics.update(checks.score_checks(clean_scores[task.metric], adv_scores[task.metric], task.higher_is_better,
                                        tally.eps0_gap, searched=not ATTACKS.get(cfg.attack.name).gradient_free))
     metrics.update(checks.rescore_checks(tally.disagreements))
@@ -335,7 +401,7 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
             _save_examples(x.cpu(), result.x_adv.cpu(), Path(out_dir) / "adv_examples.png")
     metrics["time/attack_seconds"] = time.perf_counter() - attack_start
     metrics["time/data_seconds"] = loader.seconds + metrics.pop("time/head_data_seconds", 0.0)
-    metrics.update(_summary(cfg, task, tally))
+    metrics.update(_summary(cfg, task, info, tally))
     if out_dir is not None:
         write_results(Path(out_dir), task, tally)
     metrics["time/cell_seconds"] = time.perf_counter() - start

@@ -186,6 +186,8 @@ class AttackCfg(StrictModel):
     stop_when_fooled: bool = True  # classification: stop attacking samples already fooled
     select: Literal["final", "worst"] = "worst"  # dense tasks: each image's final or most damaging iterate
     layer: int | None = None  # EmbedAttack's target block; None = the last (after the final norm)
+    optimizer: Literal["pgd", "apgd"] | None = None  # None = the attack's own (pgd; apgd for apgd_* and standard)
+    targets: int = Field(default=9, ge=1, le=100)  # APGD-T: target classes, the top ones of the clean output
 
     @field_validator("name")
     @classmethod
@@ -198,6 +200,10 @@ class AttackCfg(StrictModel):
         if self.step_size is not None:
             return self.step_size
         return 2.5 * self.eps / max(self.steps, 1)
+
+    @property
+    def resolved_optimizer(self) -> str:
+        return self.optimizer or ATTACKS.get(self.name).optimizer
 
     @property
     def gradient_steps(self) -> int:
@@ -248,11 +254,15 @@ class CellCfg(CellFields):
 
     def identity(self) -> dict[str, Any]:
         """The fields that define the result: no device, loader settings, head-checkpoint location
-        or feature storage; the precision only where it is not the default fp32."""
+        or feature storage; the precision, the optimiser and the target count only where they are not
+        their defaults (so cells of the attacks that existed before them keep their ids)."""
         data = self.model_dump(mode="json", exclude={"device": True, "loader": True,
                                                      "head": {"checkpoint", "features"}})
         if self.precision == "fp32":
             del data["precision"]
+        for name, default in (("optimizer", None), ("targets", AttackCfg.model_fields["targets"].default)):
+            if data["attack"][name] == default:
+                del data["attack"][name]
         return data
 
     @property

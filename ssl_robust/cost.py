@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssl_robust.aliases import ENCODERS
-from ssl_robust.attacks import ATTACKS
+from ssl_robust.attacks import ATTACKS, engine_runs
 from ssl_robust.config import CellCfg, DataCfg, EncoderCfg
 from ssl_robust.data.catalog import DATASETS
-from ssl_robust.data.load import slide_stride
+from ssl_robust.data.load import slide_stride, task_info
 from ssl_robust.encoders import input_size
 from ssl_robust.sliding import n_windows
 from ssl_robust.tasks import eval_mode
@@ -104,18 +104,20 @@ def _gflop(encoder: EncoderCfg, size: int, grad_steps: int, forwards: int, windo
 
 def cell_cost(cell: CellCfg) -> Cost | None:
     """The attack phase of a cell (None when the test split's size is unknown): the clean forward,
-    the eps = 0 check and the attack (all steps of every restart), rescoring, EmbedAttack's target."""
+    the eps = 0 check and the attack (all steps of every restart of every engine run: a suite's
+    members, APGD-T once per target class), rescoring, EmbedAttack's target."""
     n = split_images(cell.data, "test")
     if n is None:
         return None
     attack, on_embedding = cell.attack, ATTACKS.get(cell.attack.name).on_embedding
     steps, first = attack.gradient_steps, min(cell.batch_size, n)
+    runs = engine_runs(attack.name, cell.data.resolved_task, task_info(cell.data).num_classes, attack.targets)
     forwards, grad_steps = n, 0  # clean
     if on_embedding:
         forwards += n  # the clean representation EmbedAttack pushes away from
     if attack.moves_input:
-        grad_steps = (n * steps + first) * attack.restarts
-        forwards += (n * (steps + 1) + 2 * first) * attack.restarts + first  # + the check's rescoring
+        grad_steps = (n * steps * runs + first) * attack.restarts
+        forwards += (n * (steps + 1) * runs + 2 * first) * attack.restarts + first  # + the check's rescoring
         forwards += n if on_embedding else first  # rescoring: every batch (EmbedAttack) or the first
     size = input_size(cell.encoder)
     return Cost(grad_steps, forwards, _gflop(cell.encoder, size, grad_steps, forwards, windows_per_image(cell, size)))

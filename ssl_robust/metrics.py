@@ -11,15 +11,21 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=1) == labels).float().mean())
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255) -> torch.Tensor:
-    """[num_classes, num_classes] counts, rows = ground truth, ignored pixels left out."""
-    keep = target != ignore_index
-    t, p = target[keep].long(), pred[keep].long()
+def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """Raise naming the labels outside [0, num_classes) that are not ``ignore_index``."""
+    t = target[target != ignore_index]
     bad = t[(t < 0) | (t >= num_classes)]
     if bad.numel():
         raise ValueError(f"labels {sorted(set(bad.tolist()))[:5]} outside [0, {num_classes}) "
                          f"and not ignore_index {ignore_index}")
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = 255) -> torch.Tensor:
+    """[num_classes, num_classes] counts, rows = ground truth, ignored pixels left out."""
+    check_labels(target, num_classes, ignore_index)
+    keep = target != ignore_index
+    t, p = target[keep].long(), pred[keep].long()
     return torch.bincount(t * num_classes + p, minlength=num_classes**2).view(num_classes, num_classes)
 
 
@@ -102,29 +108,34 @@ class ClassificationScores:
     def summary(self) -> dict[str, float]:
         return {"acc": sum(self.per_sample) / max(len(self.per_sample), 1)}
 
+    @classmethod
+    def picked(cls, info: TaskInfo, members: list["ClassificationScores"], pick: list[int]) -> "ClassificationScores":
+        """Sample i from ``members[pick[i]]`` (members scored the same samples in the same order)."""
+        out = cls(info)
+        out.per_sample = [members[m].per_sample[i] for i, m in enumerate(pick)]
+        return out
+
 
 class SegmentationScores:
-    """mIoU and pixel accuracy from a confusion matrix summed over batches; per sample: pixel accuracy."""
+    """mIoU and pixel accuracy from per-image, per-class intersections and unions summed over images
+    (the confusion matrix's diagonal and margins, as exact integers); per sample: pixel accuracy."""
 
     def __init__(self, info: TaskInfo) -> None:
         self.info, self.per_sample = info, []
-        self.conf = torch.zeros(info.num_classes, info.num_classes, dtype=torch.long)
         self.inter: list[torch.Tensor] = []
         self.union: list[torch.Tensor] = []
 
     def add(self, logits: torch.Tensor, masks: torch.Tensor) -> None:
         pred, masks, ignore = logits.detach().cpu().argmax(1), masks.cpu(), self.info.ignore_index
-        self.conf += confusion_matrix(pred, masks, self.info.num_classes, ignore)
+        check_labels(masks, self.info.num_classes, ignore)
         inter, union = per_image_iou(pred, masks, self.info.num_classes, ignore)
         self.inter.append(inter), self.union.append(union)
-        labelled = masks != ignore
-        correct = ((pred == masks) & labelled).flatten(1).sum(1)
-        self.per_sample.extend(correct.div(labelled.flatten(1).sum(1).clamp_min(1)).tolist())
+        self.per_sample.extend(_pixel_acc(inter, union).tolist())
 
     @property
     def pixels(self) -> int:
-        """Labelled pixels scored."""
-        return int(self.conf.sum())
+        """Labelled pixels scored: per image, sum(union) + sum(inter) = 2 x labelled."""
+        return int(sum(int(u.sum() + i.sum()) for i, u in zip(self.inter, self.union)) // 2)
 
     def per_image(self) -> dict[str, torch.Tensor]:
         """Per image and class intersections and unions [N, C]: mIoU of any subset of images (worst
@@ -132,8 +143,32 @@ class SegmentationScores:
         return {"inter": torch.cat(self.inter), "union": torch.cat(self.union)} if self.inter else {}
 
     def summary(self) -> dict[str, float]:
-        return {"miou": miou_from_confusion(self.conf),
-                "pixel_acc": float(self.conf.diag().sum() / self.conf.sum().clamp_min(1))}
+        if not self.inter:
+            return {"miou": float("nan"), "pixel_acc": 0.0}
+        inter, union = torch.cat(self.inter).sum(0).double(), torch.cat(self.union).sum(0).double()
+        present = union > 0
+        miou = float((inter[present] / union[present]).mean()) if bool(present.any()) else float("nan")
+        labelled = (union.sum() + inter.sum()) / 2
+        return {"miou": miou, "pixel_acc": float(inter.sum() / labelled.clamp_min(1))}
+
+    @classmethod
+    def picked(cls, info: TaskInfo, members: list["SegmentationScores"], pick: list[int]) -> "SegmentationScores":
+        """Image i from ``members[pick[i]]`` (members scored the same images in the same order)."""
+        out = cls(info)
+        inter = torch.stack([torch.cat(m.inter) for m in members])
+        union = torch.stack([torch.cat(m.union) for m in members])
+        rows = torch.arange(inter.shape[1])
+        chosen = torch.as_tensor(pick, dtype=torch.long)
+        out.inter, out.union = [inter[chosen, rows]], [union[chosen, rows]]
+        out.per_sample = _pixel_acc(out.inter[0], out.union[0]).tolist()
+        return out
+
+
+def _pixel_acc(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """Per image: correct pixels over labelled ones (labelled = (sum union + sum inter) / 2)."""
+    correct = inter.sum(1).double()
+    labelled = (union.sum(1) + inter.sum(1)).double() / 2
+    return correct / labelled.clamp_min(1)
 
 
 class DepthScores:
@@ -157,3 +192,14 @@ class DepthScores:
 
     def summary(self) -> dict[str, float]:
         return {k: float(torch.cat(v).nanmean()) if v else float("nan") for k, v in self.errors.items()}
+
+    @classmethod
+    def picked(cls, info: TaskInfo, members: list["DepthScores"], pick: list[int]) -> "DepthScores":
+        """Image i from ``members[pick[i]]`` (members scored the same images in the same order)."""
+        out = cls(info)
+        chosen, rows = torch.as_tensor(pick, dtype=torch.long), torch.arange(len(pick))
+        for key in out.errors:
+            out.errors[key] = [torch.stack([torch.cat(m.errors[key]) for m in members])[chosen, rows]]
+        out.per_sample = out.errors["rmse"][0].tolist()
+        out.pixels = members[0].pixels
+        return out

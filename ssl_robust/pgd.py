@@ -27,6 +27,7 @@ class AttackResult:
     output: torch.Tensor | None = None  # forward(x_adv) as computed in the attack (None unless every sample has one)
     grad_finite: bool = True  # every gradient seen was finite
     grad_nonzero: float = 1.0  # fraction of samples with a non-zero gradient at the first step
+    grad_zero: torch.Tensor | None = None  # [n] bool: all-zero input gradient at the first step (None: no step)
     forward_passes: int = 0  # sample-forwards spent (for throughput accounting)
     grad_steps: int = 0  # sample-gradient-steps spent: forward + backward to the input, per sample
     step_loss_sum: torch.Tensor | None = None  # [steps] summed loss of the samples attacked at each step
@@ -101,32 +102,10 @@ def pgd(
     best = _Best(x, damage_fn is not None)
     grad_sum = torch.zeros((), device=device)  # non-finite iff some gradient entry was (a NaN/inf sum)
     nonzero: torch.Tensor | None = None
+    zero_grad: torch.Tensor | None = None
     forwards = grad_steps = 0
     step_sums: list[list[torch.Tensor]] = [[] for _ in range(steps)]
     step_count = [0] * steps
-
-    def record(idx: torch.Tensor | None, x_now: torch.Tensor, output: torch.Tensor, loss: torch.Tensor,
-               final: bool) -> None:
-        """Keep the first fooling iterate; else the most damaging iterate (``damage_fn``); else the
-        final iterate of the highest-loss restart. ``idx``: the samples attacked (None = all).
-
-        Losses are compared only between final iterates: objectives such as SegPGD weigh their
-        terms by step, so losses of different steps are not comparable. Masked writes, no host sync.
-        """
-        output, loss = output.detach(), loss.detach().to(best.loss.dtype)
-        fooled_before = best.take("fooled", idx)
-        target_now = target if idx is None else target[idx]
-        now_fooled = success_fn(output, target_now) if success_fn else torch.zeros_like(fooled_before)
-        if damage_fn is not None:
-            damage = damage_fn(output, target_now).to(best.damage.dtype)
-            better = damage > best.take("damage", idx)
-            best.put("damage", idx, better, damage)
-        else:
-            better = ~fooled_before & (now_fooled | (final & (loss > best.take("loss", idx))))
-        best.put("x", idx, better, x_now.detach())
-        best.put("loss", idx, better, loss)
-        best.put("fooled", idx, better, now_fooled)
-        best.put_output(idx, better, output)
 
     for _ in range(restarts):
         active = torch.arange(n, device=device)
@@ -149,10 +128,11 @@ def pgd(
             grad_sum += grad.sum()
             if nonzero is None:
                 nonzero = (grad.flatten(1).abs().sum(dim=1) > 0).float().mean()
+                zero_grad = grad.flatten(1).abs().sum(dim=1) == 0
             forwards += len(x_act)
             grad_steps += len(x_act)
             if success_fn is not None or damage_fn is not None:
-                record(idx, x_now, output, loss, final=False)
+                record(best, success_fn, damage_fn, target, idx, x_now, output, loss, compare_loss=False)
             with torch.no_grad():
                 delta = project(delta.detach() + step_size * _ascent_direction(grad, norm), x_act, eps, norm)
             if cascade:  # the one host sync in the loop: compacting the batch to the still-robust samples
@@ -167,7 +147,8 @@ def pgd(
                 x_now = x_act + delta
                 output = forward(x_now)
                 last = max(steps, 1)
-                record(idx, x_now, output, objective(output, target_act, last, last), final=True)
+                record(best, success_fn, damage_fn, target, idx, x_now, output,
+                       objective(output, target_act, last, last), compare_loss=True)
             forwards += len(x_act)
     return AttackResult(
         x_adv=best.x,
@@ -176,11 +157,35 @@ def pgd(
         output=best.output if best.output is not None and bool(best.has_output.all()) else None,
         grad_finite=bool(torch.isfinite(grad_sum)),
         grad_nonzero=1.0 if nonzero is None else float(nonzero),
+        grad_zero=zero_grad,
         forward_passes=forwards,
         grad_steps=grad_steps,
         step_loss_sum=_sum_per_step(step_sums, device),
         step_count=torch.tensor(step_count, dtype=torch.long, device=device),
     )
+
+
+def record(best: "_Best", success_fn: SuccessFn | None, damage_fn: DamageFn | None, target: torch.Tensor,
+           idx: torch.Tensor | None, x_now: torch.Tensor, output: torch.Tensor, loss: torch.Tensor,
+           compare_loss: bool) -> None:
+    """Keep each sample's first fooling iterate; else its most damaging iterate (``damage_fn``); else
+    its highest-loss iterate among those whose losses are compared (``compare_loss``: PGD compares
+    only final iterates, since objectives such as SegPGD weigh their terms by step; APGD every
+    iterate). ``idx``: the samples attacked (None = all). Masked writes, no host sync."""
+    output, loss = output.detach(), loss.detach().to(best.loss.dtype)
+    fooled_before = best.take("fooled", idx)
+    target_now = target if idx is None else target[idx]
+    now_fooled = success_fn(output, target_now) if success_fn else torch.zeros_like(fooled_before)
+    if damage_fn is not None:
+        damage = damage_fn(output, target_now).to(best.damage.dtype)
+        better = damage > best.take("damage", idx)
+        best.put("damage", idx, better, damage)
+    else:
+        better = ~fooled_before & (now_fooled | (compare_loss & (loss > best.take("loss", idx))))
+    best.put("x", idx, better, x_now.detach())
+    best.put("loss", idx, better, loss)
+    best.put("fooled", idx, better, now_fooled)
+    best.put_output(idx, better, output)
 
 
 def _sum_per_step(step_sums: list[list[torch.Tensor]], device: torch.device) -> torch.Tensor:

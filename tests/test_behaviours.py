@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_robust import cell as cell_module
+from ssl_robust import engine as engine_module
 from ssl_robust.cell import run_cell
 from ssl_robust.features import Features
 from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, LinearDepthHead, fit_head
@@ -38,7 +39,7 @@ def adv_score(metrics: dict[str, float], task: str) -> float:
 @pytest.fixture()
 def engine(monkeypatch: pytest.MonkeyPatch) -> EngineSpy:
     spy = EngineSpy()
-    monkeypatch.setattr(cell_module, "pgd", spy)
+    monkeypatch.setattr(engine_module, "pgd", spy)
     return spy
 
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ssl_robust import cell as cell_module
+from ssl_robust import engine as engine_module
 from ssl_robust.cell import Tally, prepare_head, run_cell, write_results
 from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.tasks import TASKS
@@ -23,7 +24,7 @@ BATCH = 8  # conftest's tiny cell: 16 test images in batches of 8
 
 def spy_engine(monkeypatch: pytest.MonkeyPatch, edit=None) -> EngineSpy:
     spy = EngineSpy(edit)
-    monkeypatch.setattr(cell_module, "pgd", spy)
+    monkeypatch.setattr(engine_module, "pgd", spy)
     return spy
 
 
@@ -74,7 +75,7 @@ def test_a_non_finite_gradient_in_the_first_batch_fails_the_check(make_cell_cfg,
 
 def test_zero_gradients_fail_the_check_of_a_cell_that_takes_steps(make_cell_cfg, fitted_head, monkeypatch) -> None:
     def no_gradient(result, call) -> None:
-        result.grad_nonzero = 0.0
+        result.grad_zero = torch.ones(len(result.x_adv), dtype=torch.bool)
 
     spy_engine(monkeypatch, no_gradient)
     metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssl_robust.checks import all_passed, gradient_checks, perturbation_checks, score_checks
+from ssl_robust.checks import ZERO_GRAD_LIMIT, all_passed, gradient_checks, perturbation_checks, score_checks
 
 
 def images(n: int = 4) -> torch.Tensor:
@@ -44,11 +44,23 @@ def test_adversarial_image_outside_the_unit_box_fails() -> None:
 
 
 def test_gradient_checks_flag_non_finite_and_all_zero_gradients() -> None:
-    assert gradient_checks(True, 1.0, 8 / 255, 10)["check/grad_finite"] == 1.0
-    assert gradient_checks(False, 1.0, 8 / 255, 10)["check/grad_finite"] == 0.0
-    assert gradient_checks(True, 0.0, 8 / 255, 10)["check/grad_nonzero"] == 0.0
-    assert gradient_checks(True, 0.0, 0.0, 10)["check/grad_nonzero"] == 1.0  # no budget: nothing to check
-    assert gradient_checks(True, 0.0, 8 / 255, 0)["check/grad_nonzero"] == 1.0
+    assert gradient_checks(True, 0, 64, 8 / 255, 10)["check/grad_finite"] == 1.0
+    assert gradient_checks(False, 0, 64, 8 / 255, 10)["check/grad_finite"] == 0.0
+    assert gradient_checks(True, 64, 64, 8 / 255, 10)["check/grad_nonzero"] == 0.0
+    assert gradient_checks(True, 64, 64, 0.0, 10)["check/grad_nonzero"] == 1.0  # no budget: nothing to check
+    assert gradient_checks(True, 64, 64, 8 / 255, 0)["check/grad_nonzero"] == 1.0
+
+
+def test_the_zero_gradient_check_fails_when_a_few_samples_of_many_have_no_gradient() -> None:
+    """One sample with a gradient is not enough: a saturated head leaves most samples unmoved."""
+    assert gradient_checks(True, 119, 128, 8 / 255, 10)["check/grad_nonzero"] == 0.0
+    assert gradient_checks(True, 2, 128, 8 / 255, 10)["check/grad_nonzero"] == 0.0
+
+
+def test_the_zero_gradient_check_allows_up_to_its_stated_fraction() -> None:
+    limit = ZERO_GRAD_LIMIT * 1000
+    assert gradient_checks(True, int(limit), 1000, 8 / 255, 10)["check/grad_nonzero"] == 1.0
+    assert gradient_checks(True, int(limit) + 1, 1000, 8 / 255, 10)["check/grad_nonzero"] == 0.0
 
 
 @pytest.mark.parametrize("clean, adv, higher_is_better, expected", [
@@ -77,12 +89,13 @@ def test_random_noise_is_not_required_to_leave_the_score_no_better() -> None:
     assert "check/adv_not_better" not in score_checks(0.5, 0.6, True, 0.0, searched=False)
 
 
-def test_gradient_checks_report_the_nonzero_fraction() -> None:
-    assert gradient_checks(True, 0.25, 8 / 255, 10)["attack/grad_nonzero_frac"] == 0.25
+def test_gradient_checks_report_the_nonzero_fraction_and_the_zero_count() -> None:
+    found = gradient_checks(True, 48, 64, 8 / 255, 10)
+    assert found["attack/grad_nonzero_frac"] == 0.25 and found["attack/grad_zero_samples"] == 48
 
 
 def test_one_step_attack_with_all_zero_gradients_fails() -> None:
-    assert gradient_checks(True, 0.0, 8 / 255, 1)["check/grad_nonzero"] == 0.0
+    assert gradient_checks(True, 4, 4, 8 / 255, 1)["check/grad_nonzero"] == 0.0
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
