@@ -66,6 +66,8 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor
     AutoAttack's 100 (classification, depth) and SEA's 300 (segmentation)."""
     spec = TASKS.get(task)
     steps = STANDARD_STEPS[task] if steps is None else steps
+    if task == "depth":
+        model = _depth_map(model)
     settings = AttackSettings(eps=eps, steps=steps, optimizer="apgd", norm=norm, restarts=restarts, seed=seed,
                               stop_when_fooled=True)
     with torch.no_grad():
@@ -105,6 +107,15 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor
     out.checks = {k.removeprefix("check/"): v == 1.0 for k, v in found.items()
                   if k.startswith("check/") and k not in ("check/eps0_equals_clean", "check/eps0_max_output_gap")}
     return out
+
+
+def _depth_map(model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Depth [B, 1, H, W] as the [B, H, W] map the depth scores and losses compare with targets."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = model(x)
+        return out[:, 0] if out.dim() == 4 else out
+
+    return forward
 
 
 def _seeded(plan: list[suite.Member], seed: int) -> list[suite.Member]:

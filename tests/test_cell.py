@@ -15,9 +15,10 @@ PRIMARY = {"classification": ("acc", True), "segmentation": ("miou", True), "dep
 CLEAN_KEYS = {"classification": {"acc"}, "segmentation": {"miou", "pixel_acc"},
               "depth": {"rmse", "abs_rel", "delta1"}}
 CELLS = [("classification", "pgd"), ("classification", "embed"), ("segmentation", "segpgd"),
-         ("segmentation", "embed"), ("depth", "depthpgd"), ("depth", "embed")]
+         ("segmentation", "embed"), ("depth", "depthpgd"), ("depth", "embed"),
+         ("classification", "standard"), ("segmentation", "standard"), ("depth", "standard")]
 TASK_ATTACK_CELLS = [cell for cell in CELLS if cell[1] != "embed"]
-TASK_ATTACK = dict(TASK_ATTACK_CELLS)
+TASK_ATTACK = {task: attack for task, attack in TASK_ATTACK_CELLS if attack != "standard"}
 N_SAMPLES = 16  # conftest's tiny cell
 # The embedding attack does not aim at the task score: on a random tiny encoder 8/255 moves the
 # task score only a little (either way), 16/255 reliably hurts it.
@@ -334,3 +335,53 @@ def test_the_noise_baseline_takes_no_gradient_step(make_cell_cfg, fitted_head, t
         assert list(csv.DictReader(f)) == []
     assert metrics["check/all_passed"] == 1.0
     assert 0 < metrics["attack/max_delta"] <= cfg.attack.eps + 1e-6
+
+
+def _saturated_head(fitted_head: Callable[[str], Path], folder: Path, scale: float = 100.0) -> str:
+    """The fitted classification head with its weights and bias times ``scale``: the same
+    predictions, logits so large that cross-entropy's input gradient is exactly zero in float32."""
+    from safetensors.torch import load_file, save_file
+
+    weights = {k: v * scale for k, v in load_file(str(fitted_head("classification"))).items()}
+    save_file(weights, str(folder / "saturated.safetensors"))
+    return str(folder / "saturated.safetensors")
+
+
+def test_a_saturated_head_attacked_by_cross_entropy_pgd_fails_the_zero_gradient_check(make_cell_cfg, fitted_head,
+                                                                                     tmp_path: Path) -> None:
+    head = {"checkpoint": _saturated_head(fitted_head, tmp_path)}
+    plain = run_cell(make_cell_cfg(head={"checkpoint": str(fitted_head("classification"))}))
+    saturated = run_cell(make_cell_cfg(head=head))
+    assert saturated["clean/acc"] == plain["clean/acc"]  # the same predictions
+    assert saturated["attack/grad_zero_samples"] > 0
+    assert saturated["check/grad_nonzero"] == 0.0 and saturated["check/all_passed"] == 0.0
+
+
+def test_the_standard_suite_finds_the_adversarial_examples_a_saturated_head_hides_from_pgd(
+        make_cell_cfg, fitted_head, tmp_path: Path) -> None:
+    head = {"checkpoint": _saturated_head(fitted_head, tmp_path)}
+    pgd = run_cell(make_cell_cfg(head=head))
+    suite = run_cell(make_cell_cfg(head=head, attack={"name": "standard"}))
+    unsaturated = run_cell(make_cell_cfg(head={"checkpoint": str(fitted_head("classification"))},
+                                         attack={"name": "standard"}))
+    assert suite["adv/acc"] < pgd["adv/acc"]
+    assert suite["adv/acc"] == unsaturated["adv/acc"]  # DLR is blind to the logits' scale
+    assert suite["check/all_passed"] == 1.0
+
+
+def test_a_classification_suite_logs_each_attack_of_its_cascade(cell_run) -> None:
+    metrics, _ = cell_run("classification", "standard")
+    assert metrics["suite/apgd_ce/acc"] >= metrics["suite/apgd_t/acc"] == metrics["adv/acc"]  # cumulative
+
+
+@pytest.mark.parametrize("task", ["segmentation", "depth"])
+def test_a_dense_suites_worst_case_is_no_better_than_any_of_its_attacks(cell_run, task: str) -> None:
+    metrics, _ = cell_run(task, "standard")
+    key, higher_is_better = PRIMARY[task]
+    own = [v for k, v in metrics.items() if k.startswith("suite/") and k.endswith(f"/{key}")]
+    assert len(own) == {"segmentation": 4, "depth": 3}[task]
+    assert all(metrics[f"adv/{key}"] <= v if higher_is_better else metrics[f"adv/{key}"] >= v for v in own)
+
+
+def test_the_segmentation_suite_scores_no_higher_than_segpgd(cell_run) -> None:
+    assert cell_run("segmentation", "standard")[0]["adv/miou"] <= cell_run("segmentation", "segpgd")[0]["adv/miou"]
