@@ -32,7 +32,7 @@ from torch import nn
 from ssl_robust.config import EncoderCfg
 from ssl_robust.data.synthetic import NUM_OBJECT_CLASSES, SyntheticDataset
 from ssl_robust.encoders import create_encoder
-from ssl_robust.evaluation import evaluate
+from ssl_robust.evaluation import Evaluation, evaluate
 
 NUM_CLASSES = 10
 CLS_ROWS = [("vit", 0.25, 10), ("vit", 0.5, 20), ("vit", 1.0, 20),  # (model, eps * 255, steps)
@@ -43,14 +43,14 @@ DEPTH_MEMBERS = ("apgd_depth_l1", "apgd_depth_l2", "apgd_depth_log")
 
 
 class Counted(nn.Module):
-    """The attacked model, counting sample-forwards taken with autograd on (torchattacks' gradient steps)."""
+    """The attacked model, counting sample-forwards of inputs that require grad (torchattacks' gradient steps)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model, self.grad_samples = model, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
+        if x.requires_grad:
             self.grad_samples += x.shape[0]
         return self.model(x)
 
@@ -110,7 +110,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, s
         loss.backward()
         optimizer.step()
     model.eval().requires_grad_(False)
-    return float(loss)
+    return float(loss.detach())
 
 
 def synthetic(task: str, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +143,7 @@ def robust_after(model: nn.Module, adv: torch.Tensor, labels: torch.Tensor) -> t
         return model(adv).argmax(1) == labels
 
 
-def failed_checks(evaluation) -> list[str]:
+def failed_checks(evaluation: Evaluation) -> list[str]:
     return sorted(name for name, held in evaluation.checks.items() if not held)
 
 
@@ -223,7 +223,7 @@ def print_classification(rows: list[dict]) -> None:
     print(table(["model", "eps*255", "steps", *methods],
                 [keys(r) + [f"{r['robust'][m]:.3f}" for m in methods] for r in rows]))
     steps = [*OURS, "TA APGD-CE", "TA APGD-T"]
-    print("\nSample-gradient-steps spent (TA: forwards with autograd on, counted at the model)\n")
+    print("\nSample-gradient-steps spent (TA: forwards of inputs that require grad, counted at the model)\n")
     print(table(["model", "eps*255", "steps", *steps, "suite / APGD-CE steps"],
                 [keys(r) + [str(r["grad_steps"][m]) for m in steps] + [f"{r['suite_over_apgd_ce_steps']:.2f}"]
                  for r in rows]))

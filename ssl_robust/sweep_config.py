@@ -55,13 +55,13 @@ class EncoderEntry(EncoderCfg):
 
 
 class AttackEntry(AttackCfg):
-    """An attack axis entry; eps and steps come from the sweep's own axes."""
+    """An attack axis entry; eps comes from the sweep's axis, and so do the steps unless the entry
+    fixes its own (a suite at its literature budget, e.g. ``{name: standard, steps: 100}``)."""
 
     @model_validator(mode="after")
     def _no_axis_fields(self) -> "AttackEntry":
-        clash = sorted({"eps", "steps"} & self.model_fields_set)
-        if clash:
-            raise ValueError(f"{clash} are sweep axes: set them at the top level, not per attack")
+        if "eps" in self.model_fields_set:
+            raise ValueError("['eps'] is a sweep axis: set it at the top level, not per attack")
         return self
 
 
@@ -137,7 +137,7 @@ def _raw_cells(sweep: SweepCfg) -> list[dict[str, Any]]:
         for data in sweep.datasets
         for att in sweep.attacks if ATTACKS.get(att.name).applies_to(data.resolved_task)
         for eps in sweep.eps
-        for steps in sweep.steps
+        for steps in ([att.steps] if "steps" in att.model_fields_set else sweep.steps)
     ]
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from ssl_robust.cli import main
 from ssl_robust.config import ConfigError, load_config, read_config, validate
-from ssl_robust.sweep_config import (DeaclSweepCfg, benchmark_sweep, deacl_configs, expand, head_groups, load_sweep,
-                                     parse_sweep, resolve_encoders)
+from ssl_robust.sweep_config import (DeaclSweepCfg, SweepCfg, benchmark_sweep, deacl_configs, expand, head_groups,
+                                     load_sweep, parse_sweep, resolve_encoders)
 from tests.helpers import REPO_ROOT, tiny_sweep, write_sweep
 
 
@@ -52,14 +52,15 @@ def test_disabled_encoders_and_duplicates_are_left_out() -> None:
 
 def test_shipped_sweeps_validate() -> None:
     sweep, cells = load_sweep(REPO_ROOT / "sweeps" / "full_benchmark.yaml")
-    assert len(cells) == 3 * 7 * 2 * 6  # encoders x data sets x (embed + task attack) x eps
+    assert len(cells) == 3 * 7 * 4 * 6  # encoders x data sets x (embed, noise, task attack, standard) x eps
     assert len(head_groups(cells)) == 3 * 7
     assert sorted({round(c.attack.eps * 255, 6) for c in cells}) == [0, 1, 2, 4, 8, 16]
     deacl = [e for e in sweep.encoders if e.deacl]
     assert deacl and not deacl[0].enabled and deacl[0].deacl.experiment == "deacl"
     quick, quick_cells = load_sweep(REPO_ROOT / "sweeps" / "quickstart.yaml")
     assert {c.data.resolved_task for c in quick_cells} == {"classification", "segmentation", "depth"}
-    assert {c.attack.name for c in quick_cells} == {"embed", "noise", "pgd", "segpgd", "depthpgd"}
+    assert {c.attack.name for c in quick_cells} == {"embed", "noise", "pgd", "segpgd", "depthpgd", "standard"}
+    assert {c.attack.steps for c in cells if c.attack.name == "standard"} == {100}
     assert all(not c.encoder.pretrained for c in quick_cells)
 
 
@@ -74,7 +75,7 @@ def test_shipped_sweeps_validate() -> None:
         ({"defaults": {"head": {"epoch": 3}}}, ["defaults.head.epoch", "'epochs'"]),
         ({"defaults": {"seed": "x"}}, ["defaults.seed"]),
         ({"seed": 1}, ["seed: Extra inputs", "'defaults'"]),
-        ({"attacks": [{"name": "pgd", "eps": 0.1}]}, ["attacks.0", "sweep axes"]),
+        ({"attacks": [{"name": "pgd", "eps": 0.1}]}, ["attacks.0", "sweep axis"]),
         ({"eps": ["8/two"]}, ["eps.0", "8/255"]),
         ({"attacks": ["segpgd"]}, ["datasets.0", "allowed for classification", "'pgd'"]),
         ({"defaults": {"head": {"checkpoint": "x.safetensors"}}}, ["defaults.head.checkpoint"]),
@@ -177,10 +178,11 @@ def test_the_poster_preset_expands_to_the_posters_protocol(capsys: pytest.Captur
     assert main(["sweep", str(REPO_ROOT / "sweeps" / "poster.yaml"), "--dry-run"]) == 0
     listed = [line for line in capsys.readouterr().out.strip().splitlines() if "grad_steps=" in line]
     sweep, cells = load_sweep(REPO_ROOT / "sweeps" / "poster.yaml")
-    assert len(listed) == len(cells) == 3 * 7 * 2 * 4
+    assert len(listed) == len(cells) == 3 * 7 * 4 * 4
     assert {(c.encoder.name, c.encoder.image_size) for c in cells} == {
         ("dino_vitb16", 224), ("dinov2_vits14", 518), ("dinov2_vitb14", 518)}
-    assert all(c.attack.steps == 20 and c.attack.step_size == pytest.approx(2 / 255) for c in cells)
+    assert all(c.attack.steps == (100 if c.attack.name == "standard" else 20) for c in cells)
+    assert all(c.attack.step_size == pytest.approx(2 / 255) for c in cells)
     assert all(c.attack.select == "final" and c.attack.norm == "linf" for c in cells)
     assert any(abs(c.attack.eps - 8 / 255) < 1e-9 for c in cells)
     sizes = {c.data.resolved_task: set() for c in cells}
@@ -189,3 +191,19 @@ def test_the_poster_preset_expands_to_the_posters_protocol(capsys: pytest.Captur
     assert sizes == {"classification": {1000}, "segmentation": {None}, "depth": {None}}
     assert {c.data.eval for c in cells} == {None}  # the task's default: sliding windows for dense tasks
     assert [e.deacl.experiment for e in sweep.encoders if e.deacl] == ["deacl"]
+
+
+def test_the_three_main_sweeps_run_the_noise_baseline_and_the_standard_suite() -> None:
+    for name in ("full_benchmark.yaml", "poster.yaml"):
+        _, cells = load_sweep(REPO_ROOT / "sweeps" / name)
+        for task in ("classification", "segmentation", "depth"):
+            assert {"noise", "standard"} <= {c.attack.name for c in cells if c.data.resolved_task == task}, name
+    deacl = load_config(DeaclSweepCfg, REPO_ROOT / "sweeps" / "deacl.yaml")
+    assert {"noise", "standard"} <= {a.name for a in deacl.benchmark.attacks}
+
+
+def test_an_attack_entry_with_its_own_steps_runs_at_those_steps_only() -> None:
+    data = {"name": "t", "encoders": ["tiny_dinov2"], "datasets": ["synthetic"], "eps": [0.1], "steps": [3, 5],
+            "attacks": ["pgd", {"name": "standard", "steps": 50}]}
+    cells = expand(validate(SweepCfg, data, "test"))
+    assert sorted((c.attack.name, c.attack.steps) for c in cells) == [("pgd", 3), ("pgd", 5), ("standard", 50)]
