@@ -24,7 +24,7 @@ PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#9
 LINE_STYLES = {"clean": "-", "worst": "-", "embed": (0, (6, 2)), "embed_cos": (0, (6, 2, 1, 2)),
                "pgd": "-.", "segpgd": (0, (3, 1, 1, 1, 1, 1)), "depthpgd": (0, (8, 2, 2, 2)),
                "noise": (0, (1, 3))}
-_EXTRA_STYLES = [(0, (4, 1, 1, 1)), (0, (10, 3)), (0, (2, 2))]
+_EXTRA_STYLES = [(0, (2 + i % 4, 1, 1, 1 + i // 4)) for i in range(24)]  # dash, gap, dot, gap: all distinct
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 

@@ -156,10 +156,11 @@ def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | Non
 
 
 _WORST_TEXT = ("Per test item, the worst outcome over every attack run at that ε for the configuration: "
-               "classification counts an item as robust only if every attack failed on it; segmentation and depth "
-               "take each image's worst attack by its per-image score (mIoU, RMSE) and recompute mIoU from the "
-               "chosen images' per-class intersections and unions. Empty where an attack's per-sample results "
-               "are missing.")
+               "classification counts an item as robust only if every attack failed on it; depth takes each "
+               "image's highest RMSE; segmentation chooses one attack per image so that the mIoU recomputed from "
+               "the chosen images' per-class intersections and unions is as low as a local search finds, starting "
+               "from the attack with the lowest mIoU of its own, so the worst case is never above any attack's "
+               "own score. Empty where an attack's per-sample results are missing.")
 _POSTER_TEXT = ("The poster's published numbers (dashboards/reference/poster.csv) beside ours where a row matches: "
                 "same encoder and encoder type (no checkpoint = Standard, a DeACL checkpoint = DeACL), data set, "
                 "attack and ε = 8/255. Δ = ours − poster.")
