@@ -37,6 +37,7 @@ from ssl_robust.tune import deacl_sweep, grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEACL_SWEEP = "sweeps/deacl.yaml"
+SUBMIT_ENV = "SSL_ROBUST_SUBMIT"  # set on cluster nodes: the `ray submit ... --` prefix that reruns a sweep
 
 
 def config_path(path: str) -> Path:
@@ -106,19 +107,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     report = grid.execute(sweep, cells, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
                           args.resource_timeout)
-    print("\n".join(report.lines()))
+    summary = report.lines()
+    print("\n".join(summary))
+    out_dir = Path(args.report.format(name=sweep.name))
+    written = False
     if not args.no_report and not report.interrupted:
-        _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)),
-                      cell_ids={c.cell_id for c in cells})
+        written = _write_report(sweep.name, args.tracking_uri, out_dir, cell_ids={c.cell_id for c in cells}) == 0
+    if report.ran:
+        run_id = tracking.log_sweep_run(sweep.name, report.session, summary, out_dir if written else None,
+                                        report.ok, args.tracking_uri)
+        print(f"summary{' and report' if written else ''} tracked as MLflow run {run_id} "
+              f"(artifacts {tracking.SUMMARY_ARTIFACT}{', ' + tracking.REPORT_ARTIFACT + '/' if written else ''})",
+              file=sys.stderr)
     return _sweep_exit(report.ok, report.interrupted)
 
 
+def resume_command() -> str:
+    """The command that reruns this sweep: on a cluster node set up by ``infra/cluster*.yaml``, the
+    ``ray submit`` the user typed on their own machine (``SSL_ROBUST_SUBMIT`` is its prefix);
+    else this process's own command line."""
+    prefix = os.environ.get(SUBMIT_ENV)
+    if prefix:
+        return f"{prefix} {shlex.join(sys.argv[1:])}"
+    return shlex.join(sys.orig_argv)
+
+
 def _sweep_exit(ok: bool, signum: int) -> int:
-    """0 when every cell FINISHED, 1 when some did not, 128 + signum when a signal stopped the sweep."""
-    if signum:
-        print(f"to resume: {shlex.join(sys.orig_argv)}", file=sys.stderr)
-        return 128 + signum
-    return 0 if ok else 1
+    """0 when every cell FINISHED, 1 when some did not, 128 + signum when a signal stopped the sweep.
+    Through ``ray submit`` the user sees 1 for any failure (Ray's own exit code), so the code is
+    also printed."""
+    code = 128 + signum if signum else (0 if ok else 1)
+    if code:
+        print(f"to resume: {resume_command()}", file=sys.stderr)
+        if os.environ.get(SUBMIT_ENV):
+            print(f"exit code {code} (ray submit reports any failure as 1)", file=sys.stderr)
+    return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ssl_robust.cli import main
+from ssl_robust.cli import _sweep_exit, main, resume_command
 from ssl_robust.config import CellCfg, load_config
 
 from tests.helpers import REPO_ROOT
@@ -89,3 +89,25 @@ def test_debug_flag_reraises(tmp_path: Path) -> None:
     (tmp_path / "empty.yaml").write_text("")
     with pytest.raises(ValueError, match="empty.yaml is empty"):
         main(["run", str(tmp_path / "empty.yaml"), "--debug"])
+
+
+def test_the_resume_hint_on_a_cluster_node_is_the_users_ray_submit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_ROBUST_SUBMIT", "ray submit infra/cluster.yaml sweeps/full_benchmark.py --")
+    monkeypatch.setattr("sys.argv", ["/home/ubuntu/full_benchmark.py", "--config", "sweeps/quickstart.yaml"])
+    assert resume_command() == "ray submit infra/cluster.yaml sweeps/full_benchmark.py -- --config sweeps/quickstart.yaml"
+
+
+def test_the_resume_hint_elsewhere_is_this_processs_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSL_ROBUST_SUBMIT", raising=False)
+    monkeypatch.setattr("sys.orig_argv", ["python", "sweeps/full_benchmark.py", "--config", "my sweep.yaml"])
+    assert resume_command() == "python sweeps/full_benchmark.py --config 'my sweep.yaml'"
+
+
+def test_through_ray_submit_the_exit_code_is_printed(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SSL_ROBUST_SUBMIT", "ray submit infra/cluster.yaml sweeps/full_benchmark.py --")
+    assert _sweep_exit(ok=True, signum=2) == 130
+    err = capsys.readouterr().err
+    assert "to resume: ray submit infra/cluster.yaml" in err and "exit code 130" in err
+    assert _sweep_exit(ok=False, signum=0) == 1 and "exit code 1" in capsys.readouterr().err
+    assert _sweep_exit(ok=True, signum=0) == 0 and capsys.readouterr().err == ""

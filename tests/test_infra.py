@@ -131,3 +131,15 @@ def test_every_node_shell_uses_one_ray_auth_mode_despite_a_leftover_token(tmp_pa
 def test_without_the_setting_a_leftover_token_turns_token_auth_on(tmp_path: Path) -> None:
     """The check above can fail: a node shell without ``RAY_AUTH_MODE`` follows the leftover token."""
     assert _node_shell_auth_mode(_home_with_leftover_token(tmp_path / "node"), []) == "token"
+
+
+def test_node_shells_know_the_ray_submit_that_reruns_a_sweep(tmp_path: Path) -> None:
+    from ray.autoscaler._private.command_runner import _with_interactive
+
+    home = _home_with_leftover_token(tmp_path / "node")
+    env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+    for command in [c for c in _cluster()["setup_commands"] if "~/.bashrc" in c and "pip" not in c]:
+        subprocess.run(["bash", "-c", command], env=env, check=True, capture_output=True)
+    remote = " ".join(_with_interactive('echo "$SSL_ROBUST_SUBMIT"'))
+    done = subprocess.run(["bash", "-c", remote], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "ray submit infra/cluster.yaml sweeps/full_benchmark.py --"

@@ -47,6 +47,7 @@ class SweepReport:
     experiment: str
     cells: int
     skipped: int  # FINISHED before this run
+    session: str = ""  # this run's session id (tag ``session`` of its runs)
     finished: int = 0  # FINISHED after this run
     heads_fitted: int = 0
     heads_reused: int = 0
@@ -55,6 +56,11 @@ class SweepReport:
     overhead_s: list[float] = field(default_factory=list)
     amortized_s: float = float("nan")
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def ran(self) -> bool:
+        """Some cell was missing, so this run started work (and has a session worth recording)."""
+        return self.skipped < self.cells
 
     @property
     def ok(self) -> bool:
@@ -265,7 +271,8 @@ def execute(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = No
     destination = {"tracking_uri": uri, "experiment": sweep.name, "session": uuid.uuid4().hex[:16],
                    "experiment_id": tracking.ensure_experiment(sweep.name, uri)}
     ids = {c.cell_id for c in cells}
-    report = SweepReport(sweep.name, len(cells), len(ids & set(tracking.finished_cells(sweep.name, uri))))
+    report = SweepReport(sweep.name, len(ids), len(ids & set(tracking.finished_cells(sweep.name, uri))),
+                         session=destination["session"])
     with Interrupt() as interrupt:
         try:
             if report.skipped < len(ids):

@@ -121,6 +121,10 @@ def test_grid_tracks_one_finished_run_per_cell_on_s3(stack: dict[str, str], ray_
     assert any(k.endswith("adv_examples.png") for k in keys)
     for run in heads:
         assert f"mlartifacts/{exp_id}/{run.info.run_id}/artifacts/head/head.safetensors" in keys
+    (session,) = [r for r in runs if r.data.tags["phase"] == "sweep"]  # the summary and report, on S3
+    assert session.info.status == "FINISHED" and session.data.tags["sweep"] == "e2e-grid"
+    base = f"mlartifacts/{exp_id}/{session.info.run_id}/artifacts"
+    assert {f"{base}/summary.txt", f"{base}/report/index.html"} <= keys
     assert set(tracking.finished_cells("e2e-grid", uri)) == set(cfg_of)
 
     assert main(sweep_args(config, stack, tmp_path)) == 0  # a second run finds everything done
