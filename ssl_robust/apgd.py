@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from ssl_robust.pgd import (AttackResult, DamageFn, Forward, ObjectiveFn, SuccessFn, _Best, _per_sample_norm,
-                            _sum_per_step, project, random_delta, record)
+                            _sum_per_step, _unmovable, project, random_delta, record)
 
 FIRST_CHECKPOINT, CHECKPOINT_SHRINK, MIN_INTERVAL = 0.22, 0.03, 0.06  # fractions of the steps
 MOMENTUM = 0.75
@@ -116,7 +116,7 @@ def apgd(
             grad_sum += grad.sum()
             if nonzero is None:
                 per_sample = grad.flatten(1).abs().sum(dim=1)
-                nonzero, zero_grad = (per_sample > 0).float().mean(), per_sample == 0
+                nonzero, zero_grad = (per_sample > 0).float().mean(), _unmovable(grad, output, target_act, success_fn)
             forwards += len(x_act)
             grad_steps += len(x_act)
             record(best, success_fn, damage_fn, target, idx, x_now, output, loss, compare_loss=True)

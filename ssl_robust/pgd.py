@@ -27,7 +27,8 @@ class AttackResult:
     output: torch.Tensor | None = None  # forward(x_adv) as computed in the attack (None unless every sample has one)
     grad_finite: bool = True  # every gradient seen was finite
     grad_nonzero: float = 1.0  # fraction of samples with a non-zero gradient at the first step
-    grad_zero: torch.Tensor | None = None  # [n] bool: all-zero input gradient at the first step (None: no step)
+    grad_zero: torch.Tensor | None = None  # [n] bool: all-zero input gradient at the first step on a sample
+    # not fooled there (None: no step)
     forward_passes: int = 0  # sample-forwards spent (for throughput accounting)
     grad_steps: int = 0  # sample-gradient-steps spent: forward + backward to the input, per sample
     step_loss_sum: torch.Tensor | None = None  # [steps] summed loss of the samples attacked at each step
@@ -128,7 +129,7 @@ def pgd(
             grad_sum += grad.sum()
             if nonzero is None:
                 nonzero = (grad.flatten(1).abs().sum(dim=1) > 0).float().mean()
-                zero_grad = grad.flatten(1).abs().sum(dim=1) == 0
+                zero_grad = _unmovable(grad, output, target_act, success_fn)
             forwards += len(x_act)
             grad_steps += len(x_act)
             if success_fn is not None or damage_fn is not None:
@@ -163,6 +164,14 @@ def pgd(
         step_loss_sum=_sum_per_step(step_sums, device),
         step_count=torch.tensor(step_count, dtype=torch.long, device=device),
     )
+
+
+def _unmovable(grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor,
+               success_fn: SuccessFn | None) -> torch.Tensor:
+    """Per sample: an all-zero input gradient on a sample not fooled already (one that the start
+    fooled needs no gradient; one that is still robust cannot be moved: masking)."""
+    zero = grad.flatten(1).abs().sum(dim=1) == 0
+    return zero if success_fn is None else zero & ~success_fn(output.detach(), target)
 
 
 def record(best: "_Best", success_fn: SuccessFn | None, damage_fn: DamageFn | None, target: torch.Tensor,

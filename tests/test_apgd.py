@@ -104,36 +104,31 @@ MODES = {"plain": {}, "restarts": {"restarts": 3},
          "cascade": {"restarts": 2, "success_fn": misclassified, "stop_when_fooled": True}}
 
 
+def _distance(z: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per row of z, its distance to x's row of the same index (a batch of the same size) or to the
+    nearest row of x (a batch the cascade compacted)."""
+    ord_ = float("inf") if norm == "linf" else 2.0
+    if len(z) == len(x):
+        return torch.linalg.vector_norm((z - x).flatten(1), ord=ord_, dim=1)
+    pairwise = torch.linalg.vector_norm(z.flatten(1)[:, None] - x.flatten(1)[None], ord=ord_, dim=2)
+    return pairwise.min(dim=1).values
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("random_start", [True, False])
 @pytest.mark.parametrize("inputs", ["interior", "boundary"])
-def test_every_linf_iterate_stays_inside_eps_ball_and_unit_box(mode: str, random_start: bool, inputs: str) -> None:
-    model, eps = Recorder(linear_model(3)), 0.3  # a budget the box cuts on most pixels
+@pytest.mark.parametrize("norm, eps", [("linf", 0.3), ("l2", 3.0)])  # budgets the box cuts
+def test_every_iterate_stays_inside_eps_ball_and_unit_box(norm: str, eps: float, mode: str, random_start: bool,
+                                                          inputs: str) -> None:
+    model = Recorder(linear_model(3))
     x = images(8) if inputs == "interior" else boundary_images(8)
-    result = apgd(model, cross_entropy, x, labels(8, 3), eps=eps, steps=10, norm="linf",
-                  random_start=random_start, **MODES[mode])
+    result = apgd(model, cross_entropy, x, labels(8, 3), eps=eps, steps=10, norm=norm, random_start=random_start,
+                  **MODES[mode])
     assert len(model.inputs) > 1
     for z in [result.x_adv, *model.inputs]:
-        x_ref = x if len(z) == len(x) else None
         assert float(z.min()) >= 0.0 and float(z.max()) <= 1.0
-        if x_ref is not None:
-            assert float((z - x_ref).abs().max()) <= eps + 1e-6
-    assert float((result.x_adv - x).abs().max()) <= eps + 1e-6
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("random_start", [True, False])
-@pytest.mark.parametrize("inputs", ["interior", "boundary"])
-def test_every_l2_iterate_stays_inside_eps_ball_and_unit_box(mode: str, random_start: bool, inputs: str) -> None:
-    model, eps = Recorder(linear_model(3)), 3.0
-    x = images(8) if inputs == "interior" else boundary_images(8)
-    result = apgd(model, cross_entropy, x, labels(8, 3), eps=eps, steps=10, norm="l2",
-                  random_start=random_start, **MODES[mode])
-    for z in [result.x_adv, *model.inputs]:
-        assert float(z.min()) >= 0.0 and float(z.max()) <= 1.0
-        if len(z) == len(x):
-            assert bool(((z - x).flatten(1).norm(dim=1) <= eps * (1 + 1e-5)).all())
-    assert float((result.x_adv - x).flatten(1).norm(dim=1).max()) > 0.5 * eps  # the budget was used
+        assert float(_distance(z, x, norm).max()) <= eps * (1 + 1e-5)
+    assert float(_distance(result.x_adv, x, norm).max()) > 0.5 * eps  # the budget was used
 
 
 # ----------------------------------------------------------------------------- edges
@@ -214,6 +209,35 @@ def test_cascade_spends_less_and_fools_the_same_samples() -> None:
     assert early.grad_steps == int(early.step_count.sum()) < full.grad_steps == len(y) * 10 * 2
     assert early.forward_passes < full.forward_passes == len(y) * 11 * 2
     torch.testing.assert_close(early.x_adv, full.x_adv, rtol=0, atol=1e-6)
+
+
+def _half_fooled_batch():
+    """Four images under a linear model: the first two labelled with their least likely class
+    (fooled at once), the last two with their predicted class by a wide margin (a tiny eps never
+    flips them)."""
+    model, x = linear_model(3), images(4)
+    with torch.no_grad():
+        logits = model(x)
+    return model, x, torch.cat([logits[:2].argmin(1), logits[2:].argmax(1)])
+
+
+def test_cascade_drops_fooled_samples_within_a_restart_and_from_later_restarts() -> None:
+    model, x, y = _half_fooled_batch()
+    result = apgd(model, cross_entropy, x, y, eps=1e-6, steps=3, restarts=2, success_fn=misclassified,
+                  stop_when_fooled=True)
+    assert result.success.tolist() == [True, True, False, False]
+    assert result.grad_steps == (4 + 2 + 2) + 2 * 3  # restart 1: all, then the robust two; restart 2: the two
+    assert result.step_count.tolist() == [4 + 2, 2 + 2, 2 + 2]
+    assert result.forward_passes == result.grad_steps + 2 * 2  # plus the last iterate of each restart
+
+
+def test_restarts_after_every_sample_is_fooled_are_skipped() -> None:
+    model, x = linear_model(3), images(3)
+    with torch.no_grad():
+        y = model(x).argmin(1)
+    result = apgd(model, cross_entropy, x, y, eps=8 / 255, steps=3, restarts=3, success_fn=misclassified,
+                  stop_when_fooled=True)
+    assert bool(result.success.all()) and result.grad_steps == 3 and result.forward_passes == 3
 
 
 # ----------------------------------------------------------------------------- optimality on linear models
@@ -347,25 +371,81 @@ def test_from_torchattacks_start_apgd_fools_exactly_the_samples_torchattacks_foo
 
 
 def test_step_size_halves_at_each_checkpoint_from_22_percent_of_the_steps() -> None:
-    """One pixel at 0.5, eps 0.4, 50 steps. The objective u - step has gradient +1 everywhere while
+    """One pixel at 0.5, eps 0.4, 100 steps. The objective u - step has gradient +1 everywhere while
     its value falls at every step, so at every checkpoint the loss rose in 0 % of the steps: the
     step halves and the iterate moves back to the best point, the start. Checkpoints come after
-    22 % of the steps (11), then at intervals shrinking by 3 % (1 step): after steps 11, 21, 30, 38,
-    45. Right after a restart from delta = 0, with the pre-checkpoint iterate delta_prev,
-    delta_next = 0.75 eta + 0.25 (0 - delta_prev) while eta <= eps: the step eta is read off the
-    iterates."""
+    22 % of the steps (22), then at intervals shrinking by 3 % (3 steps) down to 6 % (6): after
+    steps 22, 41, 57, 70, 80, 87, 93, 99. Right after a restart from delta = 0, with the
+    pre-checkpoint iterate delta_prev, delta_next = 0.75 eta + 0.25 (0 - delta_prev) while
+    eta <= eps: the step eta is read off the iterates."""
     x, eps = torch.full((1, 1, 1, 1), 0.5), 0.4
     forward = Recorder(identity)
     result = apgd(forward, lambda out, target, step, steps: out.flatten(1)[:, 0] - step, x, torch.zeros(1),
-                  eps=eps, steps=50, random_start=False)
-    delta = torch.stack([z.flatten()[0] for z in forward.inputs]) - 0.5  # iterates 0..50
-    assert len(delta) == 51
+                  eps=eps, steps=100, random_start=False)
+    delta = torch.stack([z.flatten()[0] for z in forward.inputs]) - 0.5  # iterates 0..100
+    assert len(delta) == 101
     assert torch.equal(result.x_adv, x)  # the start has the highest loss
-    torch.testing.assert_close(delta[1:12], torch.full((11,), eps))  # the first step 2 eps, cut by the ball
-    restarts = [i for i in range(1, 51) if delta[i] < delta[i - 1] - 1e-6]
-    assert restarts == [12, 22, 31, 39, 46]
+    torch.testing.assert_close(delta[1:23], torch.full((22,), eps))  # the first step 2 eps, cut by the ball
+    restarts = [i for i in range(1, 101) if delta[i] < delta[i - 1] - 1e-6]
+    assert restarts == [23, 42, 58, 71, 81, 88, 94, 100]
     steps_after = [float((delta[i] + 0.25 * delta[i - 2]) / 0.75) for i in restarts]
-    assert steps_after == pytest.approx([eps / 2 ** k for k in range(5)], abs=1e-6)  # 2 eps halved 1..5 times
+    assert steps_after == pytest.approx([eps / 2 ** k for k in range(8)], rel=1e-4)  # 2 eps halved 1..8 times
+
+
+def _scripted(values: list[float], steps: int = 50):
+    """One pixel at 0.5, eps 0.4, no random start, ``steps`` steps, the loss of iterate i scripted:
+    values[i] + 1e-3 u (the u term only fixes the gradient's sign, +1: after its first step of 2 eps
+    the pixel sits on the ball's edge, where u and so ties stay exact). Returns the iterates' deltas."""
+    forward = Recorder(identity)
+
+    def objective(out, target, step, steps):
+        i = step - 1  # the objective of iterate i gets step i + 1
+        return 1e-3 * out.flatten(1)[:, 0] + (values[i] if i < len(values) else -100.0)
+
+    apgd(forward, objective, torch.full((1, 1, 1, 1), 0.5), torch.zeros(1), eps=0.4, steps=steps,
+         random_start=False)
+    return [float(z.flatten()[0]) - 0.5 for z in forward.inputs]
+
+
+START_BEST = [100.0]  # iterate 0, the start, has the highest loss: a restart moves back to it, visibly
+CHECKPOINT_CASES = {
+    # 50 steps: checkpoints after iterates 11 (11 comparisons, i = 1..11) and 21 (10, i = 12..21).
+    # Loss rose in 8 of 11 (<= 75 %; ties count as no rise): halve; at 21 the best is unchanged,
+    # but the step was just reduced: keep.
+    "rose in 8 of 11 steps: halve": (START_BEST + list(range(9)) + [8, 8] + list(range(9, 19)), [12]),
+    # Rose in 9 of 11 (> 75 %): keep; at 21 it rose in 10 of 10 but neither the step nor the best
+    # loss changed since 11: halve.
+    "rose in 9 of 11 steps: keep, then stuck: halve": (START_BEST + list(range(10)) + [9] + list(range(10, 20)),
+                                                       [22]),
+    "rose in 10 of 11 steps: keep, then stuck: halve": (START_BEST + list(range(11)) + list(range(11, 21)), [22]),
+}
+
+
+@pytest.mark.parametrize("case", CHECKPOINT_CASES)
+def test_checkpoint_halves_and_moves_back_to_the_best_point_exactly_when_its_rule_says(case: str) -> None:
+    """A checkpoint reduces a sample's step when its loss rose in at most 75 % of the steps since
+    the last checkpoint, or when neither its step nor its best loss changed since then."""
+    values, expected_restarts = CHECKPOINT_CASES[case]
+    delta = _scripted([float(v) for v in values])
+    assert delta[11] == pytest.approx(0.4)  # on the ball's edge before the first checkpoint
+    restarts = [i for i in (12, 22) if delta[i] < delta[i - 1] - 1e-6]
+    assert restarts == expected_restarts
+
+
+def test_a_restart_steps_along_the_gradient_of_its_best_point() -> None:
+    """As above, u - step falls at every step, so the first checkpoint (after step 11 of 50) moves
+    the iterate back to the start. Here the objective is -u - step at the checkpoint's iterate: its
+    gradient points down, the start's up. The restart must step along the start's gradient:
+    delta_12 = 0.75 eps - 0.25 delta_10 = 0.5 eps (along the checkpoint's: -0.75 eps - 0.25 eps)."""
+    eps, forward = 0.4, Recorder(identity)
+
+    def objective(out, target, step, steps):
+        return (-1.0 if step == 12 else 1.0) * out.flatten(1)[:, 0] - step
+
+    apgd(forward, objective, torch.full((1, 1, 1, 1), 0.5), torch.zeros(1), eps=eps, steps=50, random_start=False)
+    delta = [float(z.flatten()[0]) - 0.5 for z in forward.inputs]
+    assert delta[10] == pytest.approx(eps) and delta[11] == pytest.approx(eps)
+    assert delta[12] == pytest.approx(0.5 * eps)
 
 
 def test_halving_the_step_settles_apgd_where_a_fixed_step_oscillates(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -383,30 +463,39 @@ def test_halving_the_step_settles_apgd_where_a_fixed_step_oscillates(monkeypatch
     assert bool((working.loss > never_halving.loss).all())
 
 
-def _second_step_case():
-    """One pixel at 0.5, eps 0.1, no random start, the bowl's top at 0.53: the first step (2 eps)
-    lands on the ball's edge delta_1 = 0.1, past the top, so the second gradient points back."""
+def _first_steps(top: float = 0.53):
+    """One pixel at 0.5, eps 0.1, no random start, a bowl whose top is at ``top``, 20 steps (the
+    first checkpoint after step 4). The first step (2 eps) lands on the ball's edge delta_1 = 0.1,
+    past the top, so the second gradient points back; the third points up again. Returns the first
+    four deltas and the plain projected sign step z_k = Proj(delta_k + 2 eps sign(grad_k)), k = 1, 2."""
     x, eps = torch.full((1, 1, 1, 1), 0.5), 0.1
     forward = Recorder(identity)
-    apgd(forward, neg_squared_distance, x, torch.full_like(x, 0.53), eps=eps, steps=10, random_start=False)
-    d0, d1, d2 = (float(z.flatten()[0]) - 0.5 for z in forward.inputs[:3])
-    z = max(min(d1 - 2 * eps, eps), -eps)  # the plain projected sign step from delta_1
-    return d0, d1, d2, z
+    apgd(forward, neg_squared_distance, x, torch.full_like(x, top), eps=eps, steps=20, random_start=False)
+    d = [float(z.flatten()[0]) - 0.5 for z in forward.inputs[:4]]
+    z = [max(min(d[k] + 2 * eps * (1.0 if 0.5 + d[k] < top else -1.0), eps), -eps) for k in (1, 2)]
+    return d, z
 
 
-def test_second_step_carries_momentum_from_the_first() -> None:
-    d0, d1, d2, z = _second_step_case()
-    assert (d0, d1) == pytest.approx((0.0, 0.1))
-    assert d2 == pytest.approx(d1 + 0.75 * (z - d1) + 0.25 * (d1 - d0))  # = -0.025
-    assert d2 != pytest.approx(z)
+def _with_momentum(d: list[float], z: list[float], k: int) -> float:
+    return max(min(d[k] + 0.75 * (z[k - 1] - d[k]) + 0.25 * (d[k] - d[k - 1]), 0.1), -0.1)
+
+
+def test_second_and_third_steps_carry_momentum() -> None:
+    """delta_{k+1} = Proj(delta_k + 0.75 (z_k - delta_k) + 0.25 (delta_k - delta_{k-1})); the third
+    step's z is cut by the ball (delta_2 + 2 eps > eps), so the projection of z counts too."""
+    d, z = _first_steps()
+    assert d[:2] == pytest.approx([0.0, 0.1], abs=1e-6)
+    assert d[2] == pytest.approx(_with_momentum(d, z, 1), abs=1e-6) and d[2] == pytest.approx(-0.025, abs=1e-6)
+    assert d[3] == pytest.approx(_with_momentum(d, z, 2), abs=1e-6) and d[3] == pytest.approx(0.0375, abs=1e-6)
+    assert d[2] != pytest.approx(z[0], abs=1e-3)  # not the plain projected sign step
 
 
 def test_without_momentum_the_second_step_is_the_plain_projected_sign_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The broken case of the test above: it would tell MOMENTUM = 1 apart."""
+    """The broken case of the test above: it tells MOMENTUM = 1 apart."""
     monkeypatch.setattr(apgd_module, "MOMENTUM", 1.0)
-    d0, d1, d2, z = _second_step_case()
-    assert d2 == pytest.approx(z) == -0.1
-    assert d2 != pytest.approx(d1 + 0.75 * (z - d1) + 0.25 * (d1 - d0))
+    d, z = _first_steps()
+    assert d[2] == pytest.approx(z[0], abs=1e-6) and d[2] == pytest.approx(-0.1, abs=1e-6)
+    assert d[2] != pytest.approx(_with_momentum(d, z, 1), abs=1e-3)
 
 
 # ----------------------------------------------------------------------------- what APGD returns
@@ -439,6 +528,22 @@ def test_without_success_or_damage_the_highest_loss_iterate_is_returned() -> Non
     losses = torch.stack([cross_entropy(o, y) for o in forward.outputs])
     torch.testing.assert_close(result.loss, losses.max(0).values)
     torch.testing.assert_close(result.x_adv, torch.stack(forward.inputs)[losses.argmax(0), torch.arange(8)])
+
+
+def _level_objective(out, target, step, steps):
+    """Gradient +1 on the first pixel, value exactly 0 at every iterate: every loss ties."""
+    u = out.flatten(1)[:, 0]
+    return u - u.detach()
+
+
+@pytest.mark.parametrize("scoring", ["loss", "damage"])
+def test_ties_keep_the_earliest_iterate(scoring: str) -> None:
+    forward = Recorder(identity)
+    x = images(2, low=0.3, high=0.7)
+    damage_fn = (lambda output, target: torch.zeros(len(output))) if scoring == "damage" else None
+    result = apgd(forward, _level_objective, x, torch.zeros(2), eps=0.1, steps=4, restarts=2, damage_fn=damage_fn)
+    assert not torch.equal(forward.inputs[0], forward.inputs[-1])  # the iterates did move
+    assert torch.equal(result.x_adv, forward.inputs[0])  # the start of the first restart
 
 
 def _in_band(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
