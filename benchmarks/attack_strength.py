@@ -8,7 +8,8 @@ every point lost is the attack's doing. Classification rows, L-inf:
 - ``cnn_x100``: the same CNN with its logits times 100 (same argmax, saturated cross-entropy).
 
 Ours: PGD-CE, APGD-CE, APGD-DLR, APGD-T and the standard suite (APGD-CE, then APGD-T on what is left),
-all through ``evaluate``; torchattacks: APGD-CE, APGD-T and their union (robust only if both failed).
+all through ``evaluate``; torchattacks: APGD-CE, APGD-T and their union (robust only if both failed),
+and how many samples' outcomes differ between ours and torchattacks' (APGD-CE, APGD-T, suite vs union).
 One segmentation row (a tiny conv net on synthetic masks: SegPGD, SEA's four losses under APGD, the
 suite's worst case) and one depth row (a tiny softplus conv net: DepthPGD, APGD on the three depth
 losses, the suite's worst case) follow.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -40,6 +40,7 @@ CLS_ROWS = [("vit", 0.25, 10), ("vit", 0.5, 20), ("vit", 1.0, 20),  # (model, ep
 OURS = {"PGD-CE": "pgd", "APGD-CE": "apgd_ce", "APGD-DLR": "apgd_dlr", "APGD-T": "apgd_t", "standard": "standard"}
 SEG_MEMBERS = ("apgd_masked_ce", "apgd_balanced_ce", "apgd_js", "apgd_masked_spherical")
 DEPTH_MEMBERS = ("apgd_depth_l1", "apgd_depth_l2", "apgd_depth_log")
+PAIRS = {"APGD-CE": "TA APGD-CE", "APGD-T": "TA APGD-T", "standard": "TA union"}  # ours -> its torchattacks peer
 
 
 class Counted(nn.Module):
@@ -97,15 +98,12 @@ class DepthNet(nn.Module):
         return F.softplus(self.net(x)) + 0.1
 
 
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, steps: int, lr: float = 1e-2,
-        batch: int = 64) -> float:
-    """Adam on random mini-batches of (x, y); the model is returned frozen in eval mode; the last loss."""
-    generator = torch.Generator().manual_seed(0)
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, steps: int, lr: float = 1e-2) -> float:
+    """Full-batch Adam on (x, y); the model is left frozen in eval mode; returns the last loss."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(steps):
-        idx = torch.randint(len(x), (min(batch, len(x)),), generator=generator)
-        loss = loss_fn(model(x[idx]), y[idx])
+        loss = loss_fn(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -117,7 +115,9 @@ def synthetic(task: str, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]
     """The first ``n`` images and targets of the synthetic training split."""
     data = SyntheticDataset("train", task, size)
     images, targets = zip(*(data[i] for i in range(n)))
-    return torch.stack(images), torch.stack(targets) if task != "classification" else torch.tensor(targets)
+    if task == "classification":
+        return torch.stack(images), torch.tensor(targets)
+    return torch.stack(images), torch.stack(targets)
 
 
 def classifiers(n: int, fit_steps: int) -> tuple[dict[str, nn.Module], dict[str, torch.Tensor], dict[str, float]]:
@@ -152,6 +152,7 @@ def classification_row(model: nn.Module, x: torch.Tensor, eps: float, steps: int
     with torch.no_grad():
         labels = model(x).argmax(1)
     row: dict = {"n": len(x), "robust": {}, "grad_steps": {}, "failed_checks": {}, "seconds": {}}
+    ours = {}
     for label, attack in OURS.items():
         start = time.perf_counter()
         result = evaluate(model, x, labels, task="classification", eps=eps, attacks=attack, steps=steps, seed=0,
@@ -159,6 +160,7 @@ def classification_row(model: nn.Module, x: torch.Tensor, eps: float, steps: int
         row["seconds"][label] = time.perf_counter() - start
         row["robust"][label], row["grad_steps"][label] = result.score, result.grad_steps
         row["failed_checks"][label] = failed_checks(result)
+        ours[label] = torch.tensor(result.robust)
     counted = Counted(model)
     peers = {"TA APGD-CE": torchattacks.APGD(counted, eps=eps, steps=steps, loss="ce", n_restarts=1, seed=0),
              "TA APGD-T": torchattacks.APGDT(counted, eps=eps, steps=steps, n_classes=NUM_CLASSES, n_restarts=1,
@@ -170,7 +172,9 @@ def classification_row(model: nn.Module, x: torch.Tensor, eps: float, steps: int
         row["seconds"][label] = time.perf_counter() - start
         row["robust"][label] = float(flags[label].float().mean())
         row["grad_steps"][label] = counted.grad_samples
-    row["robust"]["TA union"] = float((flags["TA APGD-CE"] & flags["TA APGD-T"]).float().mean())
+    flags["TA union"] = flags["TA APGD-CE"] & flags["TA APGD-T"]
+    row["robust"]["TA union"] = float(flags["TA union"].float().mean())
+    row["differing_samples"] = {mine: int((ours[mine] != flags[peer]).sum()) for mine, peer in PAIRS.items()}
     row["suite_over_apgd_ce_steps"] = row["grad_steps"]["standard"] / max(row["grad_steps"]["APGD-CE"], 1)
     return row
 
@@ -181,13 +185,12 @@ def dense_row(task: str, model: nn.Module, x: torch.Tensor, own_attack: str, mem
     with torch.no_grad():
         out = model(x)
     targets = out.argmax(1) if task == "segmentation" else out.squeeze(1)
-    own = evaluate(model, x, targets, task=task, eps=eps, attacks=own_attack, steps=steps, seed=0,
-                   batch_size=len(x))
-    suite = evaluate(model, x, targets, task=task, eps=eps, attacks="standard", steps=steps, seed=0,
-                     batch_size=len(x))
+    depth_range = {"max_depth": float(targets.max())} if task == "depth" else {}  # every pixel of the prediction
+    own, suite = (evaluate(model, x, targets, task=task, eps=eps, attacks=attack, steps=steps, seed=0,
+                           batch_size=len(x), **depth_range) for attack in (own_attack, "standard"))
     scores = {own_attack: own.score, **{m: suite.per_attack[m].score for m in members}, "standard": suite.score}
-    return {"n": len(x), "eps": eps, "steps": steps, "clean": suite.clean_score, "scores": scores,
-            "grad_steps": {own_attack: own.grad_steps, "standard": suite.grad_steps},
+    return {"n": len(x), "eps": eps, "steps": steps, "clean": suite.clean_score, "members": list(members),
+            "scores": scores, "grad_steps": {own_attack: own.grad_steps, "standard": suite.grad_steps},
             "failed_checks": {own_attack: failed_checks(own), "standard": failed_checks(suite)}}
 
 
@@ -212,20 +215,27 @@ def depth(n: int, size: int, fit_steps: int) -> tuple[nn.Module, torch.Tensor]:
 def table(headers: list[str], rows: list[list[str]], first: int = 16) -> str:
     """Fixed-width columns: the first left-aligned and ``first`` wide, the others right-aligned."""
     widths = [first] + [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers) if i > 0]
-    line = lambda cells: " ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells: list[str]) -> str:
+        return " ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     return "\n".join([line(headers), "-" * len(line(headers)), *map(line, rows)])
 
 
+def row_key(row: dict) -> list[str]:
+    return [row["model"], f"{row['eps255']:g}", str(row["steps"])]
+
+
 def print_classification(rows: list[dict]) -> None:
-    keys = lambda r: [r["model"], f"{r['eps255']:g}", str(r["steps"])]
     methods = [*OURS, "TA APGD-CE", "TA APGD-T", "TA union"]
     print(f"\nClassification, L-inf, robust accuracy (clean = 1, labels = own predictions), n = {rows[0]['n']}\n")
-    print(table(["model", "eps*255", "steps", *methods],
-                [keys(r) + [f"{r['robust'][m]:.3f}" for m in methods] for r in rows]))
+    print(table(["model", "eps*255", "steps", *methods, "samples differing CE/T/suite"],
+                [row_key(r) + [f"{r['robust'][m]:.3f}" for m in methods]
+                 + ["/".join(str(d) for d in r["differing_samples"].values())] for r in rows]))
     steps = [*OURS, "TA APGD-CE", "TA APGD-T"]
     print("\nSample-gradient-steps spent (TA: forwards of inputs that require grad, counted at the model)\n")
     print(table(["model", "eps*255", "steps", *steps, "suite / APGD-CE steps"],
-                [keys(r) + [str(r["grad_steps"][m]) for m in steps] + [f"{r['suite_over_apgd_ce_steps']:.2f}"]
+                [row_key(r) + [str(r["grad_steps"][m]) for m in steps] + [f"{r['suite_over_apgd_ce_steps']:.2f}"]
                  for r in rows]))
     for r in rows:
         failed = {m: c for m, c in r["failed_checks"].items() if c}
@@ -252,8 +262,9 @@ def main() -> None:
     parser.add_argument("--dense-steps", type=int, default=100)
     parser.add_argument("--seg-eps", type=float, default=4.0, help="times 1/255")
     parser.add_argument("--depth-eps", type=float, default=4.0, help="times 1/255")
-    parser.add_argument("--fit-steps", type=int, default=300, help="Adam steps fitting the CNN and the dense nets")
-    parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--fit-steps", type=int, default=600, help="Adam steps fitting the CNN and the dense nets")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads; these models are so small that more threads only spin")
     parser.add_argument("--quick", action="store_true", help="64 samples, 16 dense images, 30 dense steps")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

@@ -1,5 +1,6 @@
 """The benchmarks run end to end and print their tables (no timing asserted)."""
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -35,3 +36,26 @@ def test_head_memory_benchmark_prints_both_storages_per_size() -> None:
                          capture_output=True, text=True, timeout=600, check=True).stdout
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["16"], ["48"])]
     assert [(r[0], r[1]) for r in rows] == [("16", "disk"), ("16", "memory"), ("48", "disk"), ("48", "memory")]
+
+
+@pytest.mark.slow
+def test_attack_strength_suite_is_at_least_torchattacks_and_its_own_members(tmp_path):
+    if importlib.util.find_spec("torchattacks") is None:
+        if os.environ.get("CI"):
+            pytest.fail("torchattacks is not installed; CI installs it (pip install --no-deps torchattacks)")
+        pytest.skip("torchattacks is not installed (pip install --no-deps torchattacks)")
+    import torchattacks  # noqa: F401  (installed but broken: an error, not a skip)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attack_strength.py"), "--quick",
+                          "--json", str(tmp_path / "strength.json")],
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    result = json.loads((tmp_path / "strength.json").read_text())
+    lines = [line.split() for line in out.splitlines()]
+    assert {row["model"] for row in result["classification"]} == {"vit", "cnn", "cnn_x100"}
+    for row in result["classification"]:  # one row in the robust-accuracy table, one in the steps table
+        assert sum(cells[:3] == [row["model"], f"{row['eps255']:g}", str(row["steps"])] for cells in lines) == 2
+        assert row["robust"]["standard"] <= row["robust"]["TA union"] + 1 / row["n"]
+    seg, depth = result["segmentation"], result["depth"]
+    for name in [*seg["scores"], *depth["scores"]]:
+        assert any(cells[:1] == [name] for cells in lines)
+    assert all(seg["scores"]["standard"] <= seg["scores"][m] + 1e-9 for m in seg["members"])
+    assert all(depth["scores"]["standard"] >= depth["scores"][m] - 1e-9 for m in depth["members"])
