@@ -143,3 +143,23 @@ def test_node_shells_know_the_ray_submit_that_reruns_a_sweep(tmp_path: Path) -> 
     remote = " ".join(_with_interactive('echo "$SSL_ROBUST_SUBMIT"'))
     done = subprocess.run(["bash", "-c", remote], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "ray submit infra/cluster.yaml sweeps/full_benchmark.py --"
+
+
+SHARED_SECTIONS = ("file_mounts", "rsync_exclude", "initialization_commands", "setup_commands", "head_setup_commands",
+                   "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+
+
+def test_the_local_cluster_validates_against_ray_schema() -> None:
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    local = yaml.safe_load((REPO_ROOT / "infra" / "cluster-local.yaml").read_text())
+    jsonschema.validate(local, schema)
+    assert local["provider"]["type"] == "local" and "available_node_types" not in local
+
+
+def test_the_local_cluster_shares_every_section_but_provider_auth_and_nodes_with_the_aws_one() -> None:
+    aws = yaml.safe_load(CLUSTER.read_text())
+    local = yaml.safe_load((REPO_ROOT / "infra" / "cluster-local.yaml").read_text())
+    for section in SHARED_SECTIONS:
+        mine = json.dumps(local[section]).replace("infra/cluster-local.yaml", "infra/cluster.yaml")
+        assert mine == json.dumps(aws[section]), section
+    assert "infra/cluster-local.yaml sweeps/full_benchmark.py" in json.dumps(local["setup_commands"])
