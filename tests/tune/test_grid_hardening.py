@@ -3,6 +3,7 @@ worker later, SIGINT/SIGTERM exit codes and counts, two sweeps on one fresh stor
 Ray's files or the tracking store, and a head whose artifact was deleted."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -156,7 +157,8 @@ def test_a_sweep_joins_a_zero_cpu_head_and_waits_for_a_worker(stack: dict[str, s
         kill_ray_under(short_tmp)
     assert sweep.proc.returncode == 0, out
     assert "0 CPU" not in out and "1 cells, 1 FINISHED" in out
-    assert statuses(stack["tracking_uri"], "e2e-join") == {("head", "FINISHED"): 1, ("attack", "FINISHED"): 1}
+    assert statuses(stack["tracking_uri"], "e2e-join") == {("head", "FINISHED"): 1, ("attack", "FINISHED"): 1,
+                                                           ("sweep", "FINISHED"): 1}
 
 
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -256,6 +258,72 @@ def test_two_concurrent_sweeps_run_each_cell_and_head_once(ray_tmp: RayInstance,
     found = runs(uri, name)
     finished = Counter((r.data.tags["phase"], r.data.tags.get("cell_id" if r.data.tags["phase"] == "attack"
                                                                      else "head_id"))
-                       for r in found if r.info.status == "FINISHED")
+                       for r in found if r.info.status == "FINISHED" and r.data.tags["phase"] != "sweep")
     assert len(finished) == 4 and set(finished.values()) == {1}, finished  # 3 cells and 1 head, once each
     assert not any(r.info.status == "RUNNING" for r in found)
+
+
+def _raylet_with(resource: str) -> int | None:
+    """The pid of the raylet whose node carries the custom ``resource`` (one per ``ray start``)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and "raylet" in cmdline.split("\0")[0] and resource in cmdline:
+            return int(proc.name)
+    return None
+
+
+def _busy_workers(raylet: int) -> list[int]:
+    """Worker processes of that raylet that are running a task or actor (not idle)."""
+    busy = []
+    for proc in Path("/proc").iterdir():
+        try:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            title = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == raylet and title.startswith("ray::") and not title.startswith("ray::IDLE"):
+            busy.append(int(proc.name))
+    return busy
+
+
+def test_a_worker_node_lost_mid_sweep_leaves_every_cell_finished_once(tmp_path: Path, short_tmp: Path) -> None:
+    """Head (no CPU) and two 1-CPU workers on this machine; worker A's raylet is killed while it runs a
+    trial: Tune retries the trial on worker B and the claims keep one FINISHED run per cell."""
+    name, database = "e2e-node-lost", tmp_path / "mlflow.db"
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = [f"--temp-dir={short_tmp}", "--node-ip-address=127.0.0.1"]
+    try:
+        ray_start("--head", "--num-cpus=0", f"--port={port}", "--include-dashboard=false", *common,
+                  f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}")
+        for node in ("node_a", "node_b"):
+            ray_start(f"--address={address}", "--num-cpus=1", f'--resources={{"{node}": 1}}', *common,
+                      f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}")
+        config = write_sweep(tmp_path / "lost.yaml", {
+            **small_sweep(name, eps=["1/255", "2/255", "4/255", "8/255", "16/255"], steps=40), "max_failures": 3})
+        sweep = Cli(sweep_args(config, f"sqlite:///{database}", tmp_path), tmp_path / "lost.log",
+                    {"RAY_ADDRESS": address})
+        raylet = _raylet_with("node_a")
+        assert raylet is not None
+        wait_for(lambda: finished_attacks(database) >= 1 and _busy_workers(raylet), 240,
+                 "a finished cell and a trial running on node A")
+        os.kill(raylet, signal.SIGKILL)
+        for pid in _busy_workers(raylet):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        out = sweep.finish(400)
+    finally:
+        kill_ray_under(short_tmp)
+    assert sweep.proc.returncode == 0, out
+    assert "5 cells, 5 FINISHED" in out and "0 not finished" in out, out
+    uri = f"sqlite:///{database}"
+    finished = Counter(r.data.tags["cell_id"] for r in runs(uri, name)
+                       if r.data.tags["phase"] == "attack" and r.info.status == "FINISHED")
+    assert len(finished) == 5 and set(finished.values()) == {1}, finished
+    counts = statuses(uri, name)
+    assert not any(status == "RUNNING" for _, status in counts)
+    lost = sum(n for (phase, status), n in counts.items() if phase == "attack" and status != "FINISHED")
+    assert lost >= 1, counts  # the trial that ran on node A: its run did not finish, its retry did
