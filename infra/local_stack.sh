@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A local development stack: an S3 endpoint (MinIO if installed, else moto's server) and an
-# `mlflow server` (SQLite backend, artifacts proxied to s3://$BUCKET/mlartifacts), on loopback.
+# `mlflow server` (SQLite backend unless BACKEND_STORE_URI names another, e.g. a PostgreSQL database
+# postgresql+psycopg2://user@host:port/db as in production; artifacts proxied to s3://$BUCKET/mlartifacts), on loopback.
 #
 #   infra/local_stack.sh start     # prints the variables to export
 #   infra/local_stack.sh stop
 #
 # Settings (environment): STATE_DIR (~/.ssl_robust/local_stack), MLFLOW_PORT (5000), S3_PORT (9000),
-# BUCKET (ssl-robust), PYTHON (python). Without AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY set,
+# BUCKET (ssl-robust), PYTHON (python), BACKEND_STORE_URI (sqlite:///$STATE_DIR/mlflow.db). Without AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY set,
 # local dummy keys are used (the local endpoint accepts any).
 set -euo pipefail
 
@@ -59,7 +60,7 @@ start_mlflow() {
   MLFLOW_S3_ENDPOINT_URL="$S3_URL" AWS_ENDPOINT_URL_S3="$S3_URL" \
   MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
     nohup "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 \
-      --backend-store-uri "sqlite:///$STATE_DIR/mlflow.db" \
+      --backend-store-uri "${BACKEND_STORE_URI:-sqlite:///$STATE_DIR/mlflow.db}" \
       --artifacts-destination "s3://$BUCKET/mlartifacts" >"$STATE_DIR/mlflow.log" 2>&1 &
   echo $! >"$STATE_DIR/mlflow.pid"
   wait_for "http://127.0.0.1:${MLFLOW_PORT}/health" "mlflow server"

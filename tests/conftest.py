@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -130,12 +133,9 @@ def own_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.Te
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
 
 
-@pytest.fixture(scope="session")
-def stack_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A moto S3 server and an `mlflow server` (light mode, SQLite, artifacts proxied to s3://BUCKET)
-    on loopback, started once; yields their URLs and the environment that reaches them. The
-    environment of the tests is left alone: ``stack`` (one test) and ``stack_env`` (one module) set it."""
-    state = tmp_path_factory.mktemp("stack")
+def _local_stack(state: Path, backend_store_uri: str | None = None) -> Iterator[dict[str, Any]]:
+    """infra/local_stack.sh's moto S3 server and `mlflow server` (artifacts proxied to s3://BUCKET) on
+    loopback, with state in ``state``; yields their URLs and the environment that reaches them."""
     s3_port, mlflow_port = free_port(), free_port()
     env = {
         "AWS_ACCESS_KEY_ID": "sweep-test-key", "AWS_SECRET_ACCESS_KEY": "sweep-test-secret-0123",
@@ -145,6 +145,8 @@ def stack_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     script_env = {k: v for k, v in os.environ.items() if not k.startswith(_OUTSIDE_ENV)}
     script_env.update(env, STATE_DIR=str(state), S3_PORT=str(s3_port), MLFLOW_PORT=str(mlflow_port), BUCKET=BUCKET,
                       PYTHON=sys.executable)
+    if backend_store_uri:
+        script_env["BACKEND_STORE_URI"] = backend_store_uri
     script = str(REPO_ROOT / "infra" / "local_stack.sh")
     try:
         subprocess.run([script, "start"], env=script_env, check=True, timeout=180, capture_output=True, text=True)
@@ -152,6 +154,61 @@ def stack_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
                "secret": env["AWS_SECRET_ACCESS_KEY"], "state": str(state), "env": env}
     finally:
         subprocess.run([script, "stop"], env=script_env, timeout=60, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def stack_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The local stack on SQLite, started once. The environment of the tests is left alone: ``stack``
+    (one test) and ``stack_env`` (one module) set it."""
+    yield from _local_stack(tmp_path_factory.mktemp("stack"))
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    return found[-1].parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_uri() -> Iterator[str]:
+    """A PostgreSQL server (Debian's) on a free loopback port with a database ``mlflow``, run as the
+    ``postgres`` user in its own temporary cluster; yields its SQLAlchemy URI."""
+    import pwd
+
+    bin_dir = _postgres_bin()
+    if bin_dir is None or os.geteuid() != 0:
+        why = "PostgreSQL is not installed" if bin_dir is None else "starting PostgreSQL here needs root (runuser)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why} (.ci/run installs Debian's postgresql)")
+        pytest.skip(why)
+    user = pwd.getpwnam("postgres")
+    data = Path(tempfile.mkdtemp(prefix="pg", dir="/tmp"))
+    os.chown(data, user.pw_uid, user.pw_gid)
+    port = free_port()
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data / "db"), "-U", "mlflow", "-A", "trust"],
+                   check=True, capture_output=True, timeout=120)
+    server = subprocess.Popen([*as_postgres, str(bin_dir / "postgres"), "-D", str(data / "db"), "-p", str(port),
+                               "-h", "127.0.0.1", "-k", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            done = subprocess.run([*as_postgres, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port),
+                                   "-U", "mlflow", "mlflow"], capture_output=True)
+            if done.returncode == 0:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"PostgreSQL did not start: {done.stderr.decode(errors='replace')}")
+        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_stack_servers(postgres_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The local stack with its `mlflow server` on PostgreSQL, as in production."""
+    yield from _local_stack(tmp_path_factory.mktemp("pg_stack"), postgres_uri)
 
 
 def _enter_stack(mp: pytest.MonkeyPatch, servers: dict[str, Any]) -> dict[str, str]:

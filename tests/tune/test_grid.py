@@ -1,5 +1,5 @@
-"""End to end on real parts: a local Ray instance (2 CPUs), an `mlflow server` with SQLite whose
-artifacts land in an S3 bucket served by moto, all on loopback."""
+"""End to end on real parts: a local Ray instance (2 CPUs), an `mlflow server` with SQLite (and, for
+resuming, one with PostgreSQL) whose artifacts land in an S3 bucket served by moto, all on loopback."""
 from __future__ import annotations
 
 import os
@@ -131,9 +131,13 @@ def test_grid_tracks_one_finished_run_per_cell_on_s3(stack: dict[str, str], ray_
     assert len(all_runs(uri, "e2e-grid")) == len(runs)
 
 
-def test_killed_cells_are_rerun_to_exactly_one_finished_run(stack: dict[str, str], ray_local: None,
-                                                            tmp_path: Path) -> None:
-    name = "e2e-resume"
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_killed_cells_are_rerun_to_exactly_one_finished_run(store: str, stack: dict[str, str], ray_local: None,
+                                                            tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Against the stack's `mlflow server` on SQLite, and on one backed by PostgreSQL (production)."""
+    name = f"e2e-resume-{store}"
+    if store == "postgresql":
+        stack = {**stack, "tracking_uri": request.getfixturevalue("postgres_stack_servers")["tracking_uri"]}
     # Embed attacks run every step (no early stop), so a cell lasts long enough to be killed.
     data = tiny_sweep(name, encoders=tiny_sweep(name)["encoders"][:1], attacks=["embed"],
                       eps=["2/255", "4/255", "8/255", "16/255"], steps=[40],

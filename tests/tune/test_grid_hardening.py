@@ -245,9 +245,14 @@ def test_a_head_whose_artifact_is_gone_is_fitted_again(ray_tmp: RayInstance, tmp
     assert statuses(uri, name)[("attack", "FINISHED")] == len(cells) == 2
 
 
-def test_two_concurrent_sweeps_run_each_cell_and_head_once(ray_tmp: RayInstance, tmp_path: Path) -> None:
-    name = "e2e-twice"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # a fresh store: neither process finds a schema
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_two_concurrent_sweeps_run_each_cell_and_head_once(store: str, ray_tmp: RayInstance, tmp_path: Path,
+                                                           request: pytest.FixtureRequest) -> None:
+    """On a fresh SQLite file (neither process finds a schema) and on an `mlflow server` backed by
+    PostgreSQL, the production tracking database."""
+    name = f"e2e-twice-{store}"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if store == "sqlite" else \
+        request.getfixturevalue("postgres_stack_servers")["tracking_uri"]
     config = write_sweep(tmp_path / "twice.yaml", small_sweep(name))
     sweeps = [Cli(sweep_args(config, uri, tmp_path / f"s{i}", "--address", ray_tmp.address), tmp_path / f"s{i}.log")
               for i in range(2)]  # both join the test's Ray instance
