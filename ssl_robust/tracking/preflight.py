@@ -2,7 +2,10 @@
 line that names the URI and what failed (left to its own retries MLflow takes ~4 minutes).
 
 Checks run in parallel, each bounded by ``timeout_s`` even where a socket call has no timeout
-(name resolution), and write nothing: a SQLite database is never created here.
+(name resolution), and write nothing: a SQLite database is never created here. A failing call
+returns within ``timeout_s`` + 1 s whatever the machine's load: the clients' libraries are imported
+with this module (a fresh environment compiles botocore's bytecode on first import, seconds on a busy
+machine) and the S3 client is built before the clock starts.
 """
 from __future__ import annotations
 
@@ -15,6 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlparse
+
+import boto3
+import requests
+from botocore.config import Config
+from botocore.exceptions import ClientError, ConnectTimeoutError, NoCredentialsError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import PartialCredentialsError, ReadTimeoutError, SSLError
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request
 
 from ssl_robust.tracking.store import absolute_tracking_uri, s3_endpoint
 
@@ -146,7 +158,6 @@ def _check_tracking(uri: str, budget: _Budget) -> None:
 
 def _check_server(uri: str, budget: _Budget) -> None:
     """GET /health (reachable), then one read-only API call with MLflow's own credentials."""
-    from mlflow.utils.credentials import get_default_host_creds
 
     creds = get_default_host_creds(uri)
     health = _http(creds, "/health", "GET", budget)
@@ -166,7 +177,6 @@ def _check_server(uri: str, budget: _Budget) -> None:
 
 def _http(creds: Any, endpoint: str, method: str, budget: _Budget, **kwargs: Any) -> Any:
     """One attempt, no retries, bounded by the deadline; network errors -> _Failed."""
-    from mlflow.utils.rest_utils import http_request
 
     try:
         return http_request(creds, endpoint, method, max_retries=0, backoff_factor=0, backoff_jitter=0,
@@ -176,7 +186,6 @@ def _http(creds: Any, endpoint: str, method: str, budget: _Budget, **kwargs: Any
 
 
 def _request_reason(err: BaseException, timeout_s: float) -> str:
-    import requests
 
     chain: list[BaseException] = []
     current: BaseException | None = err
@@ -256,8 +265,6 @@ def _check_tcp(uri: str, default_port: int, budget: _Budget) -> None:
 def _s3_check(endpoint: str | None, timeout_s: float) -> Callable[[_Budget], None]:
     """The S3 check, its client made before the preflight's clock starts: loading botocore's
     service model can take a second on a busy machine, which must not eat the request's time."""
-    import boto3
-    from botocore.config import Config
 
     config = Config(connect_timeout=timeout_s, read_timeout=timeout_s,
                     retries={"total_max_attempts": 1, "mode": "standard"})
@@ -276,9 +283,6 @@ def _s3_check(endpoint: str | None, timeout_s: float) -> Callable[[_Budget], Non
 def _check_s3(client: Any, budget: _Budget) -> None:
     """One unretried ListBuckets: the endpoint answers and accepts the credentials. AccessDenied
     passes (the credentials are valid; listing all buckets is not granted to every role)."""
-    from botocore.exceptions import ClientError, ConnectTimeoutError, NoCredentialsError
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-    from botocore.exceptions import PartialCredentialsError, ReadTimeoutError, SSLError
 
     try:
         client.list_buckets(MaxBuckets=1)
