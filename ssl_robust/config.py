@@ -195,6 +195,15 @@ class AttackCfg(StrictModel):
         ATTACKS.get(name)
         return name
 
+    @model_validator(mode="after")
+    def _eps_in_pixel_units(self) -> "AttackCfg":
+        """Images are in [0, 1]: an L-inf budget of 1 or more covers the whole box (``8`` is a
+        mistake for ``8/255``)."""
+        if self.norm == "linf" and self.eps >= 1:
+            raise ValueError(f"attack.eps={self.eps:g} is not an L-inf budget in [0, 1] pixel space; "
+                             f"did you mean {self.eps:g}/255?")
+        return self
+
     @property
     def resolved_step_size(self) -> float:
         if self.step_size is not None:

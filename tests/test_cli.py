@@ -56,6 +56,7 @@ def test_run_with_out_dir_writes_per_sample_results(tmp_path: Path, capsys: pyte
     ("data.name=synthtic", "synthetic"),
     ("data.task=segmentation", "attack.name"),  # pgd does not apply to segmentation
     ("attack.eps", "attack.eps"),  # not key=value
+    ("attack.eps=8", "did you mean 8/255"),  # pixel units, not 0-255
 ])
 def test_bad_override_returns_two_and_names_the_field(override: str, named: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:

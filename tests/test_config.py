@@ -206,3 +206,12 @@ def test_validating_a_config_imports_no_heavy_library() -> None:
             "print(sorted(m for m in ('torch', 'timm', 'mlflow', 'ray', 'h5py') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(TINY_YAML)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_linf_budget_of_one_or_more_is_refused_with_the_likely_fraction() -> None:
+    from ssl_robust.config import AttackCfg
+
+    with pytest.raises(ValueError, match=r"did you mean 8/255"):
+        AttackCfg(eps=8)
+    assert AttackCfg(eps="8/255").eps == pytest.approx(8 / 255)
+    assert AttackCfg(eps=2.0, norm="l2").eps == 2.0  # an L2 radius may exceed 1

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import jsonschema
+import pytest
 import ray
 import yaml
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, free_port
 
 CLUSTER = REPO_ROOT / "infra" / "cluster.yaml"
 
@@ -163,3 +164,33 @@ def test_the_local_cluster_shares_every_section_but_provider_auth_and_nodes_with
         mine = json.dumps(local[section]).replace("infra/cluster-local.yaml", "infra/cluster.yaml")
         assert mine == json.dumps(aws[section]), section
     assert "infra/cluster-local.yaml sweeps/full_benchmark.py" in json.dumps(local["setup_commands"])
+
+
+@pytest.mark.slow
+def test_the_local_stack_fails_when_another_server_holds_its_mlflow_port(tmp_path: Path) -> None:
+    """A `mlflow ui` already answering on the port must not pass for the stack's own server."""
+    import http.server
+    import threading
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_"))}
+    env.update(STATE_DIR=str(tmp_path / "state"), MLFLOW_PORT=str(other.server_address[1]), S3_PORT=str(free_port()),
+               PYTHON=sys.executable)
+    script = str(REPO_ROOT / "infra" / "local_stack.sh")
+    try:
+        done = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=180)
+    finally:
+        subprocess.run([script, "stop"], env=env, capture_output=True, timeout=60)
+        other.shutdown()
+    assert done.returncode != 0 and "local stack up" not in done.stdout
+    assert "mlflow server" in done.stderr and ("port" in done.stderr), done.stderr
