@@ -247,3 +247,12 @@ def test_s3_client_reads_the_credentials_of_the_environment_at_each_call(monkeyp
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     assert s3_client()._request_signer._credentials is None
+
+
+def test_a_sweeps_description_becomes_its_experiments_description(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = tracking.ensure_experiment("described", uri, "tiny ViTs x synthetic")
+    assert MlflowClient(uri).get_experiment(exp_id).tags["mlflow.note.content"] == "tiny ViTs x synthetic"
+    tracking.ensure_experiment("described", uri, "a new description")
+    assert MlflowClient(uri).get_experiment(exp_id).tags["mlflow.note.content"] == "a new description"
+    assert "mlflow.note.content" not in MlflowClient(uri).get_experiment(tracking.ensure_experiment("plain", uri)).tags

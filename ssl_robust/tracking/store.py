@@ -74,18 +74,21 @@ def store_lock(tracking_uri: str) -> Iterator[None]:
 # MLflow 3 opens an experiment on its GenAI overview unless it is marked as model development;
 # then the UI opens on the runs table, where cells compare side by side.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as an experiment's description
 
 
-def ensure_experiment(name: str, tracking_uri: str) -> str:
+def ensure_experiment(name: str, tracking_uri: str, description: str = "") -> str:
     """Id of the experiment ``name``, created (or restored) if needed; safe when several processes
-    open a fresh store or create the same experiment at once. Call it in the driver."""
+    open a fresh store or create the same experiment at once. Call it in the driver. A
+    ``description`` (a sweep's) becomes the experiment's description in the MLflow UI."""
+    tags = {**EXPERIMENT_TAGS, **({DESCRIPTION_TAG: description} if description else {})}
     with store_lock(tracking_uri):
         client = MlflowClient(tracking_uri)
         exp = client.get_experiment_by_name(name)
         if exp is None:
             try:
                 return client.create_experiment(name, artifact_location=_local_artifact_root(tracking_uri, name),
-                                                tags=EXPERIMENT_TAGS)
+                                                tags=tags)
             except MlflowException as err:
                 if err.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -94,7 +97,7 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
                     raise
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
-        for key, value in EXPERIMENT_TAGS.items():
+        for key, value in tags.items():
             if exp.tags.get(key) != value:
                 client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id

@@ -269,7 +269,7 @@ def execute(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = No
     cell is not finished yet. SIGINT/SIGTERM end it early with ``report.interrupted`` set."""
     uri = tracking.absolute_tracking_uri(tracking_uri)
     destination = {"tracking_uri": uri, "experiment": sweep.name, "session": uuid.uuid4().hex[:16],
-                   "experiment_id": tracking.ensure_experiment(sweep.name, uri)}
+                   "experiment_id": tracking.ensure_experiment(sweep.name, uri, sweep.description)}
     ids = {c.cell_id for c in cells}
     report = SweepReport(sweep.name, len(ids), len(ids & set(tracking.finished_cells(sweep.name, uri))),
                          session=destination["session"])
