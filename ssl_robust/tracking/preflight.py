@@ -36,6 +36,7 @@ _FAIL_FAST_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # the commands print their own progress
 }
 _DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -73,7 +74,8 @@ class _Budget:
 
 
 def fail_fast_env() -> dict[str, str]:
-    """MLflow HTTP retry and timeout settings for ``os.environ.setdefault`` (a user's values win)."""
+    """MLflow client settings for ``os.environ.setdefault`` (a user's values win): HTTP retries and
+    timeouts that fail fast, and no per-download progress bars."""
     return dict(_FAIL_FAST_ENV)
 
 

@@ -25,6 +25,9 @@ from ssl_robust.tracking.store import absolute_tracking_uri, is_local_store
 
 RESOURCE_TIMEOUT_S = 300.0
 PROGRESS_EVERY_S = 10.0
+# Every trial's environment (Ray's job-level runtime_env): no per-trial progress bars (tqdm) and no
+# MLflow artifact download bars, which Ray would forward line by line to the driver's terminal.
+QUIET_TRIALS = {"TQDM_DISABLE": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 class ClusterError(ConfigError):
@@ -96,14 +99,16 @@ def wait_for_resources(resources: Resources, timeout_s: float) -> None:
         request_resources(bundles=[])
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Start or join Ray unless already initialised; True when this call started a local instance."""
+def _init_ray(address: str | None, num_cpus: int | None, quiet: bool = True) -> bool:
+    """Start or join Ray unless already initialised; True when this call started a local instance.
+    ``quiet``: the trials show no progress bars (``QUIET_TRIALS``)."""
     if ray.is_initialized():
         return False
+    env = {"runtime_env": {"env_vars": QUIET_TRIALS}} if quiet else {}
     if services.canonicalize_bootstrap_address(address) is not None:
-        ray.init(address=address)
+        ray.init(address=address, **env)
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "_node_ip_address": "127.0.0.1", **env}
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     ray.init(address="local", **kwargs)
@@ -127,10 +132,12 @@ def no_credentials_in_runtime_env() -> Iterator[None]:
 
 @contextlib.contextmanager
 def ray_session(resources: Resources, address: str | None = None, num_cpus: int | None = None,
-                tracking_uri: str | None = None, resource_timeout: float = RESOURCE_TIMEOUT_S) -> Iterator[None]:
+                tracking_uri: str | None = None, resource_timeout: float = RESOURCE_TIMEOUT_S,
+                quiet: bool = True) -> Iterator[None]:
     """Ray for the duration of the block: started here (and shut down after) or joined; with
-    ``tracking_uri``, a joined multi-node cluster is refused a store that is a local file."""
-    started = _init_ray(address, num_cpus)
+    ``tracking_uri``, a joined multi-node cluster is refused a store that is a local file;
+    ``quiet``: trials print no progress bars."""
+    started = _init_ray(address, num_cpus, quiet)
     try:
         if started:
             _check_resources(resources)

@@ -10,6 +10,8 @@ trials and mark the runs they leave RUNNING KILLED; counts come from the store a
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import statistics
 import sys
@@ -19,7 +21,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import ray
@@ -220,8 +222,24 @@ def _tune(searcher: TwoPhaseSearcher, sweep: SweepCfg, progress: Progress, stora
             callbacks=[progress],
         ),
     )
-    with interrupt.tune_run():
+    with interrupt.tune_run(), legacy_tune_output():
         tuner.fit()
+
+
+@contextlib.contextmanager
+def legacy_tune_output() -> Iterator[None]:
+    """Tune's legacy reporter for the run: with ``verbose=0`` it prints nothing, where the default
+    one still prints its "Configuration for experiment" box and "View detailed results here"
+    (``RAY_AIR_NEW_OUTPUT=0``, read by Tune when the run starts); the sweep prints its own summary."""
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["RAY_AIR_NEW_OUTPUT"]
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
 
 
 def run_sweep(sweep: SweepCfg, cells: list[CellCfg], report: SweepReport, destination: dict[str, str],
