@@ -332,3 +332,20 @@ def test_a_worker_node_lost_mid_sweep_leaves_every_cell_finished_once(tmp_path: 
     assert not any(status == "RUNNING" for _, status in counts)
     lost = sum(n for (phase, status), n in counts.items() if phase == "attack" and status != "FINISHED")
     assert lost >= 1, counts  # the trial that ran on node A: its run did not finish, its retry did
+
+
+def test_a_sweep_prints_its_progress_and_summary_not_its_trials_bars(tmp_path: Path) -> None:
+    """Without TQDM_DISABLE in the caller's environment: no trial progress bars, no MLflow download
+    bars, no Tune banner; the sweep's own bar, table, counts and paths."""
+    config = write_sweep(tmp_path / "quiet.yaml", small_sweep("e2e-quiet", eps=["4/255", "8/255"]))
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    done = subprocess.run([sys.executable, "-m", "ssl_robust.cli", *sweep_args(config, f"sqlite:///{tmp_path / 'm.db'}",
+                                                                               tmp_path, "--address", "local")],
+                          cwd=REPO_ROOT, env={**env, "RAY_AUTH_MODE": "disabled", **FAST_CLAIMS},
+                          capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    for noise in ("(trial pid", "Downloading artifacts", "Number of trials", "View detailed results", "fit head"):
+        assert noise not in out, noise
+    assert "2 cells, 2 FINISHED" in out and "report (2 cells)" in out and "cells: 100%" in out
+    assert len(out.splitlines()) < 40, out
