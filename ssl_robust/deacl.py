@@ -18,18 +18,19 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ssl_robust.config import DataCfg
 from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.data import DATASETS
-from ssl_robust.data.load import load_split
-from ssl_robust.deacl_loss import augment, deacl_loss, embed_attack, probe_attack
+from ssl_robust.data.load import deterministic_subset, load_split
+from ssl_robust.deacl_loss import augment_batch, deacl_loss, embed_attack, probe_attack
 from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import Encoder, create_encoder, input_size
 from ssl_robust.precision import autocast
@@ -74,12 +75,30 @@ def derive_seed(seed: int, *parts: int | str) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:7], "big")
 
 
-def lr_factor(step: int, warmup_steps: float, total_steps: int) -> float:
-    """Linear warm-up over ``warmup_steps`` optimizer steps, then cosine decay to 0 at ``total_steps``."""
+def lr_factor(step: int, warmup_steps: float, total_steps: int, start: float | None = None) -> float:
+    """Linear warm-up over ``warmup_steps`` schedule steps, then cosine decay to 0 at ``total_steps``.
+
+    Without ``start`` the warm-up is ``(step + 1) / warmup_steps``. With ``start`` (the first factor,
+    ``warmup_start_lr / lr``) it goes from ``start`` at step 0 to 1 at step ``warmup_steps - 1``, as
+    the seed's ``LinearWarmupCosineAnnealingLR`` (pl_bolts) does.
+    """
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        if start is None:
+            return (step + 1) / warmup_steps
+        ramp = min(step / (warmup_steps - 1), 1.0) if warmup_steps > 1 else 0.0
+        return start + ramp * (1 - start)
     progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def schedule(cfg: DeaclCfg, steps_per_epoch: int) -> Callable[[int], float]:
+    """The lr factor of optimizer step ``s``: per step, or (``warmup_unit: epoch``) constant within
+    an epoch, the epoch's index being the schedule step, as Lightning steps the seed's scheduler."""
+    start = None if cfg.warmup_start_lr is None else cfg.warmup_start_lr / cfg.lr
+    if cfg.warmup_unit == "epoch":
+        return lambda s: lr_factor(s // steps_per_epoch, cfg.warmup_epochs, cfg.epochs, start)
+    warmup, total = cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
+    return lambda s: lr_factor(s, warmup, total, start)
 
 
 def _autocast(run: _Run) -> contextlib.AbstractContextManager:
@@ -87,32 +106,49 @@ def _autocast(run: _Run) -> contextlib.AbstractContextManager:
     return autocast(run.cfg.precision if run.device.type == "cuda" else "fp32", run.device)
 
 
+def _whole_train(data: DataCfg, size: int, seed: int) -> Dataset:
+    """The train and val splits together (for a real data set: its whole official train split, which
+    val is carved from), limited to ``data.n_train`` images."""
+    everything = data.model_copy(update={"n_train": None, "n_val": None})
+    parts = [load_split(everything, split, size, seed=seed)[0] for split in ("train", "val")]
+    return deterministic_subset(ConcatDataset(parts), data.n_train, seed)
+
+
 def _load_data(cfg: DeaclCfg) -> tuple[Dataset, tuple[Dataset, Dataset], int]:
     """(train split, (probe fit split, probe test split), number of classes); fails before any model
-    is built when the data set is missing or has no classification task for the probe."""
+    is built when the data set is missing or has no classification task for the probe.
+
+    With ``val_fraction: 0`` nothing is held out: DeACL trains on the whole train split and the probe
+    fits on ``probe.n_train`` of those images (DeACL never sees their labels).
+    """
     infos = DATASETS.get(cfg.data.name).infos
     if "classification" not in infos:
         raise ValueError(f"data.name: DeACL's linear probe needs a classification task, but data set "
                          f"{cfg.data.name!r} has only {sorted(infos)}")
     size = input_size(cfg.encoder)
-    data = cfg.data.model_copy(update={"task": "classification", "n_val": cfg.probe.n_train,
-                                       "n_samples": cfg.probe.n_samples})
-    train, info = load_split(data, "train", size, seed=cfg.seed)
-    fit, _ = load_split(data, "val", size, seed=cfg.seed)
-    test, _ = load_split(data, "test", size, seed=cfg.seed)
+    update: dict[str, Any] = {"task": "classification", "n_val": cfg.probe.n_train, "n_samples": cfg.probe.n_samples}
+    if cfg.val_fraction:
+        update["val_fraction"] = cfg.val_fraction
+    data = cfg.data.model_copy(update=update)
+    test, info = load_split(data, "test", size, seed=cfg.seed)
+    if cfg.val_fraction == 0:
+        train = _whole_train(data, size, cfg.seed)
+        fit = deterministic_subset(train, cfg.probe.n_train, derive_seed(cfg.seed, "probe_fit"))
+    else:
+        train, _ = load_split(data, "train", size, seed=cfg.seed)
+        fit, _ = load_split(data, "val", size, seed=cfg.seed)
     return train, (fit, test), info.num_classes
 
 
 def _optimization(cfg: DeaclCfg, student: Encoder, device: torch.device, steps_per_epoch: int
                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, torch.amp.GradScaler]:
-    """Optimizer, per-step warm-up + cosine schedule, and the fp16 gradient scaler."""
+    """Optimizer, warm-up + cosine schedule (``schedule``), and the fp16 gradient scaler (CUDA only)."""
     params = list(student.model.parameters())
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup, total = cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(cfg, steps_per_epoch))
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.precision == "fp16")
     return optimizer, scheduler, scaler
 
@@ -139,8 +175,8 @@ def _loader(run: _Run, dataset: Dataset, order: list[int] | None = None) -> Data
 def _train_batch(run: _Run, x: torch.Tensor, epoch: int, index: int) -> dict[str, torch.Tensor]:
     """Augment, attack the student, back-propagate the DeACL loss (scaled for accumulation)."""
     cfg, b = run.cfg, x.shape[0]
-    if cfg.augment:
-        x = augment(x, cfg.crop_scale, torch.Generator().manual_seed(derive_seed(cfg.seed, "augment", epoch, index)))
+    x = augment_batch(x, cfg.augment, cfg.crop_scale,
+                      torch.Generator().manual_seed(derive_seed(cfg.seed, "augment", epoch, index)))
     with torch.no_grad(), _autocast(run):
         teacher = tuple(t.float() for t in run.teacher.features(x))
     run.student.eval()

@@ -6,11 +6,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from ssl_robust.config import MAX_STEPS, Budget, DataCfg, Device, EncoderCfg, Norm, Precision, StrictModel
+
+
+def _augment_name(value: Any) -> Any:
+    """Read the old boolean switch: ``true`` = ``rrc``, ``false`` = ``none``."""
+    if isinstance(value, bool):
+        return "rrc" if value else "none"
+    return value
+
+
+# rrc: random resized crop + flip (ours); seed: RandomCrop(size, padding=size/8) + flip (the seed's)
+Augment = Annotated[Literal["rrc", "seed", "none"], BeforeValidator(_augment_name)]
+LEGACY_AUGMENT = {"rrc": True, "none": False}  # how the boolean field appeared in a deacl_id
+NEW_FIELDS = ("warmup_start_lr", "warmup_unit", "val_fraction")  # left out of deacl_id at their defaults
 
 
 class DeaclAttackCfg(StrictModel):
@@ -43,8 +56,8 @@ class DeaclCfg(StrictModel):
     name: str = Field(default="deacl", pattern=r"^[A-Za-z0-9_.\-]+$")  # the MLflow experiment
     encoder: EncoderCfg = Field(default_factory=EncoderCfg)
     data: DataCfg = Field(default_factory=lambda: DataCfg(name="synthetic", task="classification"))
-    augment: bool = True  # random resized crop + horizontal flip
-    crop_scale: tuple[float, float] = (0.5, 1.0)
+    augment: Augment = "rrc"  # per-batch augmentation; true/false read as rrc/none
+    crop_scale: tuple[float, float] = (0.5, 1.0)  # rrc's area fraction
     gamma: float = Field(default=2.0, ge=0)
     dense_weight: float = Field(default=0.0, ge=0)  # 0 = the paper's DeACL (CLS only)
     attack: DeaclAttackCfg = Field(default_factory=DeaclAttackCfg)
@@ -53,10 +66,13 @@ class DeaclCfg(StrictModel):
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: float = Field(default=5e-4, ge=0)
     warmup_epochs: float = Field(default=10.0, ge=0)
+    warmup_start_lr: float | None = Field(default=None, ge=0)  # None: lr * (k + 1) / warmup
+    warmup_unit: Literal["step", "epoch"] = "step"  # how often the schedule is evaluated
     epochs: int = Field(default=101, ge=1)
     batch_size: int = Field(default=128, gt=0)
     grad_accum: int = Field(default=1, ge=1)
     precision: Precision = "fp32"
+    val_fraction: float | None = Field(default=None, ge=0, lt=1)  # None = data.val_fraction; 0 = no held-out part
     checkpoint_every: int = Field(default=25, ge=1)
     probe: ProbeCfg = Field(default_factory=ProbeCfg)
     seed: int = 0
@@ -70,8 +86,19 @@ class DeaclCfg(StrictModel):
             raise ValueError(f"need 0 < low <= high <= 1, got {value}")
         return value
 
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the fine-tune's result (not the device or the experiment); the
+        switches added after the first release only where they are not their defaults, and
+        ``augment`` as the boolean it was, so configs written before them keep their ids."""
+        data = self.model_dump(mode="json", exclude={"device", "name"})
+        data["augment"] = LEGACY_AUGMENT.get(data["augment"], data["augment"])
+        for name in NEW_FIELDS:
+            if data[name] == type(self).model_fields[name].default:
+                del data[name]
+        return data
+
     @property
     def deacl_id(self) -> str:
-        """Hash of everything that defines the fine-tune's result (not the device)."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"device", "name"}), sort_keys=True)
+        """Hash of ``identity()``."""
+        blob = json.dumps(self.identity(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

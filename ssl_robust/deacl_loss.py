@@ -1,4 +1,4 @@
-"""The pure parts of DeACL: the loss, the inner EmbedAttack on the student, batch augmentation.
+"""The pure parts of DeACL: the loss, the inner EmbedAttack on the student, batch augmentations.
 
 Embeddings travel as ``(cls [B, D], tokens [B, D, h, w])`` tuples, as ``Encoder.features`` returns.
 """
@@ -110,3 +110,35 @@ def augment(x: torch.Tensor, scale: tuple[float, float], generator: torch.Genera
     theta[:, 1, 1], theta[:, 1, 2] = height, centre_y
     grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False).clamp(0, 1)
+
+
+def pad_crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """The seed's ``RandomCrop(size, padding) + RandomHorizontalFlip`` per sample: zero-pad every side
+    by ``padding``, crop the image's own size at a random offset in [0, 2 * padding], flip with p 1/2.
+
+    All draws come from ``generator`` (on the CPU), so a seed fixes the batch.
+    """
+    b, _, height, width = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator).tolist()
+    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator).tolist()
+    flip = (torch.rand(b, generator=generator) < 0.5).tolist()
+    crops = [padded[i, :, t:t + height, s:s + width] for i, (t, s) in enumerate(zip(top, left))]
+    return torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flip)])
+
+
+def seed_padding(size: int) -> int:
+    """The seed's RandomCrop padding, ``4 * size // 32`` (28 at 224): an eighth of the side."""
+    return 4 * size // 32
+
+
+def augment_batch(x: torch.Tensor, mode: str, crop_scale: tuple[float, float],
+                  generator: torch.Generator) -> torch.Tensor:
+    """DeaclCfg.augment on a batch: ``rrc`` (``augment``), ``seed`` (``pad_crop_flip``) or ``none``."""
+    if mode == "rrc":
+        return augment(x, crop_scale, generator)
+    if mode == "seed":
+        return pad_crop_flip(x, seed_padding(x.shape[-1]), generator)
+    if mode == "none":
+        return x
+    raise ValueError(f"augment: unknown mode {mode!r}; allowed: 'rrc', 'seed', 'none'")

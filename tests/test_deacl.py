@@ -1,9 +1,13 @@
-"""DeACL fine-tuning: the loss formula, robustness gain, exact resume, checkpoints, bad configs."""
+"""DeACL fine-tuning: the loss formula, the attacked model, robustness gain, exact resume, checkpoints,
+the seed's switches and preset, bad configs."""
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,12 +15,15 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
-from ssl_robust.config import EncoderCfg
-from ssl_robust.deacl_config import DeaclCfg
-from ssl_robust.deacl import RESUME_FILE, DeaclHooks, fine_tune, lr_factor
-from ssl_robust.deacl_loss import deacl_loss
+from ssl_robust import deacl
+from ssl_robust.config import EncoderCfg, load_config
+from ssl_robust.deacl_config import NEW_FIELDS, DeaclCfg
+from ssl_robust.deacl import RESUME_FILE, DeaclHooks, _load_data, _optimization, fine_tune, lr_factor
+from ssl_robust.deacl_loss import augment_batch, deacl_loss, pad_crop_flip, seed_padding
 from ssl_robust.encoders import create_encoder
-from tests.helpers import TINY_ENCODER, merge
+from ssl_robust.sweep_config import DeaclSweepCfg, deacl_configs
+from tests.data.fixtures import write_imagenet
+from tests.helpers import REPO_ROOT, TINY_ENCODER, merge
 
 # A few seconds on one CPU thread: 2 batches per epoch, 32-image probe.
 FAST: dict[str, Any] = {
@@ -182,6 +189,12 @@ def test_checkpoint_loads_through_create_encoder(two_epochs: tuple[Recorder, Pat
     ({"gamma": -1.0}, "gamma"),
     ({"data": {"name": "imagenet_typo"}}, "data.name"),
     ({"attack": {"eps": "abc"}}, "attack.eps"),
+    ({"augment": "crop"}, "augment"),
+    ({"warmup_unit": "epochs"}, "warmup_unit"),
+    ({"warmup_start_lr": -0.1}, "warmup_start_lr"),
+    ({"val_fraction": 1.0}, "val_fraction"),
+    ({"momentum": 1.0}, "momentum"),
+    ({"precision": "fp8"}, "precision"),
 ])
 def test_bad_config_fails_naming_the_field(updates: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as info:
@@ -201,3 +214,216 @@ def test_the_probe_attack_can_be_fixed_apart_from_the_training_attack(tmp_path: 
     """A zero-budget probe attack scores the embedding attack like the clean probe."""
     metrics = fine_tune(make_cfg(epochs=1, probe={"eps": 0, "steps": 0}), tmp_path)
     assert metrics["probe/embed_acc"] == metrics["probe/clean_acc"]
+
+
+
+@pytest.mark.parametrize("updates, allowed", [
+    ({"augment": "crop"}, "'rrc', 'seed' or 'none'"),
+    ({"warmup_unit": "epochs"}, "'step' or 'epoch'"),
+    ({"precision": "fp8"}, "'fp32', 'bf16' or 'fp16'"),
+])
+def test_a_bad_switch_lists_the_allowed_values(updates: dict[str, Any], allowed: str) -> None:
+    with pytest.raises(ValidationError, match=allowed):
+        make_cfg(**updates)
+
+
+# ----------------------------------------------------------------------------- the attacked model
+
+
+def _what_it_evaluates(features: Any, run: Any, x: torch.Tensor) -> dict[str, bool]:
+    """Whose outputs ``features`` reproduces on ``x`` and whether its gradient reaches the student's weights."""
+    with torch.no_grad():
+        got, student, teacher = (f(x)[0] for f in (features, run.student.features, run.teacher.features))
+    out = features(x)[0]
+    params = list(run.student.model.parameters())
+    grads = torch.autograd.grad(out.sum(), params, allow_unused=True) if out.requires_grad else [None]
+    return {"student": torch.allclose(got, student), "teacher": torch.allclose(got, teacher),
+            "student_grad": any(g is not None and bool(g.abs().sum() > 0) for g in grads)}
+
+
+def test_inner_attack_runs_on_the_student_not_the_teacher(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The inner attack must evaluate the student f_R being trained, not the frozen teacher f.
+
+    The obvious checks pass on the broken code that attacks the teacher: the student starts as a
+    bit-identical copy of the teacher, so on the first batch both give the same x_adv, and over a
+    short fine-tune they stay close, so the teacher's x_adv still transfers and the loss still
+    falls. Measured: with the attack pointed at the teacher, the robustness test above (seed 0)
+    still passes, EmbedAttack accuracy +0.12 over the teacher's. Here the student is
+    perturbed before the first step, so the two differ from the start, and a spy on the attack
+    (what ``deacl`` imports from ``deacl_loss``) checks by effect that its forward reproduces the
+    student's embeddings, not the teacher's, and that its gradient reaches the student's weights.
+    The last assertion shows the same check flags the teacher's forward.
+    """
+    runs, seen = [], []
+    real_build, real_attack = deacl._build, deacl.embed_attack
+
+    def build(cfg: DeaclCfg) -> Any:
+        run = real_build(cfg)
+        generator = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for p in run.student.model.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=generator))
+        runs.append(run)
+        return run
+
+    def spy(features: Any, x: torch.Tensor, target: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(_what_it_evaluates(features, runs[0], x))
+        return real_attack(features, x, target, **kwargs)
+
+    monkeypatch.setattr(deacl, "_build", build)
+    monkeypatch.setattr(deacl, "embed_attack", spy)
+    fine_tune(make_cfg(epochs=1), tmp_path)
+    assert len(seen) == 2  # one attack per batch
+    assert all(s == {"student": True, "teacher": False, "student_grad": True} for s in seen)
+    x = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(3))
+    assert _what_it_evaluates(runs[0].teacher.features, runs[0], x) == {
+        "student": False, "teacher": True, "student_grad": False}
+
+
+# ----------------------------------------------------------------------------- the seed's switches
+
+
+def _linear_run(cfg: DeaclCfg, steps_per_epoch: int = 4) -> tuple[torch.nn.Linear, Any, Any]:
+    model = torch.nn.Linear(3, 2)
+    optimizer, scheduler, _ = _optimization(cfg, SimpleNamespace(model=model), torch.device("cpu"), steps_per_epoch)
+    return model, optimizer, scheduler
+
+
+def _step_against_plain_sgd(momentum: float) -> list[bool]:
+    """Two optimizer steps with given gradients; per step, whether it equals p - lr * g by hand."""
+    torch.manual_seed(0)
+    model, optimizer, scheduler = _linear_run(make_cfg(optimizer="sgd", lr=0.05, momentum=momentum, weight_decay=0.0))
+    generator, matches = torch.Generator().manual_seed(1), []
+    for _ in range(2):
+        before = [p.detach().clone() for p in model.parameters()]
+        grads = [torch.randn(p.shape, generator=generator) for p in model.parameters()]
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g.clone()
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        matches.append(all(torch.allclose(p, b - lr * g) for p, b, g in zip(model.parameters(), before, grads)))
+    return matches
+
+
+def test_momentum_zero_makes_plain_sgd_steps() -> None:
+    """The seed's SGD has no momentum: every step is p - lr * g. With 0.9 the second step is not."""
+    assert _step_against_plain_sgd(0.0) == [True, True]
+    assert _step_against_plain_sgd(0.9) == [True, False]
+
+
+def _pad_crop_positions(image: torch.Tensor, out: torch.Tensor, padding: int) -> list[tuple[int, int, bool]]:
+    """Every (top, left, flipped) at which ``out`` is a crop of the zero-padded ``image``."""
+    padded = torch.nn.functional.pad(image, (padding,) * 4)
+    size, found = image.shape[-1], []
+    for top in range(2 * padding + 1):
+        for left in range(2 * padding + 1):
+            crop = padded[:, top:top + size, left:left + size]
+            found += [(top, left, flip) for flip in (False, True) if torch.equal(out, crop.flip(-1) if flip else crop)]
+    return found
+
+
+def test_seed_augment_is_a_zero_padded_random_crop_and_a_flip() -> None:
+    """``augment: seed`` = RandomCrop(S, padding=S/8) + RandomHorizontalFlip on each image."""
+    assert seed_padding(224) == 28 and seed_padding(32) == 4
+    x = torch.rand(1, 3, 32, 32).add(0.01).expand(48, -1, -1, -1).contiguous()  # no zero pixel inside
+    out = augment_batch(x, "seed", (0.5, 1.0), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    positions = [_pad_crop_positions(x[0], o, 4) for o in out]
+    assert all(len(p) == 1 for p in positions)  # each is exactly one padded crop, maybe flipped
+    tops, lefts, flips = zip(*(p[0] for p in positions))
+    assert {0, 8} <= set(tops) and {0, 8} <= set(lefts) and set(flips) == {False, True}
+    again = pad_crop_flip(x, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # a seed fixes the batch (exact resume)
+
+
+def test_augment_reads_the_old_boolean_switch() -> None:
+    assert make_cfg(augment=True).augment == "rrc" and make_cfg(augment=False).augment == "none"
+    x = torch.rand(2, 3, 8, 8)
+    assert augment_batch(x, "none", (0.5, 1.0), torch.Generator()) is x
+
+
+def _pl_bolts_lr(epoch: int, base: float, start: float, warmup: int, epochs: int) -> float:
+    """The seed's LinearWarmupCosineAnnealingLR (pl_bolts, eta_min 0) in closed form at ``epoch``."""
+    if epoch < warmup:
+        return start + epoch * (base - start) / (warmup - 1)
+    return 0.5 * base * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup)))
+
+
+def test_epoch_warmup_starts_at_warmup_start_lr_and_follows_the_seed() -> None:
+    """Per epoch from 0.003: epoch 0 at 0.003, epoch 1 at 0.003 + 0.047 / 9, constant within an
+    epoch, and every epoch's lr as the seed's scheduler stepped once per epoch by Lightning."""
+    cfg = make_cfg(optimizer="sgd", lr=0.05, momentum=0.0, warmup_start_lr=0.003, warmup_unit="epoch",
+                   warmup_epochs=10, epochs=101)
+    _, optimizer, scheduler = _linear_run(cfg, steps_per_epoch=3)
+    lrs = []
+    for _ in range(3 * cfg.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:3] == pytest.approx([0.003] * 3) and lrs[3:6] == pytest.approx([0.003 + 0.047 / 9] * 3)
+    assert lrs[27] == pytest.approx(0.05) and lrs[30] == pytest.approx(0.05)  # epochs 9 and 10 at lr
+    assert lrs[::3] == pytest.approx([_pl_bolts_lr(e, 0.05, 0.003, 10, 101) for e in range(101)])
+
+
+def test_warmup_start_lr_per_step_ramps_from_it_to_lr() -> None:
+    factors = [lr_factor(step, warmup_steps=4, total_steps=12, start=0.1) for step in range(5)]
+    assert factors == pytest.approx([0.1, 0.4, 0.7, 1.0, 1.0])
+
+
+def test_fp16_on_the_cpu_trains_in_fp32_without_a_gradient_scaler() -> None:
+    _, _, scaler = _optimization(make_cfg(precision="fp16"), SimpleNamespace(model=torch.nn.Linear(2, 2)),
+                                 torch.device("cpu"), 1)
+    assert not scaler.is_enabled()
+    run = SimpleNamespace(cfg=make_cfg(precision="fp16"), device=torch.device("cpu"))
+    with deacl._autocast(run):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_val_fraction_zero_trains_on_the_whole_train_split(tmp_path: Path) -> None:
+    """No held-out part: DeACL sees all train images, and the probe fits on some of them."""
+    write_imagenet(tmp_path)  # 9 train images
+    data = {"name": "imagenet", "root": str(tmp_path), "n_train": None}
+    held_out, _, _ = _load_data(make_cfg(data=data))
+    train, (fit, test), num_classes = _load_data(make_cfg(data=data, val_fraction=0, probe={"n_train": 4}))
+    assert (len(held_out), len(train), len(fit), len(test), num_classes) == (8, 9, 4, 6, 1000)
+    train_images = {tuple(train[i][0].flatten()[:8].tolist()) for i in range(len(train))}
+    assert all(tuple(fit[i][0].flatten()[:8].tolist()) in train_images for i in range(len(fit)))
+
+
+def test_configs_without_the_new_switches_keep_their_deacl_id() -> None:
+    """The id of such a config is the hash of exactly the fields that existed before them."""
+    for cfg in (DeaclCfg(), make_cfg(), make_cfg(augment=False)):
+        old = cfg.model_dump(mode="json", exclude={"device", "name", *NEW_FIELDS})
+        old["augment"] = cfg.augment == "rrc"
+        blob = json.dumps(old, sort_keys=True)
+        assert cfg.deacl_id == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    ids = {make_cfg(**u).deacl_id for u in ({}, {"augment": "seed"}, {"warmup_unit": "epoch"},
+                                             {"warmup_start_lr": 0.003}, {"val_fraction": 0})}
+    assert len(ids) == 5
+
+
+def test_the_seed_recipe_runs_end_to_end(tmp_path: Path) -> None:
+    """Every switch of the poster preset together, on the tiny encoder (fp16 runs as fp32 on the CPU)."""
+    cfg = make_cfg(epochs=2, optimizer="sgd", lr=0.05, momentum=0.0, weight_decay=0.0, augment="seed",
+                   warmup_start_lr=0.003, warmup_unit="epoch", warmup_epochs=1, precision="fp16",
+                   val_fraction=0, batch_size=16, grad_accum=2)
+    hooks = Recorder()
+    metrics = fine_tune(cfg, tmp_path, hooks)
+    assert sorted(hooks.checkpoints) == [1, 2] and math.isfinite(metrics["loss/total"])
+    state = torch.load(tmp_path / RESUME_FILE, map_location="cpu", weights_only=True)
+    assert state["step"] == 4  # 64 images in micro-batches of 16, two per optimizer step
+
+
+def test_the_poster_preset_is_the_seeds_recipe() -> None:
+    """sweeps/deacl_poster.yaml: DINO ViT-B/16 on ImageNet as the seed's DeACL run (4 devices x 128
+    on one device: 128 x 4 accumulated micro-batches, the same lr)."""
+    sweep = load_config(DeaclSweepCfg, REPO_ROOT / "sweeps" / "deacl_poster.yaml")
+    (cfg,) = deacl_configs(sweep)
+    assert (cfg.encoder.name, cfg.data.name, cfg.val_fraction) == ("dino_vitb16", "imagenet", 0)
+    a = cfg.attack
+    assert (a.eps, a.step_size, a.steps, a.norm, a.random_start) == (4 / 255, 2 / 255, 5, "linf", True)
+    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.gamma) == ("sgd", 0.05, 0.0, 0.0, 2.0)
+    assert (cfg.warmup_epochs, cfg.warmup_start_lr, cfg.warmup_unit, cfg.epochs) == (10, 0.003, "epoch", 101)
+    assert (cfg.batch_size * cfg.grad_accum, cfg.precision, cfg.augment) == (512, "fp16", "seed")
+    assert max(sweep.benchmark.epochs) == cfg.epochs

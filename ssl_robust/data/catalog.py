@@ -71,6 +71,12 @@ DATASETS.register("cifar100")(_classification(100, _torchvision_how(
     "cifar-100-python.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar.html"), 50_000, 10_000))
 DATASETS.register("stl10")(_classification(10, _torchvision_how(
     "stl10_binary.tar.gz", "https://cs.stanford.edu/~acoates/stl10/"), 5_000, 8_000))
+DATASETS.register("imagenet")(_classification(1000, (
+    "Download ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz from "
+    "https://image-net.org/download-images (log in); extract the train archive's per-class tars into "
+    "data.root/train/<wnid>/ and the val archive into data.root/val/, keeping the devkit archive in "
+    "data.root (or use the val/<wnid>/ folders torchvision.datasets.ImageNet sorts them into)" + _MANUAL),
+    1_281_167, 50_000))
 DATASETS.register("voc2012")(_segmentation(21, (
     "Download VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ "
     "and extract it under data.root" + _MANUAL), 1_464, 1_449, 4 / 3))

@@ -9,7 +9,9 @@ out-of-range raw label into the first sample of the official train split.
 """
 from __future__ import annotations
 
+import io
 import pickle
+import tarfile
 from pathlib import Path
 
 import h5py
@@ -238,4 +240,68 @@ def write_nyu_sync(root: Path, n_scenes: int = 2, frames: int = 3, shape: tuple[
         _write_image(root / "sync" / "scene_0000" / f"rgb_{7 * frames:05d}.jpg", rng, shape)
     if file_list:
         (root / NYU_SYNC_LIST).write_text("\n".join(out["lines"]) + "\n")
+    return out
+
+
+IMAGENET_WNIDS = ("n01440764", "n01443537", "n01484850")  # tench, goldfish, great white shark
+IMAGENET_SYNSET_FIELDS = ("ILSVRC2012_ID", "WNID", "words", "gloss", "num_children", "children",
+                          "wordnet_height", "num_train_images")
+
+
+def _write_jpeg(path: Path, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A JPEG of smooth random colour blocks; returns its pixels as decoded (JPEG is lossy)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blocks = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    pixels = blocks[np.arange(shape[0]) * 4 // shape[0]][:, np.arange(shape[1]) * 4 // shape[1]]
+    Image.fromarray(pixels).save(path, format="JPEG", quality=95)
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"))
+
+
+def _write_devkit(root: Path, ids: dict[str, int], truth: list[int]) -> None:
+    """``ILSVRC2012_devkit_t12.tar.gz``: ``data/meta.mat`` (the synsets: leaves plus one inner
+    node, as MATLAB structs) and ``data/ILSVRC2012_validation_ground_truth.txt``."""
+    rows = [(ilsvrc_id, wnid, wnid, "", 0, np.zeros(0), 0, 3) for wnid, ilsvrc_id in ids.items()]
+    rows.append((len(ids) + 1, "n00015388", "animal", "", len(ids), np.arange(1, len(ids) + 1), 1, 0))
+    synsets = np.array(rows, dtype=[(name, "O") for name in IMAGENET_SYNSET_FIELDS])
+    meta = io.BytesIO()
+    scipy.io.savemat(meta, {"synsets": synsets})
+    members = {"ILSVRC2012_devkit_t12/data/meta.mat": meta.getvalue(),
+               "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt":
+                   "".join(f"{t}\n" for t in truth).encode()}
+    with tarfile.open(Path(root) / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def write_imagenet(root: Path, per_class: int = 3, n_val: int = 6, flat_val: bool = False,
+                   shape: tuple[int, int] = (24, 32)) -> dict:
+    """ILSVRC-2012's layout for three classes: ``train/<wnid>/<wnid>_<k>.JPEG`` and the validation
+    images ``val/<wnid>/ILSVRC2012_val_<n>.JPEG`` (as torchvision.datasets.ImageNet sorts them) or,
+    with ``flat_val``, ``val/ILSVRC2012_val_<n>.JPEG`` labelled by the devkit archive (whose
+    ILSVRC2012_IDs are not in wnid order, as in the release). Classes are the sorted wnids.
+
+    Returns ``{"train"|"test": {"labels": [...], "images": uint8 [N, H, W, 3]}}`` in the loader's
+    order (class folders sorted, then file names; flat: file names).
+    """
+    rng, root = _rng(2012), Path(root)
+    out: dict = {part: {"labels": [], "images": []} for part in ("train", "test")}
+    for label, wnid in enumerate(IMAGENET_WNIDS):
+        for k in range(per_class):
+            out["train"]["images"].append(_write_jpeg(root / "train" / wnid / f"{wnid}_{k}.JPEG", rng, shape))
+            out["train"]["labels"].append(label)
+    val_labels = [(n * 2) % len(IMAGENET_WNIDS) for n in range(n_val)]  # file order != class order
+    val: list[tuple[int, int, np.ndarray]] = []
+    for n, label in enumerate(val_labels, start=1):
+        folder = root / "val" if flat_val else root / "val" / IMAGENET_WNIDS[label]
+        val.append((label, n, _write_jpeg(folder / f"ILSVRC2012_val_{n:08d}.JPEG", rng, shape)))
+    ids = {wnid: len(IMAGENET_WNIDS) - k for k, wnid in enumerate(IMAGENET_WNIDS)}
+    _write_devkit(root, ids, [ids[IMAGENET_WNIDS[label]] for label in val_labels])
+    for label, _, image in (val if flat_val else sorted(val, key=lambda item: item[:2])):
+        out["test"]["labels"].append(label)
+        out["test"]["images"].append(image)
+    for part in out.values():
+        part["images"] = np.stack(part["images"])
     return out
