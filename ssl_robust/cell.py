@@ -31,7 +31,7 @@ from ssl_robust.heads import TaskModel, TokenKeep, extract_features, fit_head
 from ssl_robust.engine import AttackSettings, run_attack
 from ssl_robust.pgd import AttackResult
 from ssl_robust.precision import in_precision
-from ssl_robust.sliding import resize_to, slide, slide_tokens
+from ssl_robust.sliding import log_probs, pad_to_multiple, resize_to, slide, slide_tokens, whole
 from ssl_robust.tasks import TASKS, Scores, TaskSpec, eval_mode, eval_sizing
 
 
@@ -136,8 +136,9 @@ class Views:
 
 def views(cfg: CellCfg, model: TaskModel, task: TaskSpec, out_size: tuple[int, int]) -> Views:
     """Under ``slide`` every S x S window runs through the model (gradients reach every pixel), the
-    averaged output is upsampled to the labels' native ``out_size``; EmbedAttack pushes the token
-    grids of all windows. The representation is block ``attack.layer``'s (None = the last)."""
+    averaged output (``data.slide_average``) is upsampled to the labels' native ``out_size``;
+    EmbedAttack pushes the token grids of all windows. Under ``whole`` the native-size image runs in
+    one pass (``whole_views``). The representation is block ``attack.layer``'s (None = the last)."""
     part = 0 if task.embedding == "cls" else 1
     device = next(model.parameters()).device
     scored = in_precision(model, cfg.precision, device)
@@ -146,12 +147,32 @@ def views(cfg: CellCfg, model: TaskModel, task: TaskSpec, out_size: tuple[int, i
         return model.encoder.features_at(x, cfg.attack.layer)[part]
 
     represent = in_precision(represent, cfg.precision, device)
-    if eval_mode(cfg.data) == "resize":
+    mode = eval_mode(cfg.data)
+    if mode == "resize":
         return Views(scored, represent)
+    if mode == "whole":
+        return whole_views(model.encoder, scored, represent, out_size)
     crop = input_size(cfg.encoder)
     stride = slide_stride(cfg.data, crop)
+    if cfg.data.slide_average == "probs":
+        return Views(lambda x: log_probs(resize_to(slide(scored, x, crop, stride, average="probs"), out_size)),
+                     lambda x: slide_tokens(represent, x, crop, stride))
     return Views(lambda x: resize_to(slide(scored, x, crop, stride), out_size),
                  lambda x: slide_tokens(represent, x, crop, stride))
+
+
+def whole_views(encoder: Encoder, scored: Callable[[torch.Tensor], torch.Tensor],
+                represent: Callable[[torch.Tensor], torch.Tensor], out_size: tuple[int, int]) -> Views:
+    """The whole image in one pass, padded around to a multiple of the patch size with the
+    encoder's mean colour and the output cropped back; EmbedAttack pushes the padded image's token
+    grid. Needs an encoder that takes any input size (timm's ``dynamic_img_size``)."""
+    if not getattr(encoder.model, "dynamic_img_size", False):
+        raise ValueError("data.eval='whole' runs the encoder at each image's native size: build it with "
+                         "encoder.model_kwargs: {dynamic_img_size: true} (timm interpolates the position "
+                         "embeddings; inputs of the built size are unchanged)")
+    patch, mean = encoder.patch_size, encoder.mean
+    return Views(lambda x: resize_to(whole(scored, x, patch, mean), out_size),
+                 lambda x: represent(pad_to_multiple(x, patch, mean)[0]))
 
 
 @dataclass
@@ -173,14 +194,24 @@ class AttackSetup:
             return self.forward(x)
 
 
+def scores_final_iterate(cfg: CellCfg, task: TaskSpec) -> bool:
+    """Classification scored on each sample's final iterate (of its best restart), as the poster's
+    code does: ``attack.select: final`` without the cascade (``stop_when_fooled: false``), not a
+    suite. Otherwise a sample counts as fooled if any iterate fooled it."""
+    return (task.fooled is not None and cfg.attack.select == "final" and not cfg.attack.stop_when_fooled
+            and not ATTACKS.get(cfg.attack.name).suite)
+
+
 def attack_setup(cfg: CellCfg, view: Views, task: TaskSpec, info: TaskInfo) -> AttackSetup:
     """EmbedAttack pushes the representation; task attacks ascend the task objective on the
-    scored output (a suite: its first member's)."""
+    scored output (a suite: its first member's). Without a success function (EmbedAttack, final-
+    iterate classification) the engine keeps the final iterate and the cell rescores it."""
     name = suite_members(cfg.attack.name, task.name)[0]
     on_embedding = ATTACKS.get(name).on_embedding
     worst = cfg.attack.select == "worst" and not on_embedding and task.damage is not None
+    success = None if on_embedding or scores_final_iterate(cfg, task) else task.fooled
     return AttackSetup(view.representation if on_embedding else view.scored, task.objective(name, info),
-                       None if on_embedding else task.fooled, task.damage(info) if worst else None, on_embedding)
+                       success, task.damage(info) if worst else None, on_embedding)
 
 
 @torch.no_grad()

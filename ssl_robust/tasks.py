@@ -16,7 +16,6 @@ from torch import nn
 
 from ssl_robust.attacks import ATTACKS, attacks_for, task_attack
 from ssl_robust.data.catalog import TaskInfo
-from ssl_robust.data.transforms import Sizing
 from ssl_robust.config import DataCfg, HeadCfg
 from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, LinearDepthHead, LinearSegmenter
 from ssl_robust.metrics import (ClassificationScores, DepthScores, SegmentationScores, depth_errors, per_image_miou,
@@ -126,14 +125,15 @@ TASKS.register("depth")(TaskSpec(
 ))
 
 
-def eval_mode(data: DataCfg) -> Literal["resize", "slide"]:
-    """``data.eval`` resolved by the task's default; ``slide`` needs a task with a dense output."""
+def eval_mode(data: DataCfg) -> Literal["resize", "slide", "whole"]:
+    """``data.eval`` resolved by the task's default; ``slide`` and ``whole`` need a task with a dense output."""
     spec = TASKS.get(data.resolved_task)
-    if data.eval == "slide" and spec.default_eval != "slide":
-        raise ValueError(f"data.eval='slide' needs a dense task; {data.name!r} is evaluated on {spec.name!r}")
+    if data.eval in ("slide", "whole") and spec.default_eval != "slide":
+        raise ValueError(f"data.eval={data.eval!r} needs a dense task; {data.name!r} is evaluated on {spec.name!r}")
     return data.eval or spec.default_eval
 
 
-def eval_sizing(data: DataCfg) -> Sizing:
-    """How the test split is sized: ``short_side`` (native-resolution targets) under ``slide``."""
-    return "short_side" if eval_mode(data) == "slide" else "square"
+def eval_sizing(data: DataCfg) -> Literal["square", "short_side", "native"]:
+    """How the test split is sized: ``short_side`` (native-resolution targets) under ``slide``,
+    ``native`` images and targets under ``whole``, ``square`` under ``resize``."""
+    return {"slide": "short_side", "whole": "native", "resize": "square"}[eval_mode(data)]

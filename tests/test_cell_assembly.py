@@ -203,3 +203,18 @@ def test_a_one_batch_cell_runs_its_eps0_check_on_that_batch(make_cell_cfg, fitte
 def test_a_cell_given_a_head_checkpoint_fits_no_head(make_cell_cfg, fitted_head) -> None:
     metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification", attack={"steps": 1}))
     assert not [k for k in metrics if k.startswith("head/") or k == "time/head_seconds"]
+
+
+def test_classification_without_the_cascade_under_select_final_scores_the_final_iterate(make_cell_cfg, fitted_head,
+                                                                                        monkeypatch) -> None:
+    """As the poster's code: no success function reaches the engine, so a sample fooled only by an
+    earlier iterate counts as robust; the any-iterate score can only be lower."""
+    final_cfg = head_cfg(make_cell_cfg, fitted_head, "classification",
+                         attack={"select": "final", "stop_when_fooled": False, "eps": "2/255", "steps": 8})
+    spy = spy_engine(monkeypatch)
+    final = run_cell(final_cfg)
+    assert all(call["kwargs"]["success_fn"] is None for call in spy.attacks())
+    any_iterate = run_cell(head_cfg(make_cell_cfg, fitted_head, "classification",
+                                    attack={"select": "worst", "stop_when_fooled": False, "eps": "2/255", "steps": 8}))
+    assert final["adv/acc"] >= any_iterate["adv/acc"]
+    assert final["check/all_passed"] == 1.0

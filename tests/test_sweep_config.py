@@ -184,12 +184,19 @@ def test_the_poster_preset_expands_to_the_posters_protocol(capsys: pytest.Captur
     assert all(c.attack.steps == (100 if c.attack.name == "standard" else 20) for c in cells)
     assert all(c.attack.step_size == pytest.approx(2 / 255) for c in cells)
     assert all(c.attack.select == "final" and c.attack.norm == "linf" for c in cells)
+    assert all(c.attack.stop_when_fooled == (c.attack.name == "standard") for c in cells)  # the suite's cascade
     assert any(abs(c.attack.eps - 8 / 255) < 1e-9 for c in cells)
     sizes = {c.data.resolved_task: set() for c in cells}
     for c in cells:
         sizes[c.data.resolved_task].add(c.data.n_samples)
-    assert sizes == {"classification": {1000}, "segmentation": {None}, "depth": {None}}
-    assert {c.data.eval for c in cells} == {None}  # the task's default: sliding windows for dense tasks
+    assert sizes == {"classification": {1024}, "segmentation": {None}, "depth": {None}}
+    by_task = {task: {(c.data.eval, str(c.data.slide_stride), c.data.slide_average) for c in cells
+                      if c.data.resolved_task == task} for task in sizes}
+    assert by_task == {"classification": {(None, "None", "logits")},
+                       "segmentation": {(None, "{224: 100, 518: 341}", "probs")},  # slide, the seed's strides
+                       "depth": {("whole", "None", "logits")}}
+    assert {c.data.name for c in cells if c.data.voc_background == "exclude"} == {"voc2012"}
+    assert all(c.encoder.model_kwargs == {"dynamic_img_size": True} for c in cells)
     assert [e.deacl.experiment for e in sweep.encoders if e.deacl] == ["deacl"]
 
 

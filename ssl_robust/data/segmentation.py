@@ -7,7 +7,7 @@ ValueError naming the file instead of being wrapped or silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -21,6 +21,8 @@ from ssl_robust.config import DataCfg
 
 
 Pair = tuple[Path, Path]
+VocBackground = Literal["include", "exclude"]
+MapFactory = Callable[[DataCfg, TaskInfo], "LabelMap"]
 
 
 # Cityscapes labelIds -> the 19 train ids of the benchmark; every other id is ignored.
@@ -44,10 +46,19 @@ class LabelMap:
         return mapped
 
 
-def voc_label_map(ignore_index: int) -> LabelMap:
-    """VOC: 0 background .. 20 classes kept, 255 (object borders, difficult) ignored."""
+VOC_CLASSES = 21  # 0 background, 1..20 objects
+
+
+def voc_label_map(ignore_index: int, background: VocBackground = "include") -> LabelMap:
+    """VOC: 0 background .. 20 classes kept, 255 (object borders, difficult) ignored. With
+    ``background="exclude"`` background is ignored too and 1..20 shift down to 0..19 (a 20-class
+    head; the poster's seed code scores no background pixel)."""
     table = np.full(256, -1, dtype=np.int64)
-    table[:21] = np.arange(21)
+    if background == "exclude":
+        table[0] = ignore_index
+        table[1:VOC_CLASSES] = np.arange(VOC_CLASSES - 1)
+    else:
+        table[:VOC_CLASSES] = np.arange(VOC_CLASSES)
     table[255] = ignore_index
     return LabelMap(table, "voc2012")
 
@@ -160,19 +171,31 @@ def cityscapes_pairs(cfg_root: Path | None, official: str) -> list[Pair]:
     return require_pairs("cityscapes", root / folders[0], pairs)
 
 
-def _builder(find_pairs: Callable[[Path | None, str], list[Pair]],
-             make_map: Callable[[int], LabelMap], official: tuple[str, str]):
+def _builder(find_pairs: Callable[[Path | None, str], list[Pair]], make_map: MapFactory,
+             official: tuple[str, str]):
     """A ``DatasetSpec.build``: train/val carved from ``official[0]``, test = ``official[1]``."""
 
     def build(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int,
               sizing: Sizing = "square") -> Dataset:
         pairs = find_pairs(cfg.root, official[1] if split == "test" else official[0])
         chosen = [pairs[i] for i in pick_split(len(pairs), split, cfg.val_fraction)]
-        return PairedSegmentation(chosen, make_map(info.ignore_index), image_size, sizing)
+        return PairedSegmentation(chosen, make_map(cfg, info), image_size, sizing)
 
     return build
 
 
-LOADERS.register("voc2012")(_builder(voc_pairs, voc_label_map, ("train", "val")))
-LOADERS.register("ade20k")(_builder(ade_pairs, ade_label_map, ("training", "validation")))
-LOADERS.register("cityscapes")(_builder(cityscapes_pairs, cityscapes_label_map, ("train", "val")))
+def _voc_map(cfg: DataCfg, info: TaskInfo) -> LabelMap:
+    return voc_label_map(info.ignore_index, cfg.voc_background)
+
+
+def _ade_map(cfg: DataCfg, info: TaskInfo) -> LabelMap:
+    return ade_label_map(info.ignore_index)
+
+
+def _cityscapes_map(cfg: DataCfg, info: TaskInfo) -> LabelMap:
+    return cityscapes_label_map(info.ignore_index)
+
+
+LOADERS.register("voc2012")(_builder(voc_pairs, _voc_map, ("train", "val")))
+LOADERS.register("ade20k")(_builder(ade_pairs, _ade_map, ("training", "validation")))
+LOADERS.register("cityscapes")(_builder(cityscapes_pairs, _cityscapes_map, ("train", "val")))

@@ -60,6 +60,22 @@ def test_voc_root_may_point_inside_the_devkit(voc_data, inner):
     assert len(test) == len(written["val"])
 
 
+def test_voc_without_background_ignores_it_and_has_20_classes(voc_data):
+    root, written = voc_data
+    kept, info_kept = load_split(DataCfg(name="voc2012", root=root), "test", image_size=28)
+    test, info = load_split(DataCfg(name="voc2012", root=root, voc_background="exclude"), "test", image_size=28)
+    assert (info_kept.num_classes, info.num_classes, info.ignore_index) == (21, 20, 255)
+    for (_, mask), (_, mask_kept), raw in zip(test, kept, written["val"], strict=True):
+        resized_raw = mask_to_tensor(raw, 28)
+        assert torch.equal(mask == 255, (resized_raw == 0) | (resized_raw == 255))  # background and void
+        objects = (resized_raw > 0) & (resized_raw < 255)
+        assert torch.equal(mask[objects], resized_raw[objects] - 1)  # 1..20 -> 0..19
+        assert torch.equal(mask_kept, resized_raw)
+    train, _ = load_split(DataCfg(name="voc2012", root=root, voc_background="exclude"), "train", image_size=28)
+    for split in (test, train):  # the head never trains on background either; fixture values 0, 5, 20, 255
+        assert set(torch.cat([m.flatten() for _, m in split]).unique().tolist()) == {4, 19, 255}
+
+
 def test_ade_zero_is_ignored_and_labels_shift_down(ade20k_data):
     root, written = ade20k_data
     test, _ = load_split(DataCfg(name="ade20k", root=root), "test", image_size=28)
