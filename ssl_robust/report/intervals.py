@@ -3,8 +3,9 @@
 Accuracy: the Wilson score interval of k correct out of n. mIoU and RMSE: a percentile bootstrap
 over images (``RESAMPLES`` resamples with replacement, seeded by ``SEED``: the same resample
 weights for every cell of the same size), exact for mIoU because every resample sums the chosen
-images' per-class intersections and unions. Both at ``LEVEL``; tables print ``value ± half the
-interval's width`` and the CSV files carry both bounds.
+images' per-class intersections and unions. Both at ``LEVEL``; tables print ``value [lo, hi]``
+(the intervals are not symmetric: an accuracy of 0 has [0.00, 0.11]) and the CSV files carry both
+bounds.
 """
 from __future__ import annotations
 
@@ -107,9 +108,9 @@ def run_intervals(frame: pd.DataFrame, artifacts: dict[str, CellArtifacts]) -> p
 
 
 def text(value: float, lo: float = float("nan"), hi: float = float("nan"), digits: int = 2) -> str:
-    """``0.42 ± 0.03`` (half the interval's width), ``0.42`` without an interval, ``""`` for NaN."""
+    """``0.42 [0.39, 0.45]`` (the interval's bounds), ``0.42`` without an interval, ``""`` for NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if math.isnan(lo) or math.isnan(hi):
         return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} ± {(hi - lo) / 2:.{digits}f}"
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"

@@ -3,7 +3,7 @@ the robustness-vs-eps points, and the ``Table`` every output format (CSV, Markdo
 
 A ``Table``'s ``data`` is what its CSV holds. A scored column ``C`` may come with ``C lo`` and
 ``C hi`` (the interval's bounds) and ``C failed`` (the checks its cell failed, "" if none); the page
-and the Markdown fold them into ``C``'s cell (``0.42 ± 0.03``, red when a check failed).
+and the Markdown fold them into ``C``'s cell (``0.42 [0.39, 0.45]``, red when a check failed).
 """
 from __future__ import annotations
 

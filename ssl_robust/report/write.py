@@ -172,7 +172,7 @@ def _intro(frame: pd.DataFrame, ref: float, source: str) -> str:
              f"{len(frame)} attack runs; tables at ε = {ref * 255:.3g}/255, curves over ε × 255 ∈ {{{swept}}}. "
              f"Generated {time.strftime('%Y-%m-%d %H:%M')}."]
     out = pages.paragraph("".join(lines), "meta")
-    out += pages.paragraph(f"± is half the width of the {intervals.LEVEL:.0%} interval: Wilson for accuracy, a "
+    out += pages.paragraph(f"[lo, hi] is the {intervals.LEVEL:.0%} interval: Wilson for accuracy, a "
                            f"percentile bootstrap over images ({intervals.RESAMPLES} resamples, seed "
                            f"{intervals.SEED}) for mIoU and RMSE; the CSV files carry both bounds. ↑ / ↓ mark the "
                            "better direction; red cells (✗) failed a check, listed under Checks.", "meta")
