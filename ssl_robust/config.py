@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt,
+                      SerializerFunctionWrapHandler, ValidationError, ValidationInfo, field_validator, model_serializer,
+                      model_validator)
 
 from ssl_robust.aliases import ENCODERS, is_tagged
 from ssl_robust.attacks import ATTACKS, check_applies
@@ -91,6 +92,7 @@ class EncoderCfg(StrictModel):
     name: str = "dinov2_vits14"
     pretrained: bool | None = None  # None = the alias's default (hub weights where they exist)
     checkpoint: str | None = None  # path, file://, s3://bucket/key or runs:/<run_id>/<path>
+    checkpoint_key: str | None = None  # prefix of the encoder's keys in it (backbone.encoder.); None = found
     image_size: int | None = Field(default=None, gt=0)  # also the data's input size; None = the alias's
     layer: int | None = None  # block whose CLS and patch tokens the heads read; None = last (after final norm)
     mean: Triple | None = None  # None = the alias's (or timm's pretrained tag's)
@@ -123,6 +125,21 @@ class EncoderCfg(StrictModel):
             check_patch_multiple(self.image_size, patch, self.name)
         return self
 
+    @model_validator(mode="after")
+    def _key_needs_checkpoint(self) -> "EncoderCfg":
+        if self.checkpoint_key is not None and self.checkpoint is None and "name" in self.model_fields_set:
+            raise ValueError("encoder.checkpoint_key: set only with encoder.checkpoint (the prefix of the encoder's "
+                             "keys in that file)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_key(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An unset ``checkpoint_key`` is left out, so cell and fine-tune ids from before it stay."""
+        data = handler(self)
+        if self.checkpoint_key is None:
+            data.pop("checkpoint_key", None)
+        return data
+
 
 class DataCfg(StrictModel):
     """Which data set, where it lives, and how many images each split contributes."""
@@ -136,9 +153,13 @@ class DataCfg(StrictModel):
     n_samples: int | None = Field(default=64, gt=0)  # attacked test images (None = whole test split)
     val_fraction: float = Field(default=0.1, gt=0, lt=1)
     eigen_crop: bool = True  # NYUv2 evaluation crop
-    eval: Literal["resize", "slide"] | None = None  # test-split protocol; None = slide (dense), resize (classification)
-    slide_stride: int | None = Field(default=None, gt=0)  # sliding-window stride; None = round(2/3 of the window)
+    # test-split protocol; None = slide (dense), resize (classification); whole = native size, one pass
+    eval: Literal["resize", "slide", "whole"] | None = None
+    # sliding-window stride in px, or per window size ({224: 100, 518: 341}); None = round(2/3 of the window)
+    slide_stride: PositiveInt | dict[PositiveInt, PositiveInt] | None = None
+    slide_average: Literal["logits", "probs"] = "logits"  # what overlapping windows average (probs: segmentation)
     nyu_train: Literal["labelled", "sync"] = "labelled"  # NYUv2 train/val source: labelled .mat or raw sync frames
+    voc_background: Literal["include", "exclude"] = "include"  # VOC: 21 classes, or 20 with background ignored
 
     @field_validator("name")
     @classmethod
@@ -153,6 +174,28 @@ class DataCfg(StrictModel):
         if task is not None and name in DATASETS and task not in DATASETS.get(name).infos:
             raise ValueError(f"data set {name!r} has no task {task!r}; allowed: {sorted(DATASETS.get(name).infos)}")
         return task
+
+    @model_validator(mode="after")
+    def _switches_fit_data(self) -> "DataCfg":
+        if not self.model_fields_set & {"name", "task"}:  # a sweep's defaults: checked in each cell
+            return self
+        if self.slide_average == "probs" and self.resolved_task != "segmentation":
+            raise ValueError(f"data.slide_average='probs' needs a segmentation task (class probabilities to "
+                             f"average); {self.name!r} is evaluated on {self.resolved_task!r}, whose windows "
+                             f"average their outputs: use 'logits'")
+        if self.voc_background == "exclude" and self.name != "voc2012":
+            raise ValueError(f"data.voc_background applies to voc2012 only, not {self.name!r}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_default_switches(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``slide_average`` and ``voc_background`` at their defaults are left out, so cell and head
+        ids from before them stay."""
+        data = handler(self)
+        for name in ("slide_average", "voc_background"):
+            if getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name, None)
+        return data
 
     @property
     def resolved_task(self) -> str:
@@ -184,7 +227,9 @@ class AttackCfg(StrictModel):
     restarts: int = Field(default=1, ge=1, le=MAX_RESTARTS)
     random_start: bool = True
     stop_when_fooled: bool = True  # classification: stop attacking samples already fooled
-    select: Literal["final", "worst"] = "worst"  # dense tasks: each image's final or most damaging iterate
+    # dense tasks: each image's final or most damaging iterate; classification without the cascade
+    # (stop_when_fooled: false): final = each sample's final iterate, worst = any iterate that fooled it
+    select: Literal["final", "worst"] = "worst"
     layer: int | None = None  # EmbedAttack's target block; None = the last (after the final norm)
     optimizer: Literal["pgd", "apgd"] | None = None  # None = the attack's own (pgd; apgd for apgd_* and standard)
     targets: int = Field(default=9, ge=1, le=100)  # APGD-T: target classes, the top ones of the clean output
