@@ -1,5 +1,6 @@
-"""``ssl-robust run | sweep | deacl | deacl-sweep | search | report``: one cell offline, a sweep on
-Ray, a DeACL fine-tune, a DeACL sweep or search, or a sweep's report.
+"""``ssl-robust run | sweep | deacl | deacl-sweep | search | report | convert``: one cell offline, a
+sweep on Ray, a DeACL fine-tune, a DeACL sweep or search, a sweep's report, or a checkpoint's
+encoder as plain timm safetensors.
 
 The one argument parser of the project; ``sweeps/*.py`` are thin wrappers around it for
 ``ray submit``. URIs in a config (``s3://``, ``runs:/``) are resolved to local files here.
@@ -23,7 +24,7 @@ from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.data import preflight
 from ssl_robust.data.safe_pickle import DataFileError
 from ssl_robust.devices import resolve_device
-from ssl_robust.encoders import CheckpointError, check_encoder_name
+from ssl_robust.encoders import CheckpointError, check_encoder_name, convert_checkpoint
 from ssl_robust.finetune import run_deacl
 from ssl_robust.registry import UnknownNameError
 from ssl_robust.report import write_report
@@ -202,6 +203,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 1 if report.failed or report.front.empty else 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    if args.encoder:
+        check_encoder_name(args.encoder)
+    source = tracking.local_path(args.checkpoint, tracking_uri=args.tracking_uri)
+    prefix, count = convert_checkpoint(source, args.out, args.key, args.encoder)
+    how = "given" if args.key is not None else "found"
+    print(f"prefix {prefix!r} ({how}): {count} tensors written to {args.out}")
+    print(f"checked: it loads into {args.encoder}" if args.encoder
+          else "not checked against an encoder (--encoder NAME checks that it loads)")
+    return 0
+
+
+def _safetensors_path(value: str) -> Path:
+    if not value.endswith(".safetensors"):
+        raise argparse.ArgumentTypeError(f"{value!r}: the output must be a .safetensors file")
+    return Path(value).expanduser()
+
+
 def _tracking_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)")
@@ -304,6 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also plot the Pareto front of the DeACL search(es) in this experiment (repeatable)")
     _tracking_option(report)
     report.set_defaults(func=cmd_report)
+
+    convert = sub.add_parser("convert", help="write the encoder of a checkpoint (a Lightning .ckpt too) once as "
+                                             "plain timm safetensors")
+    convert.add_argument("checkpoint", metavar="CKPT", help="the checkpoint: a path, file://, s3://... or runs:/...")
+    convert.add_argument("out", metavar="OUT.safetensors", type=_safetensors_path, help="the file to write")
+    convert.add_argument("--key", default=None, metavar="PREFIX",
+                         help="prefix of the encoder's keys, e.g. backbone.encoder. (default: found)")
+    convert.add_argument("--encoder", default=None, metavar="NAME",
+                         help="alias or timm name: find the prefix from its keys and check that the file loads "
+                              "into it (default: found from ViT key names, not checked)")
+    _tracking_option(convert)
+    convert.set_defaults(func=cmd_convert)
     return parser
 
 
@@ -346,6 +377,8 @@ def prepare(args: argparse.Namespace) -> None:
         args.storage_path = str(Path(storage).expanduser().resolve())
     for key, value in tracking.fail_fast_env().items():  # MLflow's client gives up in ~30 s, not ~4 min
         os.environ.setdefault(key, value)
+    if args.command == "convert":  # reads one file; a URI fails with its own message
+        return
     tracking.preflight(args.tracking_uri, need_s3=False if args.command == "report" else None)
     if args.command == "report":
         _check_store(args)

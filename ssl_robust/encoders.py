@@ -1,33 +1,27 @@
 """timm-backed encoders that take images in [0, 1] and carry their own normalisation.
 
 ``create_encoder(cfg)`` resolves a short alias (``dinov2_vits14``, see ``aliases.py``) or any timm
-name, loads weights from the hub (``pretrained``) or from a local checkpoint file (safetensors or
-``torch.load(weights_only=True)``, original DINO/DINOv2 layouts included), and wraps the model so
-that attacks see a pixel-space function with the weights' own mean/std inside.
+name, loads weights from the hub (``pretrained``) or from a local checkpoint file (safetensors, a
+weights-only torch file or a PyTorch Lightning ``.ckpt``, read as data by ``checkpoints.py``;
+original DINO/DINOv2/DeACL layouts included), and wraps the model so that attacks see a pixel-space
+function with the weights' own mean/std inside. ``convert_checkpoint`` writes a checkpoint's
+encoder once as plain timm safetensors.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
 from ssl_robust.aliases import ENCODERS, EncoderSpec
+from ssl_robust.checkpoints import (VIT_KEYS, CheckpointError, backbone_tensors, read_checkpoint, save_tensors,
+                                    staged_safetensors)
 from ssl_robust.registry import UnknownNameError
 from ssl_robust.config import ConfigError, EncoderCfg, check_patch_multiple, patch_size_hint
-
-
-_STATE_DICT_KEYS = ("teacher", "student", "model", "state_dict", "module")
-_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: unreadable, not weights-only, or not this model's."""
 
 
 def _alias(name: str) -> EncoderSpec | None:
@@ -121,86 +115,70 @@ class Encoder(nn.Module):
         return self.embed(x)
 
 
-def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """Find the backbone's tensors in a DINO/DINOv2/timm/Lightning-style checkpoint."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint holds {type(obj).__name__}, not a state dict")
-    for key in _STATE_DICT_KEYS:  # the teacher first: DINO evaluates its teacher
-        if isinstance(obj.get(key), dict):
-            return _unwrap_state_dict(obj[key])
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+def load_backbone_weights(model: nn.Module, path: str | Path, key: str | None = None) -> str:
+    """Load a DINO/DINOv2/DeACL/timm checkpoint into a timm ViT, its tensors under prefix ``key``
+    (None: found from the model's key names); heads are dropped. Returns the prefix used."""
+    state, prefix = backbone_tensors(read_checkpoint(path), key, model.state_dict(), str(path))
+    _load_state(model, state, f"checkpoint {path} (keys under {prefix!r})")
+    return prefix
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``module.backbone.blocks.0...`` -> ``blocks.0...``; keys outside the backbone are dropped."""
-    for prefix in _PREFIXES:
-        if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return state
-
-
-def _load_reason(err: BaseException) -> str:
-    """The cause in torch's or safetensors' message, without torch's advice to drop ``weights_only``."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    kept = [line for line in lines if not any(word in line for word in ("weights_only", "Weights only", "torch.load"))]
-    return "; ".join(kept)[:300] or type(err).__name__
-
-
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a safetensors file or a weights-only torch checkpoint; CheckpointError otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        with torch.serialization.safe_globals([argparse.Namespace]):  # DINO saves its args alongside
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch and safetensors raise many types for a bad file
-        raise CheckpointError(
-            f"checkpoint {path}: not a safetensors file or a weights-only torch checkpoint "
-            f"({_load_reason(err)}); it is not loaded further. Use a .safetensors file, or re-save the "
-            "state dict of tensors from a copy you trust") from err
-    try:
-        return _unwrap_state_dict(state)
-    except ValueError as err:
-        raise CheckpointError(f"checkpoint {path}: {err}") from err
-
-
-def load_backbone_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a DINO/DINOv2/timm checkpoint into a timm ViT; classifier/projection heads are dropped."""
-    state = _strip_prefixes(read_checkpoint(path))
-    state = {k: v for k, v in state.items() if not k.startswith(("head.", "dino_head", "ibot_head"))}
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load timm-named tensors into the model; CheckpointError naming ``source`` unless they fit
+    exactly (a classifier head aside)."""
     state = checkpoint_filter_fn(state, model)
+    where = f"{source} does not fit {type(model).__name__}"
     expected = model.state_dict()
     wrong = [f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state.items()
              if k in expected and v.shape != expected[k].shape]
     if wrong:
-        raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: shapes differ: {wrong[:4]}")
+        raise CheckpointError(f"{where}: shapes differ: {wrong[:4]}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("head")]
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} does not fit {type(model).__name__}: "
-                         f"missing {missing[:8]}, unexpected {unexpected[:8]}")
+        raise CheckpointError(f"{where}: missing {missing[:8]}, unexpected {unexpected[:8]}")
 
 
-def create_encoder(cfg: EncoderCfg) -> Encoder:
-    """Build a frozen, eval-mode encoder from its config; ``checkpoint`` must be a local file."""
+def build_model(cfg: EncoderCfg, pretrained: bool | None = None) -> nn.Module:
+    """The timm model of an encoder config, without its checkpoint (hub weights if ``pretrained``,
+    None: the config's or alias's default)."""
     check_encoder_name(cfg.name)
     spec = _alias(cfg.name)
     kwargs: dict[str, Any] = {**(spec.model_kwargs if spec else {}), **cfg.model_kwargs,
                               "img_size": input_size(cfg)}
     _check_patches(cfg, kwargs["img_size"], patch_size_hint(cfg.name, kwargs))
-    pretrained = (cfg.pretrained if cfg.pretrained is not None else (spec.pretrained if spec else True))
-    model = timm.create_model(timm_name(cfg.name), pretrained=pretrained and cfg.checkpoint is None,
-                              num_classes=0, **kwargs)
+    if pretrained is None:
+        pretrained = cfg.pretrained if cfg.pretrained is not None else (spec.pretrained if spec else True)
+    model = timm.create_model(timm_name(cfg.name), pretrained=pretrained, num_classes=0, **kwargs)
     _check_patches(cfg, kwargs["img_size"], model.patch_embed.patch_size[0])
+    return model
+
+
+def create_encoder(cfg: EncoderCfg) -> Encoder:
+    """Build a frozen, eval-mode encoder from its config; ``checkpoint`` must be a local file."""
+    model = build_model(cfg, pretrained=False if cfg.checkpoint is not None else None)
     if cfg.checkpoint is not None:
-        load_backbone_weights(model, local_file(cfg.checkpoint))
+        load_backbone_weights(model, local_file(cfg.checkpoint), cfg.checkpoint_key)
     mean, std = input_contract(cfg)
     encoder = Encoder(model, mean, std, layer=cfg.layer)
     encoder.eval().requires_grad_(False)
     return encoder
+
+
+def convert_checkpoint(source: str | Path, out: str | Path, key: str | None = None,
+                       encoder: str | None = None) -> tuple[str, int]:
+    """Write the encoder of a checkpoint (a Lightning ``.ckpt`` too) once as plain timm safetensors;
+    with ``encoder`` (alias or timm name) the prefix is found from its keys and the written file is
+    loaded into it before it replaces ``out``. Returns (the prefix used, the tensors written)."""
+    model = build_model(EncoderCfg(name=encoder), pretrained=False) if encoder else None
+    reference = model.state_dict() if model is not None else VIT_KEYS
+    tensors, prefix = backbone_tensors(read_checkpoint(source), key, reference, str(source))
+    with staged_safetensors(Path(out)) as staged:
+        save_tensors(tensors, staged)
+        if model is not None:
+            where = f"checkpoint {source} (keys under {prefix!r}, {out} not written)"
+            _load_state(model, read_checkpoint(staged), where)
+    return prefix, len(tensors)
 
 
 def _check_patches(cfg: EncoderCfg, image_size: int, patch: int | None) -> None:

@@ -112,3 +112,44 @@ def test_through_ray_submit_the_exit_code_is_printed(monkeypatch: pytest.MonkeyP
     assert "to resume: ray submit infra/cluster.yaml" in err and "exit code 130" in err
     assert _sweep_exit(ok=False, signum=0) == 1 and "exit code 1" in capsys.readouterr().err
     assert _sweep_exit(ok=True, signum=0) == 0 and capsys.readouterr().err == ""
+
+
+class _TrainingConfig:
+    """A training script's config object in a Lightning checkpoint's hyper_parameters (not weights-only)."""
+
+    def __init__(self) -> None:
+        self.epochs = 100
+
+
+def test_convert_writes_the_encoder_of_a_lightning_checkpoint_as_safetensors(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    import torch
+
+    from ssl_robust.config import EncoderCfg
+    from ssl_robust.encoders import create_encoder
+
+    torch.manual_seed(1)
+    source = create_encoder(EncoderCfg(name="tiny_dino"))
+    state = {f"backbone.encoder.{k}": v for k, v in source.model.state_dict().items()}
+    ckpt, out = tmp_path / "deacl-ep=100.ckpt", tmp_path / "student.safetensors"
+    torch.save({"state_dict": state, "epoch": 99, "global_step": 100, "pytorch-lightning_version": "1.9.5",
+                "hyper_parameters": {"args": argparse.Namespace(lr=0.05), "cfg": _TrainingConfig()}}, ckpt)
+
+    assert main(["convert", str(ckpt), str(out), "--encoder", "tiny_dino"]) == 0
+    printed = capsys.readouterr().out
+    assert f"prefix 'backbone.encoder.' (found): {len(state)} tensors written to {out}" in printed
+    assert "checked: it loads into tiny_dino" in printed
+    loaded = create_encoder(EncoderCfg(name="tiny_dino", checkpoint=str(out)))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.features(x)[0], source.features(x)[0])
+        assert torch.equal(loaded.features(x)[1], source.features(x)[1])
+
+    assert main(["convert", str(ckpt), str(out), "--key", "backbone.encoder"]) == 0
+    assert "prefix 'backbone.encoder.' (given)" in capsys.readouterr().out
+    assert main(["convert", str(ckpt), str(out), "--key", "encoder."]) == 2
+    assert "'backbone.encoder.cls_token'" in capsys.readouterr().err
+    assert main(["convert", str(ckpt), str(tmp_path / "student.pt")]) == 2
+    assert "must be a .safetensors file" in capsys.readouterr().err

@@ -2,18 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import pathlib
 import pickle
+import re
+import subprocess
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import pytest
 import timm
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from ssl_robust.config import EncoderCfg
+from ssl_robust.config import CellCfg, EncoderCfg
 from ssl_robust.aliases import ENCODERS
-from ssl_robust.encoders import check_encoder_name, create_encoder, timm_name
+from ssl_robust.deacl_config import DeaclCfg
+from ssl_robust.encoders import (CheckpointError, build_model, check_encoder_name, convert_checkpoint, create_encoder,
+                                 load_backbone_weights, timm_name)
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -269,3 +278,210 @@ def test_checkpoint_with_arbitrary_pickled_object_is_refused(tiny_encoder_cfg, t
 def test_missing_checkpoint_file_raises(tiny_encoder_cfg, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         make_encoder(tiny_encoder_cfg, checkpoint=str(tmp_path / "nope.pth"))
+
+
+# ----------------------------------------------------------------------------- Lightning checkpoints (DeACL release)
+
+TINY_DINO = {"name": "tiny_dino"}
+PRE_CHECKPOINT_KEY_FIELDS = {"name", "pretrained", "checkpoint", "image_size", "layer", "mean", "std", "model_kwargs"}
+
+
+class RunConfig:
+    """A training script's own config object in ``hyper_parameters``: weights_only=True refuses it."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+
+def lightning_checkpoint(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
+                         prefix: str = "backbone.encoder.", teacher_prefix: str = "momentum_backbone.encoder.",
+                         **extra: Any) -> dict[str, Any]:
+    """What ``Trainer.save_checkpoint`` writes for the seed's DeACL module: the fine-tuned student
+    under ``prefix`` (``conf/ssl_model/dino_v1_vitb16_adv_ours.yaml``: ``encoder_name:
+    backbone.encoder``), its frozen teacher and a projection head beside it, and the trainer state."""
+    state = OrderedDict({**{prefix + k: v for k, v in student.items()},
+                         **{teacher_prefix + k: v for k, v in teacher.items()},
+                         "head.mlp.0.weight": torch.randn(64, 48), "head.mlp.0.bias": torch.randn(64)})
+    return {
+        "epoch": 99, "global_step": 31_200, "pytorch-lightning_version": "1.9.5",
+        "state_dict": state,
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 100, "completed": 99}}}},
+        "callbacks": {"ModelCheckpoint{'monitor': None, 'mode': 'min'}": {
+            "best_model_score": torch.tensor(0.25), "dirpath": pathlib.PurePosixPath("tmp/checkpoints")}},
+        "optimizer_states": [{"state": {0: {"momentum_buffer": torch.zeros(48)}},
+                              "param_groups": [{"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0, "params": [0]}]}],
+        "lr_schedulers": [{"base_lrs": [0.05], "last_epoch": 99, "_step_count": 100, "T_max": 100, "eta_min": 0}],
+        "hparams_name": "kwargs",
+        "hyper_parameters": {"args": argparse.Namespace(lr=0.05, eps=4 / 255, max_epochs=100),
+                             "model_cfg": RunConfig(name="dino_v1_vitb16_adv_ours", feature_dim=768)},
+        **extra,
+    }
+
+
+@pytest.fixture()
+def deacl_release(tmp_path: Path) -> dict[str, Any]:
+    """A DeACL-style Lightning ``.ckpt`` of tiny_dino weights, and the same student weights as safetensors."""
+    student = make_encoder(TINY_DINO, seed=1).model.state_dict()
+    teacher = make_encoder(TINY_DINO, seed=4).model.state_dict()
+    ckpt, plain = tmp_path / "deacl-ep=100.ckpt", tmp_path / "student.safetensors"
+    torch.save(lightning_checkpoint(student, teacher), ckpt)
+    save_file({k: v.contiguous() for k, v in student.items()}, str(plain))
+    return {"ckpt": ckpt, "plain": plain, "student": student, "teacher": teacher}
+
+
+def assert_identical_outputs(a, b, size: int = 32) -> None:
+    x = pixels(size=size)
+    with torch.no_grad():
+        (cls_a, tok_a), (cls_b, tok_b) = a.features(x), b.features(x)
+    assert torch.equal(cls_a, cls_b) and torch.equal(tok_a, tok_b)
+
+
+def test_lightning_checkpoint_is_not_weights_only(deacl_release) -> None:
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):
+            torch.load(deacl_release["ckpt"], map_location="cpu", weights_only=True)
+        unknown = torch.serialization.get_unsafe_globals_in_checkpoint(deacl_release["ckpt"])
+    assert f"{__name__}.RunConfig" in unknown
+
+
+def test_lightning_checkpoint_loads_with_outputs_identical_to_its_safetensors(deacl_release) -> None:
+    from_ckpt = make_encoder(TINY_DINO, seed=2, checkpoint=str(deacl_release["ckpt"]))
+    from_plain = make_encoder(TINY_DINO, seed=3, checkpoint=str(deacl_release["plain"]))
+    assert_identical_outputs(from_ckpt, from_plain)
+    assert_different_encoder_outputs(from_ckpt, make_encoder(TINY_DINO, seed=2), size=32)
+
+
+def test_lightning_checkpoint_loads_through_a_file_uri_resolved_at_the_edge(deacl_release) -> None:
+    from ssl_robust.tracking import localize
+
+    cfg = CellCfg(encoder={**TINY_DINO, "checkpoint": deacl_release["ckpt"].as_uri()})
+    local = localize(cfg).encoder
+    assert local.checkpoint == str(deacl_release["ckpt"])
+    assert_identical_outputs(create_encoder(local), make_encoder(TINY_DINO, checkpoint=str(deacl_release["plain"])))
+
+
+@pytest.mark.parametrize("prefix", ["backbone.encoder.", "backbone.", "model.", "student.", "module.backbone.", ""])
+def test_the_encoders_prefix_is_found(prefix: str, tmp_path: Path) -> None:
+    student = make_encoder(TINY_DINO, seed=1).model.state_dict()
+    teacher = make_encoder(TINY_DINO, seed=4).model.state_dict()
+    path = tmp_path / "last.ckpt"
+    checkpoint = lightning_checkpoint(student, teacher, prefix=prefix, teacher_prefix="momentum_" + prefix)
+    if not prefix:  # a flat state dict holds one model
+        checkpoint["state_dict"] = OrderedDict(student)
+    torch.save(checkpoint, path)
+    model = build_model(EncoderCfg(**TINY_DINO), pretrained=False)
+    assert load_backbone_weights(model, path) == prefix
+    assert all(torch.equal(v, student[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("key", ["backbone.encoder.", "backbone.encoder"])
+def test_an_explicit_checkpoint_key_selects_those_tensors(deacl_release, key: str) -> None:
+    student = make_encoder(TINY_DINO, seed=2, checkpoint=str(deacl_release["ckpt"]), checkpoint_key=key)
+    assert_identical_outputs(student, make_encoder(TINY_DINO, checkpoint=str(deacl_release["plain"])))
+    teacher = make_encoder(TINY_DINO, checkpoint=str(deacl_release["ckpt"]),
+                           checkpoint_key="momentum_backbone.encoder.")
+    assert all(torch.equal(v, deacl_release["teacher"][k]) for k, v in teacher.model.state_dict().items())
+
+
+def test_a_wrong_checkpoint_key_names_the_keys_found(deacl_release) -> None:
+    with pytest.raises(CheckpointError, match="checkpoint_key='encoder.'") as err:
+        make_encoder(TINY_DINO, checkpoint=str(deacl_release["ckpt"]), checkpoint_key="encoder.")
+    assert "'backbone.encoder." in str(err.value) and "leave it unset" in str(err.value)
+
+
+def test_a_state_dict_of_another_model_errors_naming_its_keys_and_the_prefixes_tried(tmp_path: Path) -> None:
+    resnet = {f"backbone.{k}": torch.zeros(2) for k in ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight")}
+    path = tmp_path / "resnet.ckpt"
+    torch.save(lightning_checkpoint({}, {}, **{"state_dict": OrderedDict(resnet)}), path)
+    with pytest.raises(CheckpointError, match="does not fit") as err:
+        make_encoder(TINY_DINO, checkpoint=str(path))
+    message = str(err.value)
+    assert "'backbone.conv1.weight'" in message and "tried ''" in message and "'backbone.'" in message
+    assert "encoder.checkpoint_key" in message
+
+
+def test_a_lightning_checkpoint_of_a_deeper_vit_errors_naming_the_prefix(tmp_path: Path) -> None:
+    deeper = make_encoder(TINY_DINO, model_kwargs={"depth": 3}).model.state_dict()
+    path = tmp_path / "deeper.ckpt"
+    torch.save(lightning_checkpoint(deeper, deeper), path)
+    with pytest.raises(CheckpointError, match=r"keys under 'backbone.encoder.'\) does not fit.*blocks\.2\."):
+        make_encoder(TINY_DINO, checkpoint=str(path))
+
+
+class Payload:
+    """Unpickling this creates ``marker`` by the named route: what a tampered checkpoint could do."""
+
+    def __init__(self, route: str, marker: Path) -> None:
+        self.route, self.marker = route, marker
+
+    def __reduce__(self):
+        return {
+            "os.system": (os.system, (f"touch {self.marker}",)),
+            "builtins.eval": (eval, (f"open({str(self.marker)!r}, 'w')",)),
+            "builtins.exec": (exec, (f"open({str(self.marker)!r}, 'w')",)),
+            "subprocess.call": (subprocess.call, (["touch", str(self.marker)],)),
+            "pathlib.Path.touch": (pathlib.Path.touch, (pathlib.Path(self.marker),)),
+        }[self.route]
+
+
+@pytest.mark.parametrize("route, refusal", [
+    ("os.system", "names posix.system"), ("builtins.eval", "names builtins.eval"),
+    ("builtins.exec", "names builtins.exec"), ("subprocess.call", "names commands.call"),
+    ("pathlib.Path.touch", "unrecognized function <inert builtins.getattr>"),  # a placeholder is never called
+])
+def test_a_malicious_lightning_checkpoint_runs_nothing(deacl_release, tmp_path: Path, route: str,
+                                                       refusal: str) -> None:
+    live = tmp_path / "live"
+    pickle.loads(pickle.dumps(Payload(route, live)))
+    assert live.exists(), "the payload must be one that runs when unpickled normally"
+    marker = tmp_path / "pwned"
+    checkpoint = lightning_checkpoint(deacl_release["student"], deacl_release["teacher"])
+    checkpoint["hyper_parameters"]["payload"] = Payload(route, marker)
+    path = tmp_path / "tampered.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=re.escape(refusal)):
+        make_encoder(TINY_DINO, checkpoint=str(path))
+    assert not marker.exists(), "the checkpoint's pickled code ran"
+
+
+@pytest.mark.parametrize("key, encoder", [(None, "tiny_dino"), (None, None), ("backbone.encoder.", None)])
+def test_convert_writes_plain_timm_weights_with_identical_outputs(deacl_release, tmp_path: Path, key: str | None,
+                                                                 encoder: str | None) -> None:
+    out = tmp_path / "converted.safetensors"
+    prefix, count = convert_checkpoint(deacl_release["ckpt"], out, key=key, encoder=encoder)
+    assert (prefix, count) == ("backbone.encoder.", len(deacl_release["student"]))
+    assert set(load_file(str(out))) == set(deacl_release["student"])
+    assert_identical_outputs(make_encoder(TINY_DINO, seed=2, checkpoint=str(out)),
+                             make_encoder(TINY_DINO, seed=3, checkpoint=str(deacl_release["plain"])))
+    assert list(tmp_path.glob(".*partial*")) == []
+
+
+def test_convert_checks_the_written_file_against_the_encoder_and_writes_nothing_on_failure(deacl_release,
+                                                                                         tmp_path: Path) -> None:
+    out = tmp_path / "converted.safetensors"
+    with pytest.raises(CheckpointError, match="does not fit"):
+        convert_checkpoint(deacl_release["ckpt"], out, encoder="tiny_dinov2")
+    assert not out.exists() and list(tmp_path.glob(".*partial*")) == []
+
+
+def test_an_unset_checkpoint_key_leaves_cell_and_fine_tune_ids_as_they_were(tiny_cell_cfg) -> None:
+    cell = CellCfg.model_validate(tiny_cell_cfg)
+    identity = cell.identity()
+    assert set(identity["encoder"]) == PRE_CHECKPOINT_KEY_FIELDS
+    with_field = {**identity, "encoder": {**identity["encoder"], "checkpoint_key": None}}
+    without_field = {**with_field, "encoder": {k: v for k, v in with_field["encoder"].items() if k != "checkpoint_key"}}
+    assert cell.cell_id == hashlib.sha256(json.dumps(without_field, sort_keys=True).encode()).hexdigest()[:16]
+    assert cell.cell_id != hashlib.sha256(json.dumps(with_field, sort_keys=True).encode()).hexdigest()[:16]
+    assert set(DeaclCfg().model_dump(mode="json")["encoder"]) == PRE_CHECKPOINT_KEY_FIELDS
+
+
+def test_a_checkpoint_key_is_part_of_the_encoders_identity(tiny_cell_cfg) -> None:
+    def cell_id(**encoder: Any) -> str:
+        return CellCfg.model_validate({**tiny_cell_cfg, "encoder": {**tiny_cell_cfg["encoder"], **encoder}}).cell_id
+
+    ids = {cell_id(checkpoint="x.ckpt"), cell_id(checkpoint="x.ckpt", checkpoint_key=""),
+           cell_id(checkpoint="x.ckpt", checkpoint_key="backbone."),
+           cell_id(checkpoint="x.ckpt", checkpoint_key="backbone.encoder.")}
+    assert len(ids) == 4
+    with pytest.raises(ValueError, match="checkpoint_key: set only with encoder.checkpoint"):
+        EncoderCfg(name="tiny_dino", checkpoint_key="backbone.")
