@@ -256,3 +256,15 @@ def test_a_sweeps_description_becomes_its_experiments_description(tmp_path: Path
     tracking.ensure_experiment("described", uri, "a new description")
     assert MlflowClient(uri).get_experiment(exp_id).tags["mlflow.note.content"] == "a new description"
     assert "mlflow.note.content" not in MlflowClient(uri).get_experiment(tracking.ensure_experiment("plain", uri)).tags
+
+
+def test_a_students_encoder_drops_the_teachers_checkpoint_key() -> None:
+    """The teacher may be a Lightning checkpoint read under a prefix; a student's file is plain timm weights."""
+    from types import SimpleNamespace
+
+    teacher = {"name": "dino_vitb16", "checkpoint": "/ckpt/deacl.ckpt", "checkpoint_key": "backbone.encoder."}
+    run = SimpleNamespace(data=SimpleNamespace(params={"encoder_config": yaml.safe_dump(teacher)}),
+                          info=SimpleNamespace(run_id="abc"))
+    assert tracking.student_encoder(run, 0) == teacher
+    student = tracking.student_encoder(run, 25)
+    assert "checkpoint_key" not in student and student["checkpoint"].startswith("runs:/abc/")

@@ -45,10 +45,12 @@ def deacl_runs(experiment: str, tracking_uri: str | None = None, status: str | N
 
 
 def student_encoder(run: Any, epoch: int) -> dict[str, Any]:
-    """The encoder config (a dict) of a DeACL run's student at ``epoch``; epoch 0 is the teacher."""
+    """The encoder config (a dict) of a DeACL run's student at ``epoch``; epoch 0 is the teacher. A
+    student's checkpoint holds plain timm weights: the teacher's ``checkpoint_key`` does not apply."""
     encoder = yaml.safe_load(run.data.params.get("encoder_config", "{}")) or {}
     if epoch > 0:
         encoder["checkpoint"] = f"runs:/{run.info.run_id}/{checkpoint_artifact(epoch)}"
+        encoder.pop("checkpoint_key", None)
     return encoder
 
 
