@@ -10,6 +10,7 @@ code 2, before anything is written; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import shlex
 import sys
@@ -19,7 +20,7 @@ import yaml
 
 from ssl_robust import cost, tracking
 from ssl_robust.cell import run_cell
-from ssl_robust.config import CellCfg, ConfigError, load_config, parse_budget
+from ssl_robust.config import CellCfg, ConfigError, check_config_kind, load_config, parse_budget
 from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.data import preflight
 from ssl_robust.data.safe_pickle import DataFileError
@@ -72,13 +73,22 @@ def _write_report(experiment: str, tracking_uri: str | None, out_dir: Path, eps:
     if cell_ids is not None:
         rows = [row for row in rows if row.get("cell_id") in cell_ids]
     if not rows:
-        print(f"no finished cells in experiment {experiment!r}" + (" among the sweep's" if cell_ids else ""),
-              file=sys.stderr)
+        print(f"no finished cells in experiment {experiment!r}" + (" among the sweep's" if cell_ids else "")
+              + ("" if cell_ids is not None else _other_experiments(experiment, tracking_uri)), file=sys.stderr)
         return 2
     inputs = report_inputs(experiment, tracking_uri, rows, searches)
     page = write_report(rows, out_dir, eps=eps, title=f"ssl_robust: {experiment}", **inputs)
     print(f"report ({len(rows)} cells): {page}", file=sys.stderr)
     return 0
+
+
+def _other_experiments(experiment: str, tracking_uri: str | None) -> str:
+    """``; did you mean ...? experiments here: ...`` for a report of an experiment without cells."""
+    names = [name for name in tracking.experiment_names(tracking_uri) if name != experiment]
+    if not names:
+        return "; the tracking store has no other experiment"
+    near = difflib.get_close_matches(experiment, names, n=3, cutoff=0.6)
+    return (f"; did you mean {' or '.join(map(repr, near))}?" if near else "") + f" experiments here: {', '.join(names)}"
 
 
 def _sweep_file_and_overrides(args: argparse.Namespace, default: str = "sweeps/full_benchmark.yaml"
@@ -342,9 +352,9 @@ USER_ERRORS = (ConfigError, UnknownNameError, FileNotFoundError, DataFileError, 
                UsageError, tracking.PreflightError)
 
 
-def check_config_file(path: Path) -> None:
-    """ConfigError for a YAML file that is empty or does not parse (naming its line); a missing file
-    is left to the reader."""
+def check_config_file(path: Path, command: str | None = None) -> None:
+    """ConfigError for a YAML file that is empty or does not parse (naming its line), or that is
+    another command's config (naming that command); a missing file is left to the reader."""
     if not path.is_file():
         return
     try:
@@ -359,6 +369,8 @@ def check_config_file(path: Path) -> None:
         raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
     if data is None:
         raise ConfigError(f"{path} is empty")
+    if command is not None and isinstance(data, dict):
+        check_config_kind(data, command, path)
 
 
 def _check_store(args: argparse.Namespace) -> None:
@@ -387,7 +399,7 @@ def prepare(args: argparse.Namespace) -> None:
         path, overrides = config_path(args.config), args.overrides
     else:
         path, overrides = _sweep_file_and_overrides(args, args.default_config)
-    check_config_file(path)
+    check_config_file(path, args.command)
     if args.command == "run":
         resolve_device(load_config(CellCfg, path, overrides).device)
     elif args.command == "deacl":

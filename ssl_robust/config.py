@@ -411,6 +411,26 @@ def read_config(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: {err}") from err
 
 
+# What each command reads, told apart by top-level keys only that kind has (checked in this order).
+CONFIG_KINDS = (("search", {"space", "n_trials"}), ("deacl-sweep", {"grid", "benchmark"}),
+                ("sweep", {"encoders", "datasets", "attacks"}), ("deacl", {"gamma", "probe", "dense_weight"}),
+                ("run", {"attack", "head", "batch_size"}))
+
+
+def config_kind(data: dict[str, Any]) -> str | None:
+    """The command a config's mapping belongs to (``run``, ``sweep``, ``deacl``, ``deacl-sweep``,
+    ``search``), from its top-level keys; None if none fits."""
+    return next((command for command, keys in CONFIG_KINDS if keys & set(data)), None)
+
+
+def check_config_kind(data: dict[str, Any], command: str, path: str | Path) -> None:
+    """ConfigError naming the right command when a config of another kind is given to ``command``."""
+    kind = config_kind(data)
+    if kind is not None and kind != command:
+        raise ConfigError(f"{path}: a {kind} config (it has {sorted(dict(CONFIG_KINDS)[kind] & set(data))}), not a "
+                          f"{command} config; run it with `ssl-robust {kind} {path}`")
+
+
 def load_config(model: type[M], path: str | Path, overrides: list[str] = ()) -> M:
     """Read a YAML file, apply ``key=value`` overrides and validate it as ``model``."""
     return validate(model, read_config(path, overrides), str(path))

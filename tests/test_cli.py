@@ -153,3 +153,15 @@ def test_convert_writes_the_encoder_of_a_lightning_checkpoint_as_safetensors(tmp
     assert "'backbone.encoder.cls_token'" in capsys.readouterr().err
     assert main(["convert", str(ckpt), str(tmp_path / "student.pt")]) == 2
     assert "must be a .safetensors file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, config, belongs", [
+    ("run", "sweeps/quickstart.yaml", "sweep"), ("sweep", "configs/tiny.yaml", "run"),
+    ("run", "configs/deacl_tiny.yaml", "deacl"), ("sweep", "sweeps/deacl_quickstart.yaml", "deacl-sweep"),
+    ("deacl-sweep", "sweeps/deacl_search_quickstart.yaml", "search"),
+])
+def test_a_config_given_to_the_wrong_command_names_the_right_one(command: str, config: str, belongs: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, str(REPO_ROOT / config)]) == 2
+    err = capsys.readouterr().err
+    assert f"run it with `ssl-robust {belongs} " in err and err.count("\n") <= 2

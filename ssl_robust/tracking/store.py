@@ -158,3 +158,9 @@ def search_runs(client: MlflowClient, experiment_id: str, filter_string: str) ->
         token = page.token
         if not token:
             return
+
+
+def experiment_names(tracking_uri: str | None = None) -> list[str]:
+    """The names of the store's active experiments, sorted (not MLflow's own ``Default``)."""
+    client = MlflowClient(absolute_tracking_uri(tracking_uri))
+    return sorted(exp.name for exp in client.search_experiments() if exp.experiment_id != "0")

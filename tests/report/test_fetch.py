@@ -73,6 +73,16 @@ def test_report_of_an_empty_experiment_says_so(tmp_path: Path) -> None:
     assert main(["report", "empty", "--out", str(tmp_path / "out"), "--tracking-uri", uri]) == 2
 
 
+def test_a_report_of_a_misspelt_experiment_suggests_the_near_names(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for name in ("quickstart", "deacl_quickstart", "poster"):
+        tracking.ensure_experiment(name, uri)
+    assert main(["report", "quickstartt", "--out", str(tmp_path / "out"), "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'quickstart'" in err and "experiments here: deacl_quickstart, poster, quickstart" in err
+
+
 def test_cells_without_results_still_render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
