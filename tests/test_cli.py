@@ -165,3 +165,16 @@ def test_a_config_given_to_the_wrong_command_names_the_right_one(command: str, c
     assert main([command, str(REPO_ROOT / config)]) == 2
     err = capsys.readouterr().err
     assert f"run it with `ssl-robust {belongs} " in err and err.count("\n") <= 2
+
+
+def test_list_prints_one_line_per_name_configs_accept(capsys: pytest.CaptureFixture[str]) -> None:
+    from ssl_robust.attacks import ATTACKS
+    from ssl_robust.data.catalog import DATASETS
+
+    assert main(["list", "attacks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ATTACKS.names()
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{section}:" in out for section in ("encoders", "datasets", "attacks", "tasks"))
+    assert all(f"  {name} " in out for name in DATASETS.names())
