@@ -37,6 +37,7 @@ from ssl_robust.search_config import describe_space, load_search
 from ssl_robust.tasks import TASKS
 from ssl_robust.sweep_config import DeaclSweepCfg, deacl_configs, expand, read_sweep, resolve_encoders
 from ssl_robust.tracking.artifacts import ArtifactError
+from ssl_robust.tracking.preflight import redact
 from ssl_robust.tracking.deacl import checkpoint_artifact
 from ssl_robust.tune.search import masked, run_search
 from ssl_robust.tune import deacl_sweep, grid
@@ -134,7 +135,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"summary{' and report' if written else ''} tracked as MLflow run {run_id} "
               f"(artifacts {tracking.SUMMARY_ARTIFACT}{', ' + tracking.REPORT_ARTIFACT + '/' if written else ''})",
               file=sys.stderr)
+    print("\n".join(where_it_went(out_dir if written else None, tracking.absolute_tracking_uri(args.tracking_uri),
+                                   (args.storage_path or "~/ray_results") if report.ran else None)), file=sys.stderr)
     return _sweep_exit(report.ok, report.interrupted)
+
+
+def where_it_went(report_dir: Path | None, tracking_uri: str, storage_path: str | None) -> list[str]:
+    """Where a sweep's results are, each with the command that opens it (credentials masked)."""
+    tracking_uri = redact(tracking_uri)
+    lines = [f"report:      {report_dir.resolve() / 'index.html'}  (open it in a browser)"] if report_dir else []
+    ui = (f"mlflow ui --backend-store-uri {tracking_uri} --port 5000" if tracking_uri.startswith("sqlite:")
+          else f"open {tracking_uri}")
+    lines.append(f"tracking:    {tracking_uri}  ({ui})")
+    if storage_path is not None:
+        lines.append(f"Ray results: {storage_path}  (tensorboard --logdir {storage_path})")
+    return lines
 
 
 def resume_command() -> str:

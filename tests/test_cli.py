@@ -178,3 +178,14 @@ def test_list_prints_one_line_per_name_configs_accept(capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert all(f"{section}:" in out for section in ("encoders", "datasets", "attacks", "tasks"))
     assert all(f"  {name} " in out for name in DATASETS.names())
+
+
+def test_a_sweep_ends_saying_where_each_result_is_and_how_to_open_it(tmp_path: Path) -> None:
+    from ssl_robust.cli import where_it_went
+
+    lines = where_it_went(tmp_path / "report", "sqlite:////data/mlflow.db", "/runs/ray")
+    assert lines[0].startswith(f"report:      {tmp_path / 'report' / 'index.html'}")
+    assert "mlflow ui --backend-store-uri sqlite:////data/mlflow.db" in lines[1]
+    assert lines[2] == "Ray results: /runs/ray  (tensorboard --logdir /runs/ray)"
+    server = where_it_went(None, "http://user:s3cret@mlflow.internal:5000", None)
+    assert len(server) == 1 and "s3cret" not in server[0] and "mlflow.internal:5000" in server[0]
