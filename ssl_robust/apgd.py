@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from ssl_robust.pgd import (AttackResult, DamageFn, Forward, ObjectiveFn, SuccessFn, _Best, _per_sample_norm,
-                            _sum_per_step, _unmovable, project, random_delta, record)
+                            _sum_per_step, _unmovable, check_settings, project, record, restart)
 
 FIRST_CHECKPOINT, CHECKPOINT_SHRINK, MIN_INTERVAL = 0.22, 0.03, 0.06  # fractions of the steps
 MOMENTUM = 0.75
@@ -66,10 +66,7 @@ def apgd(
     damage_fn: DamageFn | None = None,
 ) -> AttackResult:
     """Maximise ``objective(forward(x + delta), target)`` per sample within the eps-ball with APGD."""
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    if eps < 0 or steps < 0 or restarts < 1:
-        raise ValueError(f"need eps >= 0, steps >= 0, restarts >= 1; got {eps}, {steps}, {restarts}")
+    check_settings(eps, steps, restarts, norm)
     x = x.detach()
     n, device = x.shape[0], x.device
     cascade = stop_when_fooled and success_fn is not None
@@ -85,15 +82,10 @@ def apgd(
     shrink, min_interval = max(int(CHECKPOINT_SHRINK * steps), 1), max(int(MIN_INTERVAL * steps), 1)
 
     for _ in range(restarts):
-        active = torch.arange(n, device=device)
-        if cascade:
-            active = active[~best.fooled]
-        if active.numel() == 0:
+        start = restart(best, x, target, cascade, eps, norm, random_start, generator)
+        if start is None:
             break
-        idx = None if active.numel() == n else active
-        x_act, target_act = (x, target) if idx is None else (x[idx], target[idx])
-        delta = random_delta(x, eps, norm, generator) if random_start and eps > 0 else torch.zeros_like(x)
-        delta = delta if idx is None else delta[idx]
+        active, idx, x_act, target_act, delta = start
         state: _State | None = None
         interval, since_check = first_interval, 0
         for i in range(steps + 1):

@@ -92,10 +92,7 @@ def pgd(
     across steps, e.g. minus the pixel accuracy), each sample's most damaging iterate over all steps
     and restarts is returned, not the final one: the outputs are computed anyway.
     """
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
-    if eps < 0 or steps < 0 or restarts < 1:
-        raise ValueError(f"need eps >= 0, steps >= 0, restarts >= 1; got {eps}, {steps}, {restarts}")
+    check_settings(eps, steps, restarts, norm)
     x = x.detach()
     n, device = x.shape[0], x.device
     cascade = stop_when_fooled and success_fn is not None
@@ -109,15 +106,10 @@ def pgd(
     step_count = [0] * steps
 
     for _ in range(restarts):
-        active = torch.arange(n, device=device)
-        if cascade:
-            active = active[~best.fooled]
-        if active.numel() == 0:
+        start = restart(best, x, target, cascade, eps, norm, random_start, generator)
+        if start is None:
             break
-        idx = None if active.numel() == n else active  # None: the whole batch, no gathers
-        x_act, target_act = (x, target) if idx is None else (x[idx], target[idx])
-        delta = random_delta(x, eps, norm, generator) if random_start and eps > 0 else torch.zeros_like(x)
-        delta = delta if idx is None else delta[idx]
+        active, idx, x_act, target_act, delta = start
         for step in range(1, steps + 1):
             delta.requires_grad_(True)
             x_now = x_act + delta
@@ -172,6 +164,33 @@ def _unmovable(grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor,
     fooled needs no gradient; one that is still robust cannot be moved: masking)."""
     zero = grad.flatten(1).abs().sum(dim=1) == 0
     return zero if success_fn is None else zero & ~success_fn(output.detach(), target)
+
+
+def check_settings(eps: float, steps: int, restarts: int, norm: str) -> None:
+    """ValueError for settings no attack can run with."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if eps < 0 or steps < 0 or restarts < 1:
+        raise ValueError(f"need eps >= 0, steps >= 0, restarts >= 1; got {eps}, {steps}, {restarts}")
+
+
+Start = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def restart(best: "_Best", x: torch.Tensor, target: torch.Tensor, cascade: bool, eps: float, norm: str,
+            random_start: bool, generator: torch.Generator) -> Start | None:
+    """One restart's samples (the still-robust ones under the cascade; None when there are none):
+    their indices, the gather index (None = the whole batch, no gathers), inputs, targets and start."""
+    n = x.shape[0]
+    active = torch.arange(n, device=x.device)
+    if cascade:
+        active = active[~best.fooled]
+    if active.numel() == 0:
+        return None
+    idx = None if active.numel() == n else active
+    x_act, target_act = (x, target) if idx is None else (x[idx], target[idx])
+    delta = random_delta(x, eps, norm, generator) if random_start and eps > 0 else torch.zeros_like(x)
+    return active, idx, x_act, target_act, delta if idx is None else delta[idx]
 
 
 def record(best: "_Best", success_fn: SuccessFn | None, damage_fn: DamageFn | None, target: torch.Tensor,

@@ -1,5 +1,5 @@
 """Plain helpers shared by tests: the repository root, deep merge, tiny sweep configs, free ports,
-dead pids, and a spy that stands in for the attack engine a cell calls."""
+dead pids, a spy that stands in for the attack engine a cell calls, and a linear model on small images."""
 from __future__ import annotations
 
 import copy
@@ -12,10 +12,13 @@ from typing import Any, Callable
 
 import torch
 import yaml
+from torch import nn
 
 from ssl_robust.pgd import AttackResult, pgd
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (3, 4, 4)  # small "images": 48 pixels
+DIM = 3 * 4 * 4
 TINY_ENCODER = "tiny_dinov2"  # the random-init test encoder of configs/tiny.yaml (ssl_robust/aliases.py)
 TINY_IMAGE_SIZE = 28
 TASK_ATTACKS = {"classification": "pgd", "segmentation": "segpgd", "depth": "depthpgd"}
@@ -106,3 +109,21 @@ class EngineSpy:
     def attacks(self) -> list[dict[str, Any]]:
         """The calls that attack at the cell's budget (not the eps = 0 check)."""
         return [c for c in self.calls if c["eps"] > 0]
+
+
+class LinearModel(nn.Module):
+    """Logits W x + b on the flattened image; its parameters require grad on purpose."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.clone())
+        self.bias = nn.Parameter(bias.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.weight.T + self.bias
+
+
+def linear_model(num_classes: int, seed: int = 0) -> LinearModel:
+    """A seeded random ``LinearModel`` on ``SHAPE`` images."""
+    gen = torch.Generator().manual_seed(seed)
+    return LinearModel(torch.randn(num_classes, DIM, generator=gen), 0.1 * torch.randn(num_classes, generator=gen))

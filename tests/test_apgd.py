@@ -11,29 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import ssl_robust.apgd as apgd_module
+import ssl_robust.pgd as pgd_module
 from ssl_robust.apgd import apgd
 from ssl_robust.objectives import cross_entropy, dlr
 from ssl_robust.pgd import pgd, random_delta
+from tests.helpers import DIM, SHAPE, linear_model
 
-SHAPE = (3, 4, 4)  # small "images": 48 pixels
-DIM = 3 * 4 * 4
-
-
-class LinearModel(nn.Module):
-    """Logits W x + b on the flattened image."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight.clone())
-        self.bias = nn.Parameter(bias.clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.weight.T + self.bias
-
-
-def linear_model(num_classes: int, seed: int = 0) -> LinearModel:
-    gen = torch.Generator().manual_seed(seed)
-    return LinearModel(torch.randn(num_classes, DIM, generator=gen), 0.1 * torch.randn(num_classes, generator=gen))
 
 
 class Centred(nn.Module):
@@ -361,7 +344,7 @@ def test_from_torchattacks_start_apgd_fools_exactly_the_samples_torchattacks_foo
     paper does; it does not change the outcome here.)"""
     model, x, y = small_classifier()
     eps, steps = 8 / 255, 10
-    monkeypatch.setattr(apgd_module, "random_delta", _torchattacks_start)
+    monkeypatch.setattr(pgd_module, "random_delta", _torchattacks_start)  # the start both engines draw
     ours = apgd(model, objective, x, y, eps=eps, steps=steps, success_fn=misclassified)
     theirs = _torchattacks_fooled(model, x, y, loss, eps, steps)
     assert torch.equal(ours.success, theirs)

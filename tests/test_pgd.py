@@ -10,26 +10,8 @@ from torch import nn
 
 from ssl_robust.objectives import cross_entropy, segpgd
 from ssl_robust.pgd import pgd
+from tests.helpers import SHAPE, linear_model
 
-SHAPE = (3, 4, 4)  # small "images": 48 pixels
-DIM = 3 * 4 * 4
-
-
-class LinearModel(nn.Module):
-    """Logits W x + b on the flattened image; its parameters require grad on purpose."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(weight.clone())
-        self.bias = nn.Parameter(bias.clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.weight.T + self.bias
-
-
-def linear_model(num_classes: int, seed: int = 0) -> LinearModel:
-    gen = torch.Generator().manual_seed(seed)
-    return LinearModel(torch.randn(num_classes, DIM, generator=gen), 0.1 * torch.randn(num_classes, generator=gen))
 
 
 def images(n: int, low: float = 0.0, high: float = 1.0, seed: int = 1) -> torch.Tensor:
