@@ -242,8 +242,15 @@ def cmd_deacl_sweep(args: argparse.Namespace) -> int:
     print(f"deacl sweep {sweep.name}: {len(configs)} fine-tunes x epochs {sweep.benchmark.epochs}", file=sys.stderr)
     if args.dry_run:
         for cfg in configs:
-            print(cfg.deacl_id, cfg.encoder.name, f"gamma={cfg.gamma}", f"dense_weight={cfg.dense_weight}",
-                  f"eps={cfg.attack.eps * 255:.3g}/255", f"lr={cfg.lr}", f"epochs={cfg.epochs}")
+            print(cfg.deacl_id, cfg.encoder.name, cfg.data.name, f"gamma={cfg.gamma}",
+                  f"dense_weight={cfg.dense_weight}", f"eps={cfg.attack.eps * 255:.3g}/255",
+                  f"attack_steps={cfg.attack.steps}",
+                  f"step_size={cfg.attack.step_size * 255:.3g}/255", f"{cfg.optimizer} lr={cfg.lr}",
+                  f"momentum={cfg.momentum}", f"weight_decay={cfg.weight_decay}",
+                  f"batch={cfg.batch_size}x{cfg.grad_accum}",
+                  f"warmup={cfg.warmup_epochs:g} from {cfg.warmup_start_lr} per {cfg.warmup_unit}",
+                  f"augment={cfg.augment}", f"precision={cfg.precision}", f"val_fraction={cfg.val_fraction}",
+                  f"epochs={cfg.epochs}")
         return 0
     report = deacl_sweep.run_deacl_sweep(sweep, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
                                          args.resource_timeout)

@@ -189,3 +189,12 @@ def test_a_sweep_ends_saying_where_each_result_is_and_how_to_open_it(tmp_path: P
     assert lines[2] == "Ray results: /runs/ray  (tensorboard --logdir /runs/ray)"
     server = where_it_went(None, "http://user:s3cret@mlflow.internal:5000", None)
     assert len(server) == 1 and "s3cret" not in server[0] and "mlflow.internal:5000" in server[0]
+
+
+def test_the_deacl_poster_dry_run_lists_the_posters_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["deacl-sweep", str(REPO_ROOT / "sweeps" / "deacl_poster.yaml"), "--dry-run"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    for setting in ("dino_vitb16 imagenet", "eps=4/255", "sgd lr=0.05", "momentum=0.0", "weight_decay=0.0",
+                    "batch=128x4", "warmup=10 from 0.003 per epoch", "augment=seed", "precision=fp16",
+                    "val_fraction=0.0", "epochs=101"):
+        assert setting in line, setting
