@@ -304,12 +304,12 @@ class Tally:
             self.attacked += n
 
 
-def _rescored(cfg: CellCfg, view: Views, setup: AttackSetup, task: TaskSpec, tally: Tally, result: AttackResult,
-              y: torch.Tensor, i: int) -> torch.Tensor:
-    """The attacked output: the engine's (task attacks), rescored on the first batch to check that
-    the attack's successes are the scored model's; EmbedAttack's is scored here."""
+def _rescored(view: Views, setup: AttackSetup, task: TaskSpec, tally: Tally, result: AttackResult,
+              y: torch.Tensor, check: bool) -> torch.Tensor:
+    """The attacked output: the engine's (task attacks), rescored when ``check`` (the first batch)
+    to check that the attack's successes are the scored model's; EmbedAttack's is scored here."""
     adv_out = None if setup.on_embedding else result.output
-    if adv_out is None or (i == 0 and result.success is not None):
+    if adv_out is None or (check and result.success is not None):
         with torch.no_grad():
             rescored = view.scored(result.x_adv)
         if result.success is not None:
@@ -329,8 +329,8 @@ def _suite_batch(cfg: CellCfg, view: Views, setup: AttackSetup, task: TaskSpec, 
     else:
         results = suite.dense(setup.forward, x, y, plan, setup.damage)
     for member, result in zip(plan, results):
-        tally.members.setdefault(member.name, task.scores(info)).add(_rescored(cfg, view, setup, task, tally, result,
-                                                                               y, i + 1), y)
+        tally.members.setdefault(member.name, task.scores(info)).add(
+            _rescored(view, setup, task, tally, result, y, check=False), y)  # the scored result is checked below
     return results
 
 
@@ -362,7 +362,7 @@ def _attack_batch(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo
             results = [_attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=cfg.attack.gradient_steps,
                                seed=cfg.seed + i)]
             result = results[0]
-        adv_out = _rescored(cfg, view, setup, task, tally, result, y, i)
+        adv_out = _rescored(view, setup, task, tally, result, y, check=i == 0)
         tally.add_zero_grad(results[-1:] if task.fooled is not None else results, len(x))
     if not is_suite or task.fooled is not None or not cfg.attack.moves_input:
         tally.adv.add(adv_out, y)
