@@ -66,14 +66,18 @@ class Cli:
         return self.output()
 
 
-def finished_attacks(database: Path) -> int:
-    """FINISHED attack runs, read with sqlite3 (an MLflow client could race the sweep's schema setup)."""
+def finished_attacks(database: Path, status: str = "FINISHED") -> int:
+    """Attack runs of ``status``, read with sqlite3 (an MLflow client could race the sweep's schema setup)."""
     try:
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
             return db.execute("select count(*) from runs r join tags t on t.run_uuid = r.run_uuid where "
-                              "t.key = 'phase' and t.value = 'attack' and r.status = 'FINISHED'").fetchone()[0]
+                              "t.key = 'phase' and t.value = 'attack' and r.status = ?", (status,)).fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def running_attacks(database: Path) -> int:
+    return finished_attacks(database, "RUNNING")
 
 
 def sweep_args(config: Path, uri: str, tmp_path: Path, *extra: str) -> list[str]:
@@ -295,8 +299,9 @@ def _busy_workers(raylet: int) -> list[int]:
 
 
 def test_a_worker_node_lost_mid_sweep_leaves_every_cell_finished_once(tmp_path: Path, short_tmp: Path) -> None:
-    """Head (no CPU) and two 1-CPU workers on this machine; worker A's raylet is killed while it runs a
-    trial: Tune retries the trial on worker B and the claims keep one FINISHED run per cell."""
+    """Head (no CPU) and worker A (1 CPU) on this machine, so every trial runs on A; once a cell has
+    finished and the next one is RUNNING there, worker B joins and A's raylet is killed: Tune retries
+    the lost trial on B and the claims keep one FINISHED run per cell."""
     name, database = "e2e-node-lost", tmp_path / "mlflow.db"
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -304,17 +309,19 @@ def test_a_worker_node_lost_mid_sweep_leaves_every_cell_finished_once(tmp_path: 
     try:
         ray_start("--head", "--num-cpus=0", f"--port={port}", "--include-dashboard=false", *common,
                   f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}")
-        for node in ("node_a", "node_b"):
-            ray_start(f"--address={address}", "--num-cpus=1", f'--resources={{"{node}": 1}}', *common,
-                      f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}")
+        worker = [f"--address={address}", "--num-cpus=1", *common]
+        ray_start(*worker, '--resources={"node_a": 1}', f"--dashboard-agent-listen-port={free_port()}",
+                  f"--metrics-export-port={free_port()}")
         config = write_sweep(tmp_path / "lost.yaml", {
             **small_sweep(name, eps=["1/255", "2/255", "4/255", "8/255", "16/255"], steps=40), "max_failures": 3})
         sweep = Cli(sweep_args(config, f"sqlite:///{database}", tmp_path), tmp_path / "lost.log",
                     {"RAY_ADDRESS": address})
         raylet = _raylet_with("node_a")
         assert raylet is not None
-        wait_for(lambda: finished_attacks(database) >= 1 and _busy_workers(raylet), 240,
-                 "a finished cell and a trial running on node A")
+        wait_for(lambda: finished_attacks(database) >= 1 and running_attacks(database) >= 1, 240,
+                 "a finished cell and the next one running on node A")
+        ray_start(*worker, '--resources={"node_b": 1}', f"--dashboard-agent-listen-port={free_port()}",
+                  f"--metrics-export-port={free_port()}")
         os.kill(raylet, signal.SIGKILL)
         for pid in _busy_workers(raylet):
             with contextlib.suppress(OSError):
