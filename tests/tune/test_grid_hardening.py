@@ -80,6 +80,13 @@ def running_attacks(database: Path) -> int:
     return finished_attacks(database, "RUNNING")
 
 
+def drivers_own(out: str) -> str:
+    """The lines the driver printed itself, not those Ray forwards from worker processes (``(pid=...)``
+    prefixes): on a shared Ray instance, the other sweep's actors can print a traceback when Ray
+    stops them with SIGTERM at the end of that sweep."""
+    return "\n".join(line for line in out.splitlines() if not re.match(r"^(\x1b\[\d+m)?\([^)]*pid=\d+", line))
+
+
 def sweep_args(config: Path, uri: str, tmp_path: Path, *extra: str) -> list[str]:
     return ["sweep", "--config", str(config), "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray_results"),
             "--report", str(tmp_path / "report"), *extra]
@@ -263,7 +270,7 @@ def test_two_concurrent_sweeps_run_each_cell_and_head_once(store: str, ray_tmp: 
     outs = [sweep.finish(150) for sweep in sweeps]
     for sweep, out in zip(sweeps, outs):
         assert sweep.proc.returncode == 0, out
-        assert "3 cells, 3 FINISHED" in out and "Traceback" not in out
+        assert "3 cells, 3 FINISHED" in out and "Traceback" not in drivers_own(out)
     found = runs(uri, name)
     finished = Counter((r.data.tags["phase"], r.data.tags.get("cell_id" if r.data.tags["phase"] == "attack"
                                                                      else "head_id"))
