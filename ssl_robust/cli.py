@@ -18,14 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from ssl_robust import cost, tracking
-from ssl_robust.aliases import ENCODERS
-from ssl_robust.attacks import ATTACKS, AttackSpec
+from ssl_robust import cost, names, tracking
 from ssl_robust.cell import run_cell
 from ssl_robust.config import CellCfg, ConfigError, check_config_kind, load_config, parse_budget
 from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.data import preflight
-from ssl_robust.data.catalog import DATASETS
 from ssl_robust.data.safe_pickle import DataFileError
 from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import CheckpointError, check_encoder_name, convert_checkpoint
@@ -34,7 +31,6 @@ from ssl_robust.registry import UnknownNameError
 from ssl_robust.report import write_report
 from ssl_robust.report.fetch import report_inputs
 from ssl_robust.search_config import describe_space, load_search
-from ssl_robust.tasks import TASKS
 from ssl_robust.sweep_config import DeaclSweepCfg, deacl_configs, expand, read_sweep, resolve_encoders
 from ssl_robust.tracking.artifacts import ArtifactError
 from ssl_robust.tracking.preflight import redact
@@ -174,39 +170,12 @@ def _sweep_exit(ok: bool, signum: int) -> int:
     return code
 
 
-def _encoder_lines() -> list[str]:
-    lines = [f"{name:<16} {spec.timm_name} @ {spec.image_size} px" + ("" if spec.pretrained else " (random init)")
-             for name, spec in ((n, ENCODERS.get(n)) for n in ENCODERS.names())]
-    return lines + ["(any timm ViT name)     e.g. vit_small_patch16_224.augreg_in21k"]
-
-
-def _dataset_lines() -> list[str]:
-    return [f"{name:<16} {', '.join(spec.infos)}" + ("" if spec.needs_root else " (offline)")
-            for name, spec in ((n, DATASETS.get(n)) for n in DATASETS.names())]
-
-
-def _attack_lines() -> list[str]:
-    def tasks(spec: AttackSpec) -> str:
-        return ", ".join(sorted({pair.split(":")[0] for pair in spec.suite})) if spec.suite else \
-            ("every task" if spec.tasks is None else ", ".join(spec.tasks))
-    return [f"{name:<22} {spec.label} [{spec.optimizer if not spec.gradient_free else 'no gradient'}] ({tasks(spec)})"
-            for name, spec in ((n, ATTACKS.get(n)) for n in ATTACKS.names())]
-
-
-def _task_lines() -> list[str]:
-    return [f"{name:<16} {spec.label} {spec.arrow()}, attacks: {', '.join(spec.attacks)}"
-            for name, spec in ((n, TASKS.get(n)) for n in TASKS.names())]
-
-
-LISTS = {"encoders": _encoder_lines, "datasets": _dataset_lines, "attacks": _attack_lines, "tasks": _task_lines}
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     """One line per name that configs accept."""
-    for what in [args.what] if args.what else list(LISTS):
+    for what in [args.what] if args.what else list(names.LISTS):
         if not args.what:
             print(f"{what}:")
-        print("\n".join(("  " if not args.what else "") + line for line in LISTS[what]()))
+        print("\n".join(("  " if not args.what else "") + line for line in names.LISTS[what]()))
     return 0
 
 
@@ -409,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=cmd_convert)
 
     listing = sub.add_parser("list", help="what can be named: encoders, data sets, attacks, tasks")
-    listing.add_argument("what", nargs="?", choices=sorted(LISTS), default=None, help="one of them (default: all)")
+    listing.add_argument("what", nargs="?", choices=sorted(names.LISTS), default=None, help="one of them (default: all)")
     listing.set_defaults(func=cmd_list)
     return parser
 

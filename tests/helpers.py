@@ -127,3 +127,19 @@ def linear_model(num_classes: int, seed: int = 0) -> LinearModel:
     """A seeded random ``LinearModel`` on ``SHAPE`` images."""
     gen = torch.Generator().manual_seed(seed)
     return LinearModel(torch.randn(num_classes, DIM, generator=gen), 0.1 * torch.randn(num_classes, generator=gen))
+
+
+def require_torchattacks() -> Any:
+    """torchattacks, the attack benchmark's peer: a skip where it is not installed, a failure in CI
+    (which installs it); installed but broken is an import error, not a skip."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("torchattacks") is None:
+        if os.environ.get("CI"):
+            pytest.fail("torchattacks is not installed; CI installs it (pip install --no-deps torchattacks)")
+        pytest.skip("torchattacks is not installed (pip install --no-deps torchattacks)")
+    import torchattacks
+
+    return torchattacks

@@ -2,9 +2,6 @@
 torchattacks' APGD-CE and APGD-T together (plus one sample) on the same model, inputs and budget."""
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,16 +10,7 @@ from torch import nn
 import ssl_robust
 from ssl_robust.config import EncoderCfg
 from ssl_robust.encoders import create_encoder
-
-
-def _torchattacks():
-    if importlib.util.find_spec("torchattacks") is None:
-        if os.environ.get("CI"):
-            pytest.fail("torchattacks is not installed; CI installs it (pip install --no-deps torchattacks)")
-        pytest.skip("torchattacks is not installed (pip install --no-deps torchattacks)")
-    import torchattacks
-
-    return torchattacks
+from tests.helpers import require_torchattacks
 
 
 class Scaled(nn.Module):
@@ -66,7 +54,7 @@ def trained_cnn(x: torch.Tensor) -> nn.Module:
 
 def _peer_robust(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int) -> float:
     """torchattacks' APGD-CE and APGD-T: a sample is robust only if both failed."""
-    ta = _torchattacks()
+    ta = require_torchattacks()
     with torch.no_grad():
         ce = model(ta.APGD(model, eps=eps, steps=steps, loss="ce", n_restarts=1, seed=0)(x, y)).argmax(1) == y
         t = model(ta.APGDT(model, eps=eps, steps=steps, n_classes=10, n_restarts=1, seed=0)(x, y)).argmax(1) == y

@@ -1,7 +1,5 @@
 """The benchmarks run end to end and print their tables (no timing asserted)."""
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,17 +7,14 @@ from pathlib import Path
 import pytest
 
 from ssl_robust import cost
+from tests.helpers import require_torchattacks
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 def test_quick_benchmark_prints_table_with_every_method(tmp_path):
-    if importlib.util.find_spec("torchattacks") is None:
-        if os.environ.get("CI"):
-            pytest.fail("torchattacks is not installed; CI installs it (pip install --no-deps torchattacks)")
-        pytest.skip("torchattacks is not installed (pip install --no-deps torchattacks)")
-    import torchattacks  # noqa: F401  (installed but broken: an error, not a skip)
+    require_torchattacks()
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attack_throughput.py"), "--quick",
                           "--repeats", "1", "--bf16", "all", "--json", str(tmp_path / "bench.json")],
                          capture_output=True, text=True, timeout=600, check=True).stdout
@@ -40,11 +35,7 @@ def test_head_memory_benchmark_prints_both_storages_per_size() -> None:
 
 @pytest.mark.slow
 def test_attack_strength_suite_is_at_least_torchattacks_and_its_own_members(tmp_path):
-    if importlib.util.find_spec("torchattacks") is None:
-        if os.environ.get("CI"):
-            pytest.fail("torchattacks is not installed; CI installs it (pip install --no-deps torchattacks)")
-        pytest.skip("torchattacks is not installed (pip install --no-deps torchattacks)")
-    import torchattacks  # noqa: F401  (installed but broken: an error, not a skip)
+    require_torchattacks()
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attack_strength.py"), "--quick",
                           "--json", str(tmp_path / "strength.json")],
                          capture_output=True, text=True, timeout=600, check=True).stdout
