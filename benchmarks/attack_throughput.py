@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Subset
 from torch.utils.flop_counter import FlopCounterMode
 
-from ssl_robust.config import EncoderCfg
+from ssl_robust.config import EncoderCfg, HeadCfg
 from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.synthetic import SyntheticDataset
 from ssl_robust.encoders import create_encoder
@@ -114,7 +114,7 @@ def build(args: argparse.Namespace, model_kwargs: dict) -> tuple[TaskModel, torc
 
     task, info = TASKS.get("classification"), TaskInfo("classification", num_classes=NUM_CLASSES)
     head, stats = fit_head(LinearClassifier(encoder.embed_dim, NUM_CLASSES), features("train", args.n_train),
-                           features("val", args.n_val), loss_fn=task.loss(info),
+                           features("val", args.n_val), loss_fn=task.loss(info, HeadCfg()),
                            val_score=functools.partial(task.validation_score, info),
                            epochs=args.head_epochs, lr=1e-2, weight_decay=0.0, batch_size=32, seed=0,
                            device=device)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ssl_robust.config import EncoderCfg
+from ssl_robust.config import EncoderCfg, HeadCfg
 from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.synthetic import SyntheticDataset
 from ssl_robust.encoders import create_encoder
@@ -51,7 +51,7 @@ def measure(n: int, storage: str, size: int, depth: int) -> dict:
     with extract(DataLoader(train_set, batch_size=32), desc="train") as train, \
             extract(DataLoader(val_set, batch_size=32), desc="val") as val:
         _, stats = fit_head(LinearSegmenter(encoder.embed_dim, info.num_classes), train, val,
-                            loss_fn=task.loss(info), val_score=functools.partial(task.validation_score, info),
+                            loss_fn=task.loss(info, HeadCfg()), val_score=functools.partial(task.validation_score, info),
                             epochs=2, lr=1e-3, weight_decay=0.0, batch_size=64, seed=0, device=torch.device("cpu"))
         feature_mb = (train.nbytes() + val.nbytes()) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
@@ -27,7 +27,7 @@ from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.load import load_split, size_batches, slide_stride, task_info
 from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import Encoder, create_encoder, input_size, local_file
-from ssl_robust.heads import TaskModel, TokenKeep, extract_features, fit_head
+from ssl_robust.heads import AugmentedFeatures, TaskModel, TokenKeep, extract_features, fit_head
 from ssl_robust.engine import AttackSettings, run_attack
 from ssl_robust.pgd import AttackResult
 from ssl_robust.precision import in_precision
@@ -57,11 +57,6 @@ class Timed:
             yield batch
 
 
-def _loader(cfg: CellCfg, split: str, image_size: int, batch_size: int) -> Timed:
-    dataset, _ = load_split(cfg.data, split, image_size, seed=cfg.seed)
-    return Timed(DataLoader(dataset, batch_size=batch_size, shuffle=False, **cfg.loader.model_dump()))
-
-
 def _test_loader(cfg: CellCfg) -> tuple[Timed, list[list[int]]]:
     """The test split, sized for the evaluation mode (short-side images batched by equal size),
     and the items' indices batch by batch: per-sample results name their item."""
@@ -73,9 +68,14 @@ def _test_loader(cfg: CellCfg) -> tuple[Timed, list[list[int]]]:
     return Timed(DataLoader(dataset, batch_sampler=batches, **cfg.loader.model_dump())), batches
 
 
-def _fit_loaders(cfg: CellCfg) -> tuple[Timed, Timed]:
+def _fit_splits(cfg: CellCfg) -> tuple[Dataset, Dataset]:
+    """The train and val splits a head is fitted on, square; a dense task's train images under
+    ``head.augment: crop_flip`` keep their aspect ratio (short side S), for random S x S crops."""
     size = input_size(cfg.encoder)
-    return _loader(cfg, "train", size, cfg.head.batch_size), _loader(cfg, "val", size, cfg.head.batch_size)
+    crops = cfg.head.augment == "crop_flip" and TASKS.get(cfg.data.resolved_task).token_grid
+    train, _ = load_split(cfg.data, "train", size, seed=cfg.seed, sizing="short_side" if crops else "square")
+    val, _ = load_split(cfg.data, "val", size, seed=cfg.seed)
+    return train, val
 
 
 def _tokens_kept(cfg: CellCfg, task: TaskSpec) -> TokenKeep:
@@ -85,23 +85,34 @@ def _tokens_kept(cfg: CellCfg, task: TaskSpec) -> TokenKeep:
     return "mean" if cfg.head.classifier_input == "cls_patch_mean" else "none"
 
 
-def _fit(cfg: CellCfg, encoder: Encoder, loaders: tuple[Timed, Timed],
+def _fit(cfg: CellCfg, encoder: Encoder, splits: tuple[Dataset, Dataset],
          device: torch.device) -> tuple[nn.Module, dict[str, float]]:
-    """Extract the train and val features into the feature cache, fit the head on them."""
+    """Fit the head: on train features cached once, or (``head.augment``) computed from freshly
+    augmented images every epoch; the validation features are cached."""
     start = time.perf_counter()
     task, info = TASKS.get(cfg.data.resolved_task), task_info(cfg.data)
     head = task.build_head(info, encoder.embed_dim, cfg.head)
-    extract = functools.partial(extract_features, encoder, device=device, tokens=_tokens_kept(cfg, task),
+    tokens, loader = _tokens_kept(cfg, task), cfg.loader.model_dump()
+    extract = functools.partial(extract_features, encoder, device=device, tokens=tokens,
                                 storage=cfg.head.features, precision=cfg.precision)
-    with extract(loaders[0], desc="train features") as train, extract(loaders[1], desc="val features") as val:
-        head, metrics = fit_head(head, train, val, loss_fn=task.loss(info),
+    train_loader, val_loader = (Timed(DataLoader(split, batch_size=cfg.head.batch_size, shuffle=False, **loader))
+                                for split in splits)
+    if cfg.head.augment == "none":
+        train = extract(train_loader, desc="train features")
+    else:
+        train = AugmentedFeatures(encoder, splits[0], device, augment=cfg.head.augment, size=input_size(cfg.encoder),
+                                  tokens=tokens, precision=cfg.precision, loader_kwargs=loader)
+    with train, extract(val_loader, desc="val features") as val:
+        head, metrics = fit_head(head, train, val, loss_fn=task.loss(info, cfg.head),
                                  val_score=functools.partial(task.validation_score, info),
                                  epochs=cfg.head.epochs, lr=cfg.head.lr,
                                  weight_decay=cfg.head.weight_decay, batch_size=cfg.head.batch_size,
-                                 seed=cfg.seed, device=device)
+                                 seed=cfg.seed, device=device, optimizer=cfg.head.optimizer,
+                                 schedule=cfg.head.schedule, warmup_steps=cfg.head.warmup_steps)
         metrics["head/feature_bytes"] = float(train.nbytes() + val.nbytes())
     metrics["time/head_seconds"] = time.perf_counter() - start
-    metrics["time/head_data_seconds"] = sum(loader.seconds for loader in loaders)
+    metrics["time/head_data_seconds"] = (train_loader.seconds + val_loader.seconds
+                                         + getattr(train, "data_seconds", 0.0))
     return head, metrics
 
 
@@ -109,9 +120,9 @@ def prepare_head(cfg: CellCfg, out_path: Path) -> dict[str, float]:
     """Phase 1: fit the head for (encoder, data set, head config, seed) and save it (safetensors)."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    loaders = _fit_loaders(cfg)  # a missing data set fails here, before any model is built
+    splits = _fit_splits(cfg)  # a missing data set fails here, before any model is built
     encoder = create_encoder(cfg.encoder).to(device)
-    head, metrics = _fit(cfg, encoder, loaders, device)
+    head, metrics = _fit(cfg, encoder, splits, device)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous().cpu() for k, v in head.state_dict().items()}, str(out_path))
@@ -413,13 +424,13 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     loader, batches = _test_loader(cfg)  # fails before any work
-    fit_loaders = None if cfg.head.checkpoint else _fit_loaders(cfg)
+    fit_splits = None if cfg.head.checkpoint else _fit_splits(cfg)
     encoder = create_encoder(cfg.encoder).to(device)
     metrics: dict[str, float] = {}
-    if fit_loaders is None:
+    if fit_splits is None:
         head = load_head(cfg, encoder, cfg.head.checkpoint)
     else:
-        head, metrics = _fit(cfg, encoder, fit_loaders, device)
+        head, metrics = _fit(cfg, encoder, fit_splits, device)
     model = TaskModel(encoder, head.to(device)).eval().requires_grad_(False)
     task, info = TASKS.get(cfg.data.resolved_task), task_info(cfg.data)
     tally = Tally(task.scores(info), task.scores(info))

@@ -203,17 +203,36 @@ class DataCfg(StrictModel):
 
 
 class HeadCfg(StrictModel):
-    """The linear head trained on the frozen encoder."""
+    """The linear head trained on the frozen encoder, and its training recipe."""
 
     epochs: int = Field(default=10, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=64, gt=0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"  # adam: L2 weight decay; sgd: momentum 0.9
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"  # per step; poly: linear decay to 0 (mmseg, power 1)
+    warmup_steps: int = Field(default=0, ge=0)  # linear warm-up from lr * 1e-6 over these steps (mmseg's)
+    # train images: none = features cached once; flip / crop_flip (random S x S crop, then flip) =
+    # features computed from freshly augmented images every epoch
+    augment: Literal["none", "flip", "crop_flip"] = "none"
+    depth_loss: Literal["silog", "silog_grad"] = "silog"  # silog_grad: + 0.5 x multi-scale log-depth gradient loss
     n_bins: int = Field(default=256, gt=1)  # depth head; its range is the data set's depth range
     classifier_input: Literal["cls", "cls_patch_mean"] = "cls"  # DINOv2's linear protocol: cls_patch_mean
     depth_head: Literal["smooth", "dinov2"] = "smooth"  # softmax over bins, or DINOv2's (x4 upsampling, ReLU + 0.1)
     checkpoint: str | None = None  # a fitted head to reuse instead of fitting
     features: Literal["disk", "memory"] = "disk"  # float16 feature cache: a temporary folder, or RAM
+
+    @model_serializer(mode="wrap")
+    def _without_default_recipe(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The recipe switches at their defaults are left out, so head and cell ids from before them stay."""
+        data = handler(self)
+        for name in RECIPE_SWITCHES:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name, None)
+        return data
+
+
+RECIPE_SWITCHES = ("optimizer", "schedule", "warmup_steps", "augment", "depth_loss")
 
 
 class AttackCfg(StrictModel):
@@ -304,6 +323,14 @@ class CellCfg(CellFields):
     @model_validator(mode="after")
     def _attack_fits_task(self) -> "CellCfg":
         check_applies(self.attack.name, self.data.resolved_task)
+        return self
+
+    @model_validator(mode="after")
+    def _head_recipe_fits_task(self) -> "CellCfg":
+        task = self.data.resolved_task
+        if self.head.depth_loss != "silog" and task != "depth":
+            raise ValueError(f"head.depth_loss={self.head.depth_loss!r} trains a depth head; {self.data.name!r} "
+                             f"is evaluated on {task!r}")
         return self
 
     def identity(self) -> dict[str, Any]:

@@ -4,12 +4,12 @@ Embeddings travel as ``(cls [B, D], tokens [B, D, h, w])`` tuples, as ``Encoder.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ssl_robust.augment import pad_crop_flip, random_resized_crop_flip, seed_padding
 from ssl_robust.objectives import embed_cos, embed_l2
 from ssl_robust.pgd import ObjectiveFn, pgd
 
@@ -91,52 +91,11 @@ def probe_attack(embed: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     return result.x_adv.detach()
 
 
-def augment(x: torch.Tensor, scale: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
-    """Random resized crop (area fraction in ``scale``, aspect ratio in [3/4, 4/3]) and horizontal
-    flip per sample, as one affine resampling of the batch back to its own size.
-
-    Unlike torchvision's rejection sampling, a crop wider or taller than the image is clamped to
-    the image side. All draws come from ``generator`` (on the CPU), so a seed fixes the batch.
-    """
-    b = x.shape[0]
-    area = torch.empty(b).uniform_(scale[0], scale[1], generator=generator)
-    ratio = torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator).exp()
-    width, height = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
-    centre_x = (torch.rand(b, generator=generator) * 2 - 1) * (1 - width)
-    centre_y = (torch.rand(b, generator=generator) * 2 - 1) * (1 - height)
-    flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2] = width * flip, centre_x
-    theta[:, 1, 1], theta[:, 1, 2] = height, centre_y
-    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False).clamp(0, 1)
-
-
-def pad_crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """The seed's ``RandomCrop(size, padding) + RandomHorizontalFlip`` per sample: zero-pad every side
-    by ``padding``, crop the image's own size at a random offset in [0, 2 * padding], flip with p 1/2.
-
-    All draws come from ``generator`` (on the CPU), so a seed fixes the batch.
-    """
-    b, _, height, width = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
-    top = torch.randint(0, 2 * padding + 1, (b,), generator=generator).tolist()
-    left = torch.randint(0, 2 * padding + 1, (b,), generator=generator).tolist()
-    flip = (torch.rand(b, generator=generator) < 0.5).tolist()
-    crops = [padded[i, :, t:t + height, s:s + width] for i, (t, s) in enumerate(zip(top, left))]
-    return torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flip)])
-
-
-def seed_padding(size: int) -> int:
-    """The seed's RandomCrop padding, ``4 * size // 32`` (28 at 224): an eighth of the side."""
-    return 4 * size // 32
-
-
 def augment_batch(x: torch.Tensor, mode: str, crop_scale: tuple[float, float],
                   generator: torch.Generator) -> torch.Tensor:
-    """DeaclCfg.augment on a batch: ``rrc`` (``augment``), ``seed`` (``pad_crop_flip``) or ``none``."""
+    """DeaclCfg.augment on a batch: ``rrc`` (``random_resized_crop_flip``), ``seed`` (``pad_crop_flip``) or ``none``."""
     if mode == "rrc":
-        return augment(x, crop_scale, generator)
+        return random_resized_crop_flip(x, crop_scale, generator)
     if mode == "seed":
         return pad_crop_flip(x, seed_padding(x.shape[-1]), generator)
     if mode == "none":

@@ -1,22 +1,29 @@
 """Linear heads on a frozen encoder, and ``fit_head`` that trains them with validation selection.
 
 Every head reads the encoder's ``features(x) -> (cls [B,D], tokens [B,D,h,w])`` and is small
-enough that features can be cached once and reused for every epoch.
+enough that features can be cached once and reused for every epoch (``extract_features``); with
+augmented training images they are computed afresh every epoch (``AugmentedFeatures``).
 """
 from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Iterable, Iterator, Literal
+import time
+from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ssl_robust.augment import augment_pairs
 from ssl_robust.features import Features, Storage
 from ssl_robust.precision import Precision, autocast
+
+HeadOptimizer = Literal["adamw", "adam", "sgd"]
+Schedule = Literal["cosine", "poly", "constant"]
+WARMUP_RATIO = 1e-6  # mmseg's linear warm-up starts at this fraction of the learning rate
 
 
 def pooled(tokens: torch.Tensor) -> torch.Tensor:
@@ -132,6 +139,70 @@ def extract_features(encoder: nn.Module, loader: DataLoader, device: torch.devic
     return features
 
 
+def _as_list(batch: list[Any]) -> list[Any]:
+    """Collate nothing: items of different sizes reach ``augment_pairs`` as they are."""
+    return batch
+
+
+class AugmentedFeatures:
+    """Head inputs computed every pass: the train images in a shuffled order, each batch augmented
+    (``augment_pairs``) and run through the frozen encoder. Read like cached ``Features``; the
+    order and every augmentation draw come from the ``generator`` given to ``batches``."""
+
+    def __init__(self, encoder: nn.Module, dataset: Dataset, device: torch.device, *, augment: str, size: int,
+                 tokens: TokenKeep = "grid", precision: Precision = "fp32",
+                 loader_kwargs: dict[str, Any] | None = None) -> None:
+        self.encoder, self.dataset, self.device = encoder, dataset, device
+        self.augment, self.size, self.tokens, self.precision = augment, size, tokens, precision
+        self.loader_kwargs = loader_kwargs or {}
+        self.data_seconds = 0.0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    @torch.no_grad()
+    def batches(self, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
+        loader = DataLoader(self.dataset, batch_size=batch_size, sampler=order, collate_fn=_as_list,
+                            **self.loader_kwargs)
+        items = iter(tqdm(loader, desc="augmented features", leave=False))
+        while True:
+            start = time.perf_counter()
+            batch = next(items, None)
+            self.data_seconds += time.perf_counter() - start
+            if batch is None:
+                return
+            images, targets = zip(*batch)
+            x, target = augment_pairs(images, targets, self.augment, self.size, generator)
+            with autocast(self.precision, self.device):
+                cls, patches = self.encoder.features(x.to(self.device))
+            yield cls.float(), _keep(patches, self.tokens).float(), target
+
+    def nbytes(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        """Nothing is stored."""
+
+    def __enter__(self) -> "AugmentedFeatures":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TrainInputs(Protocol):
+    """What ``fit_head`` trains on: cached ``Features`` or ``AugmentedFeatures``."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]: ...
+
+
 @torch.no_grad()
 def _predictions(head: nn.Module, features: Features, batch_size: int,
                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -140,18 +211,51 @@ def _predictions(head: nn.Module, features: Features, batch_size: int,
         yield head(cls.to(device), tokens.to(device), tuple(target.shape[-2:])), target.to(device)
 
 
-def fit_head(head: nn.Module, train: Features, val: Features, *,
+def make_optimizer(name: HeadOptimizer, params: Iterable[nn.Parameter], lr: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    """``head.optimizer``: AdamW (decoupled weight decay), Adam (L2 weight decay in the gradient) or
+    SGD with momentum 0.9."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"head.optimizer: unknown {name!r}; allowed: 'adamw', 'adam', 'sgd'")
+
+
+def lr_factor(schedule: Schedule, step: int, steps: int, warmup_steps: int = 0) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``steps``, as a fraction of ``lr``:
+    ``cosine`` annealing to 0, ``poly`` (1 - step/steps), ``constant`` 1; during the first
+    ``warmup_steps`` scaled by a linear ramp from 1e-6 to 1 (mmseg's linear warm-up)."""
+    progress = min(step / max(steps, 1), 1.0)
+    if schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * progress))
+    elif schedule == "poly":
+        factor = 1 - progress
+    elif schedule == "constant":
+        factor = 1.0
+    else:
+        raise ValueError(f"head.schedule: unknown {schedule!r}; allowed: 'cosine', 'poly', 'constant'")
+    if step < warmup_steps:
+        factor *= 1 - (1 - step / warmup_steps) * (1 - WARMUP_RATIO)
+    return factor
+
+
+def fit_head(head: nn.Module, train: TrainInputs, val: Features, *,
              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
              val_score: Callable[[Iterable[tuple[torch.Tensor, torch.Tensor]]], float],
              epochs: int, lr: float, weight_decay: float, batch_size: int, seed: int,
-             device: torch.device) -> tuple[nn.Module, dict[str, float]]:
-    """Train on cached train features; keep the epoch that scores best (``val_score`` of the
-    (output, target) batches of the validation split, higher is better)."""
+             device: torch.device, optimizer: HeadOptimizer = "adamw", schedule: Schedule = "cosine",
+             warmup_steps: int = 0) -> tuple[nn.Module, dict[str, float]]:
+    """Train on the train inputs; keep the epoch that scores best (``val_score`` of the
+    (output, target) batches of the validation split, higher is better). The learning rate follows
+    ``lr_factor`` step by step."""
     torch.manual_seed(seed)
     head.to(device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = make_optimizer(optimizer, head.parameters(), lr, weight_decay)
     steps = epochs * math.ceil(len(train) / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(schedule, step, steps, warmup_steps))
     generator = torch.Generator().manual_seed(seed)
     best_state, best_score, best_epoch = None, -float("inf"), 0
     for epoch in tqdm(range(1, epochs + 1), desc="fit head", leave=False):
@@ -160,10 +264,10 @@ def fit_head(head: nn.Module, train: Features, val: Features, *,
             target = target.to(device)
             out = head(cls.to(device), tokens.to(device), tuple(target.shape[-2:]))
             loss = loss_fn(out, target)
-            optimizer.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
-            schedule.step()
+            opt.step()
+            scheduler.step()
         score = val_score(_predictions(head, val, batch_size, device))
         if score > best_score:
             best_state, best_score, best_epoch = copy.deepcopy(head.state_dict()), score, epoch

@@ -79,6 +79,28 @@ def silog(output: torch.Tensor, target: torch.Tensor, step: int = 1, steps: int 
 
 OBJECTIVES.register("silog")(silog)
 
+GRADIENT_STRIDES = (1, 2, 4, 6)  # the scales of MegaDepth's gradient loss as DINOv2 subsamples them
+
+
+def log_depth_gradient(output: torch.Tensor, target: torch.Tensor, min_depth: float = 1e-3) -> torch.Tensor:
+    """Multi-scale gradient matching (MegaDepth; DINOv2's GradientLoss), one value per image: at each
+    stride s in 1, 2, 4, 6 the map is subsampled every s pixels and the error d = log pred - log
+    target is compared two pixels apart, |d(i) - d(i+2)| vertically and horizontally over pairs of
+    valid pixels, summed and divided by the valid pixel count; the scales are summed. A head
+    penalised by it keeps depth edges where the target has them, whatever its global scale."""
+    pred = output.squeeze(1) if output.dim() == 4 else output
+    total = pred.new_zeros(pred.shape[0])
+    for stride in GRADIENT_STRIDES:
+        p, t = pred[:, ::stride, ::stride], target[:, ::stride, ::stride]
+        valid = t > min_depth
+        d = torch.where(valid, torch.log(p.clamp_min(min_depth)) - torch.log(t.clamp_min(min_depth)),
+                        torch.zeros_like(p))
+        vertical = (d[:, :-2] - d[:, 2:]).abs() * (valid[:, :-2] & valid[:, 2:])
+        horizontal = (d[:, :, :-2] - d[:, :, 2:]).abs() * (valid[:, :, :-2] & valid[:, :, 2:])
+        count = valid.flatten(1).sum(dim=1).clamp_min(1)
+        total = total + (vertical.flatten(1).sum(dim=1) + horizontal.flatten(1).sum(dim=1)) / count
+    return total
+
 
 # ----------------------------------------------------------------------------- DLR (AutoAttack)
 

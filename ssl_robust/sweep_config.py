@@ -14,8 +14,8 @@ from typing import Annotated, Any, Callable
 from pydantic import BeforeValidator, Field, model_validator
 
 from ssl_robust.attacks import ATTACKS, attacks_for
-from ssl_robust.config import (AttackCfg, Budget, CellCfg, CellFields, ConfigError, DataCfg, EncoderCfg, StrictModel,
-                               read_config, validate)
+from ssl_robust.config import (AttackCfg, Budget, CellCfg, CellFields, ConfigError, DataCfg, EncoderCfg, HeadCfg,
+                               StrictModel, read_config, validate)
 from ssl_robust.deacl_config import DeaclCfg
 
 
@@ -65,6 +65,13 @@ class AttackEntry(AttackCfg):
         return self
 
 
+class DataEntry(DataCfg):
+    """A data set axis entry; ``head:`` sets head fields for this data set's cells (a task's own
+    training recipe), over the sweep's ``defaults.head``."""
+
+    head: HeadCfg | None = None
+
+
 class Resources(StrictModel):
     """Ray resources of one trial (GPU may be a fraction)."""
 
@@ -73,7 +80,7 @@ class Resources(StrictModel):
 
 
 EncoderAxis = Annotated[EncoderEntry, BeforeValidator(_name_to_entry)]
-DataAxis = Annotated[DataCfg, BeforeValidator(_name_to_entry)]
+DataAxis = Annotated[DataEntry, BeforeValidator(_name_to_entry)]
 AttackAxis = Annotated[AttackEntry, BeforeValidator(_name_to_entry)]
 
 
@@ -98,6 +105,9 @@ class SweepCfg(StrictModel):
     def _grid_is_sound(self) -> "SweepCfg":
         if self.defaults.head.checkpoint is not None:
             raise ValueError("defaults.head.checkpoint: a sweep fits its own heads; leave it unset")
+        for i, data in enumerate(self.datasets):
+            if data.head is not None and data.head.checkpoint is not None:
+                raise ValueError(f"datasets.{i}.head.checkpoint: a sweep fits its own heads; leave it unset")
         if not any(e.enabled for e in self.encoders):
             raise ValueError("encoders: every entry has enabled: false")
         for i, data in enumerate(self.datasets):
@@ -116,8 +126,8 @@ def _merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _data_cfg(sweep: SweepCfg, entry: DataCfg) -> dict[str, Any]:
-    data = entry.model_dump(exclude_unset=True)
+def _data_cfg(sweep: SweepCfg, entry: DataEntry) -> dict[str, Any]:
+    data = entry.model_dump(exclude_unset=True, exclude={"head"})
     if entry.root is None and sweep.data_root is not None:
         data["root"] = sweep.data_root / entry.name
     if data.get("root") is not None:  # trials run in their own working directory
@@ -131,6 +141,7 @@ def _raw_cells(sweep: SweepCfg) -> list[dict[str, Any]]:
         _merge(defaults, {
             "encoder": enc.model_dump(exclude={"enabled"}, exclude_unset=True),
             "data": _data_cfg(sweep, data),
+            "head": data.head.model_dump(exclude_unset=True) if data.head is not None else {},
             "attack": {**att.model_dump(exclude_unset=True), "eps": eps, "steps": steps},
         })
         for enc in sweep.encoders if enc.enabled

@@ -20,7 +20,7 @@ from ssl_robust.config import DataCfg, HeadCfg
 from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, LinearDepthHead, LinearSegmenter
 from ssl_robust.metrics import (ClassificationScores, DepthScores, SegmentationScores, depth_errors, per_image_miou,
                                 valid_depth_mask)
-from ssl_robust.objectives import OBJECTIVES, silog
+from ssl_robust.objectives import OBJECTIVES, log_depth_gradient, silog
 from ssl_robust.pgd import DamageFn
 from ssl_robust.registry import Registry
 
@@ -49,7 +49,7 @@ class TaskSpec:
     per_sample: str  # what the per-sample column holds
     embedding: Literal["cls", "tokens"]  # the representation the head reads (EmbedAttack's target)
     build_head: Callable[[TaskInfo, int, HeadCfg], nn.Module]  # (info, embed_dim, head config) -> head
-    loss: Callable[[TaskInfo], LossFn]  # training loss of the head
+    loss: Callable[[TaskInfo, HeadCfg], LossFn]  # training loss of the head
     scores: Callable[[TaskInfo], Scores]  # accumulator of the task's scores over batches
     fooled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # per-sample success
     damage: Callable[[TaskInfo], DamageFn] | None = None  # per-sample harm of an output, to pick the worst iterate
@@ -88,6 +88,15 @@ class TaskSpec:
 
 
 DEPTH_HEADS = {"smooth": LinearDepthHead, "dinov2": DINOv2DepthHead}
+GRADIENT_WEIGHT = {"silog": 0.0, "silog_grad": 0.5}  # head.depth_loss: DINOv2's depth heads weigh it 0.5
+
+
+def depth_loss(output: torch.Tensor, target: torch.Tensor, min_depth: float, gradient_weight: float) -> torch.Tensor:
+    """The depth head's training loss: SILog, plus ``gradient_weight`` x the log-depth gradient loss."""
+    loss = silog(output, target, min_depth=min_depth)
+    if gradient_weight:
+        loss = loss + gradient_weight * log_depth_gradient(output, target, min_depth=min_depth)
+    return loss.mean()
 
 
 def _misclassified(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -99,7 +108,7 @@ TASKS.register("classification")(TaskSpec(
     name="classification", metric="acc", label="Accuracy", higher_is_better=True, per_sample="correct",
     embedding="cls",
     build_head=lambda info, dim, head: LinearClassifier(dim, info.num_classes, head.classifier_input),
-    loss=lambda info: F.cross_entropy,
+    loss=lambda info, head: F.cross_entropy,
     scores=ClassificationScores,
     fooled=_misclassified,
 ))
@@ -107,7 +116,7 @@ TASKS.register("segmentation")(TaskSpec(
     name="segmentation", metric="miou", label="mIoU", higher_is_better=True, per_sample="pixel_acc",
     embedding="tokens", default_eval="slide",
     build_head=lambda info, dim, head: LinearSegmenter(dim, info.num_classes),
-    loss=lambda info: functools.partial(F.cross_entropy, ignore_index=info.ignore_index),
+    loss=lambda info, head: functools.partial(F.cross_entropy, ignore_index=info.ignore_index),
     scores=SegmentationScores,
     damage=lambda info: lambda logits, masks: -per_image_miou(logits.argmax(1), masks, info.num_classes,
                                                               info.ignore_index).nan_to_num(1.0),
@@ -117,7 +126,8 @@ TASKS.register("depth")(TaskSpec(
     name="depth", metric="rmse", label="RMSE", higher_is_better=False, per_sample="rmse",
     embedding="tokens", default_eval="slide",
     build_head=lambda info, dim, head: DEPTH_HEADS[head.depth_head](dim, head.n_bins, info.min_depth, info.max_depth),
-    loss=lambda info: lambda out, y: silog(out, y, min_depth=info.min_depth).mean(),
+    loss=lambda info, head: functools.partial(depth_loss, min_depth=info.min_depth,
+                                              gradient_weight=GRADIENT_WEIGHT[head.depth_loss]),
     scores=DepthScores,
     damage=lambda info: lambda depth, target: depth_errors(
         depth, target, valid_depth_mask(target, info.min_depth, info.max_depth))["rmse"].nan_to_num(0.0),

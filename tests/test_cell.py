@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import torch
 from PIL import Image
 
-from ssl_robust.cell import run_cell
+from ssl_robust import heads as heads_module
+from ssl_robust.cell import _fit_splits, prepare_head, run_cell
+from tests.data.fixtures import write_ade20k
 from tests.helpers import shared_scope
 
 PRIMARY = {"classification": ("acc", True), "segmentation": ("miou", True), "depth": ("rmse", False)}
@@ -385,3 +388,40 @@ def test_a_dense_suites_worst_case_is_no_better_than_any_of_its_attacks(cell_run
 
 def test_the_segmentation_suite_scores_no_higher_than_segpgd(cell_run) -> None:
     assert cell_run("segmentation", "standard")[0]["adv/miou"] <= cell_run("segmentation", "segpgd")[0]["adv/miou"]
+
+
+def _ade_head_cfg(make_cell_cfg, root: Path, augment: str):
+    return make_cell_cfg("segmentation", data={"name": "ade20k", "root": str(root), "task": "segmentation",
+                                               "n_train": None, "n_val": None, "n_samples": 2},
+                         head={"epochs": 2, "batch_size": 4, "augment": augment})
+
+
+def test_dense_crop_flip_reads_train_images_short_side_and_val_images_square(make_cell_cfg, tmp_path: Path) -> None:
+    write_ade20k(tmp_path, shape=(36, 48))
+    train, val = _fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"))
+    (image, mask), (val_image, val_mask) = train[0], val[0]
+    assert image.shape == (3, 28, 37) and mask.shape == (36, 48)  # short side 28; the map at native size
+    assert val_image.shape == (3, 28, 28) and val_mask.shape == (28, 28)
+    plain, _ = _fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "none"))
+    assert plain[0][0].shape == (3, 28, 28)
+
+
+def test_an_augmented_head_sees_newly_augmented_batches_every_epoch(make_cell_cfg, tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    write_ade20k(tmp_path, shape=(36, 48))
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    real = heads_module.augment_pairs
+
+    def spying(images, targets, mode, size, generator):
+        out = real(images, targets, mode, size, generator)
+        calls.append((mode, tuple(out[0].shape), out[1].clone()))
+        return out
+
+    monkeypatch.setattr(heads_module, "augment_pairs", spying)
+    metrics = prepare_head(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"), tmp_path / "head.safetensors")
+    train = len(_fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"))[0])
+    per_epoch = -(-train // 4)
+    assert len(calls) == 2 * per_epoch and {mode for mode, _, _ in calls} == {"crop_flip"}
+    assert all(shape[1:] == (3, 28, 28) for _, shape, _ in calls)
+    assert not torch.equal(calls[0][2], calls[per_epoch][2])  # the second epoch crops anew
+    assert metrics["head/feature_bytes"] > 0 and (tmp_path / "head.safetensors").exists()

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ssl_robust.config import CellCfg, apply_overrides, load_config, parse_budget
+from ssl_robust.config import CellCfg, HeadCfg, apply_overrides, load_config, parse_budget
 from tests.helpers import REPO_ROOT
 
 TINY_YAML = REPO_ROOT / "configs" / "tiny.yaml"
@@ -215,3 +215,20 @@ def test_an_linf_budget_of_one_or_more_is_refused_with_the_likely_fraction() -> 
         AttackCfg(eps=8)
     assert AttackCfg(eps="8/255").eps == pytest.approx(8 / 255)
     assert AttackCfg(eps=2.0, norm="l2").eps == 2.0  # an L2 radius may exceed 1
+
+
+def test_the_depth_loss_switch_is_refused_on_other_tasks() -> None:
+    with pytest.raises(ValidationError, match=r"head.depth_loss='silog_grad' trains a depth head; 'cifar10' is "
+                                              r"evaluated on 'classification'"):
+        CellCfg.model_validate({"data": {"name": "cifar10"}, "attack": {"name": "pgd"},
+                                "head": {"depth_loss": "silog_grad"}})
+
+
+@pytest.mark.parametrize("switch", [{"optimizer": "adam"}, {"schedule": "poly"}, {"warmup_steps": 1500},
+                                    {"augment": "crop_flip"}])
+def test_a_head_recipe_switch_changes_the_head_id_and_its_default_does_not(switch) -> None:
+    base = {"data": {"name": "ade20k"}, "attack": {"name": "segpgd"}}
+    plain = CellCfg.model_validate(base)
+    default = {key: HeadCfg.model_fields[key].default for key in switch}
+    assert CellCfg.model_validate({**base, "head": default}).head_id == plain.head_id
+    assert CellCfg.model_validate({**base, "head": switch}).head_id != plain.head_id

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, extract_features
+from ssl_robust.heads import AugmentedFeatures, DINOv2DepthHead, LinearClassifier, extract_features
 
 
 def test_classifier_reads_cls_or_cls_and_the_mean_patch_token() -> None:
@@ -52,3 +52,30 @@ def test_features_for_a_cls_only_head_keep_no_patch_tokens() -> None:
     with extract_features(_Grid(), loader, torch.device("cpu"), tokens="none") as features:
         (cls, tokens, _), = features.batches(6)
         assert cls.shape == (6, 3) and tokens.shape == (6, 0) and features.nbytes() == 6 * 3 * 2 + 6 * 2
+
+
+class _Maps(torch.utils.data.Dataset):
+    """Images of varying widths whose first channel codes each pixel, with a label map of the codes."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        width = 8 + i
+        codes = torch.arange(8 * width, dtype=torch.float32).view(8, width) + 1000 * i
+        return torch.stack([codes, codes, codes]), codes.long()
+
+
+def test_augmented_features_are_the_encoders_features_of_freshly_augmented_batches() -> None:
+    features = AugmentedFeatures(_Grid(), _Maps(), torch.device("cpu"), augment="crop_flip", size=8)
+    first = list(features.batches(4, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert [tokens.shape for _, tokens, _ in first] == [(4, 3, 8, 8), (2, 3, 8, 8)]
+    for cls, tokens, target in first:
+        assert torch.equal(tokens[:, 0].long(), target)  # each crop is its map's crop
+        torch.testing.assert_close(cls, tokens.mean(dim=(2, 3)))
+    seen = sorted(int(target[k].min()) // 1000 for _, _, target in first for k in range(len(target)))
+    assert seen == list(range(6))  # every image once per pass
+    again = list(features.batches(4, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(first, again))  # a seed fixes the pass
+    other = list(features.batches(4, shuffle=True, generator=torch.Generator().manual_seed(1)))
+    assert not all(torch.equal(a[2], b[2]) for a, b in zip(first, other))  # a new pass is new crops

@@ -2,12 +2,15 @@
 and fit_head's optimiser settings."""
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 from ssl_robust import heads as heads_module
 from ssl_robust.features import Features
-from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, LinearDepthHead, fit_head
+from ssl_robust.heads import DINOv2DepthHead, LinearClassifier, LinearDepthHead, fit_head, lr_factor, make_optimizer
 
 
 def resize_matrix(n_in: int, n_out: int) -> torch.Tensor:
@@ -90,18 +93,45 @@ def _fit(head, train, **kwargs):
     return fit_head(head, train, _features(4), **{**settings, **kwargs})
 
 
+def _learning_rates(monkeypatch, **kwargs) -> list[float]:
+    """The learning rate of every optimizer step of one ``_fit``."""
+    seen: list[float] = []
+    real = heads_module.make_optimizer
+
+    def recording(*args, **kw):
+        optimizer = real(*args, **kw)
+        optimizer.register_step_pre_hook(lambda opt, a, k: seen.append(opt.param_groups[0]["lr"]))
+        return optimizer
+
+    monkeypatch.setattr(heads_module, "make_optimizer", recording)
+    _fit(LinearClassifier(3, 2), _features(10), batch_size=4, **kwargs)  # 3 batches a epoch
+    return seen
+
+
 def test_fit_head_anneals_the_learning_rate_over_every_batch_of_every_epoch(monkeypatch) -> None:
-    seen: list[int] = []
-    real = torch.optim.lr_scheduler.CosineAnnealingLR
+    lrs = _learning_rates(monkeypatch, epochs=3, lr=0.1)
+    assert lrs == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * t / 9)) for t in range(9)])
 
-    def recording(optimizer, T_max):
-        seen.append(T_max)
-        return real(optimizer, T_max=T_max)
 
-    monkeypatch.setattr(torch.optim.lr_scheduler, "CosineAnnealingLR", recording)
-    _fit(LinearClassifier(3, 2), _features(10), epochs=3, batch_size=4)  # 3 batches a epoch
-    _fit(LinearClassifier(3, 2), _features(4), epochs=1, batch_size=4)  # one step in all
-    assert seen == [9, 1]
+def test_fit_head_follows_the_named_schedule_and_warm_up(monkeypatch) -> None:
+    assert _learning_rates(monkeypatch, epochs=2, lr=0.1, schedule="constant") == pytest.approx([0.1] * 6)
+    poly = _learning_rates(monkeypatch, epochs=2, lr=0.1, schedule="poly", warmup_steps=2)
+    assert poly == pytest.approx([0.1 * 1e-6, 0.1 * (5 / 6) * (0.5 + 0.5e-6), 0.1 * 4 / 6, 0.1 * 3 / 6,
+                                  0.1 * 2 / 6, 0.1 * 1 / 6])
+
+
+def test_lr_factor_refuses_an_unknown_schedule() -> None:
+    with pytest.raises(ValueError, match="head.schedule: unknown 'step'"):
+        lr_factor("step", 0, 10)
+
+
+@pytest.mark.parametrize("name, kind, momentum", [("adamw", torch.optim.AdamW, None), ("adam", torch.optim.Adam, None),
+                                                   ("sgd", torch.optim.SGD, 0.9)])
+def test_make_optimizer_builds_the_named_optimizer(name, kind, momentum) -> None:
+    optimizer = make_optimizer(name, LinearClassifier(3, 2).parameters(), lr=0.5, weight_decay=1e-4)
+    assert type(optimizer) is kind
+    assert optimizer.defaults["lr"] == 0.5 and optimizer.defaults["weight_decay"] == 1e-4
+    assert optimizer.defaults.get("momentum") == momentum
 
 
 def test_fit_head_uses_the_given_weight_decay() -> None:

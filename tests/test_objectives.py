@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ssl_robust.metrics import depth_errors
 from ssl_robust.objectives import (OBJECTIVES, cross_entropy, depth_l1, depth_l2, depth_log_l1, dlr, dlr_targeted,
                                    embed_cos, embed_l2, seg_balanced_ce, seg_js, seg_masked_ce, seg_masked_spherical,
-                                   segpgd, segpgd_weight, silog, target_classes)
+                                   log_depth_gradient, segpgd, segpgd_weight, silog, target_classes)
 
 IGNORE = 255
 
@@ -645,3 +645,35 @@ def test_depth_log_l1_clamps_non_positive_predictions_at_min_depth() -> None:
     (grad,) = torch.autograd.grad(loss.sum(), pred)
     assert float(loss.detach()) == pytest.approx(-math.log(1e-3), rel=1e-5)
     assert bool(torch.isfinite(grad).all())
+
+
+# ----------------------------------------------------------------------------- log-depth gradient (head training)
+
+def test_log_depth_gradient_by_hand_compares_pixels_two_apart() -> None:
+    target = torch.ones(1, 3, 3)
+    pred = torch.ones(1, 3, 3)
+    pred[0, 0, 0] = math.e  # d = 1 at the corner: one vertical and one horizontal pair differ by 1
+    assert float(log_depth_gradient(pred, target)) == pytest.approx(2 / 9)  # stride 1 only; / 9 valid pixels
+    pred[0, 1, 1] = math.e ** 3  # the centre has no partner two pixels away inside a 3 x 3 map
+    assert float(log_depth_gradient(pred, target)) == pytest.approx(2 / 9)
+
+
+def test_log_depth_gradient_ignores_the_global_scale_of_the_prediction() -> None:
+    target = torch.rand(2, 12, 12) * 5 + 0.5
+    assert torch.allclose(log_depth_gradient(3.0 * target, target), torch.zeros(2), atol=1e-5)
+    assert bool((log_depth_gradient(target.flip(-1), target) > 0).all())
+
+
+def test_log_depth_gradient_leaves_out_pairs_with_an_invalid_pixel() -> None:
+    target = torch.ones(1, 3, 3)
+    pred = torch.ones(1, 3, 3)
+    pred[0, 0, 0] = math.e
+    target[0, 2, 0] = 0.0  # the vertical partner is invalid: only the horizontal pair counts, over 8 pixels
+    assert float(log_depth_gradient(pred, target)) == pytest.approx(1 / 8)
+
+
+def test_log_depth_gradient_adds_the_coarser_scales() -> None:
+    target = torch.ones(1, 5, 5)
+    pred = torch.ones(1, 5, 5)
+    pred[0, 0, 0] = math.e  # stride 1: 2 pairs / 25; stride 2 (3 x 3 of rows/cols 0, 2, 4): 2 pairs / 9
+    assert float(log_depth_gradient(pred, target)) == pytest.approx(2 / 25 + 2 / 9)

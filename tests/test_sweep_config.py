@@ -43,6 +43,23 @@ def test_fixed_fields_reach_every_cell(tmp_path: Path) -> None:
     assert all(c.data.n_samples == 4 for c in cells)  # a data set's own value wins
 
 
+def test_a_data_sets_own_head_fields_win_over_the_defaults_for_its_cells_only() -> None:
+    datasets = [{"name": "synthetic", "task": "classification", "head": {"optimizer": "adam", "lr": 0.5}},
+                {"name": "synthetic", "task": "segmentation"}]
+    data = tiny_sweep("t", datasets=datasets, attacks=["embed"], eps=[0],
+                      defaults={"head": {"epochs": 2, "lr": 0.01}, "device": "cpu"})
+    heads = {c.data.resolved_task: c.head for c in expand(parse_sweep(data))}
+    assert (heads["classification"].optimizer, heads["classification"].lr, heads["classification"].epochs) == (
+        "adam", 0.5, 2)
+    assert (heads["segmentation"].optimizer, heads["segmentation"].lr) == ("adamw", 0.01)
+
+
+def test_a_data_sets_head_may_not_name_a_checkpoint() -> None:
+    datasets = [{"name": "synthetic", "head": {"checkpoint": "h.safetensors"}}]
+    with pytest.raises(ConfigError, match=r"datasets.0.head.checkpoint: a sweep fits its own heads"):
+        parse_sweep(tiny_sweep("t", datasets=datasets))
+
+
 def test_disabled_encoders_and_duplicates_are_left_out() -> None:
     encoders = [*tiny_sweep("t")["encoders"], {"name": "tiny_dinov2", "checkpoint": "s3://b/k", "enabled": False}]
     cells = expand(parse_sweep(tiny_sweep("t", encoders=encoders, eps=[0, 0.0, "0/255"])))

@@ -131,7 +131,7 @@ def build_nyuv2(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int,
     """Train/val carved from the 795 train images (or, with ``data.nyu_train: sync``, from the raw
     sync frames: ``data/nyu_sync.py``); test = the 654 standard test images."""
     if cfg.nyu_train == "sync" and split != "test":
-        return build_nyu_sync(cfg, split, info, image_size)
+        return build_nyu_sync(cfg, split, info, image_size, sizing)
     root = require_files("nyuv2", cfg.root, [NYU_MAT, NYU_SPLITS])
     total = check_nyu_mat(root / NYU_MAT)
     train, test = read_nyu_splits(root / NYU_SPLITS, total)

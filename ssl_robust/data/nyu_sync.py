@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from ssl_robust.config import DataCfg
 from ssl_robust.data.base import DatasetNotFoundError, Split, pick_split, require_files
 from ssl_robust.data.catalog import TaskInfo
-from ssl_robust.data.transforms import depth_to_tensor, image_to_tensor
+from ssl_robust.data.transforms import Sizing, depth_to_tensor, sized_image_to_tensor, target_size
 
 
 SYNC_DIR = "sync"
@@ -109,10 +109,13 @@ def read_depth_png(path: Path, min_depth: float, max_depth: float) -> np.ndarray
 
 
 class NYUSync(Dataset):
-    """Items ``(image [3,S,S] in [0,1], depth float32 [S,S] in m, 0 = invalid)`` read lazily."""
+    """Items ``(image [3,H,W] in [0,1], depth float32 [h,w] in m, 0 = invalid)`` read lazily:
+    S x S both under ``sizing="square"``; under ``"short_side"`` the image's short side is S and the
+    depth keeps its native 480 x 640 (augmented head training crops them together)."""
 
-    def __init__(self, frames: list[Frame], image_size: int, min_depth: float, max_depth: float) -> None:
-        self.frames, self.image_size = frames, image_size
+    def __init__(self, frames: list[Frame], image_size: int, min_depth: float, max_depth: float,
+                 sizing: Sizing = "square") -> None:
+        self.frames, self.image_size, self.sizing = frames, image_size, sizing
         self.min_depth, self.max_depth = min_depth, max_depth
 
     def __len__(self) -> int:
@@ -125,7 +128,8 @@ class NYUSync(Dataset):
         depth = read_depth_png(png, self.min_depth, self.max_depth)
         if image.shape[:2] != depth.shape:
             raise ValueError(f"{rgb} is {image.shape[:2]} but {png} is {depth.shape}")
-        return image_to_tensor(image, self.image_size), depth_to_tensor(depth, self.image_size)
+        return (sized_image_to_tensor(image, self.image_size, self.sizing),
+                depth_to_tensor(depth, target_size(self.image_size, self.sizing)))
 
     def native_size(self, i: int) -> tuple[int, int]:
         """(H, W) of frame ``i``'s depth PNG, from its header."""
@@ -134,14 +138,10 @@ class NYUSync(Dataset):
 
 
 def build_nyu_sync(cfg: DataCfg, split: Split, info: TaskInfo, image_size: int,
-                   sizing: str = "square") -> Dataset:
-    """Train/val carved (``pick_split``) from the sync frames, image and depth resized to S x S.
-
-    ``sizing`` is accepted for the builder signature and ignored: these frames only fit heads, and
-    train/val are always square.
-    """
+                   sizing: Sizing = "square") -> Dataset:
+    """Train/val carved (``pick_split``) from the sync frames, sized by ``sizing`` (``NYUSync``)."""
     if split == "test":
         raise ValueError("the NYUv2 sync frames train heads only; the test split is the labelled .mat's")
     frames = sync_frames(cfg.root)
     chosen = [frames[i] for i in pick_split(len(frames), split, cfg.val_fraction)]
-    return NYUSync(chosen, image_size, info.min_depth, info.max_depth)
+    return NYUSync(chosen, image_size, info.min_depth, info.max_depth, sizing)

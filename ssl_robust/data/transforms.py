@@ -80,10 +80,7 @@ def mask_to_tensor(mask: np.ndarray, size: Size | None) -> torch.Tensor:
     ``size``: S for S x S, (height, width), or None to keep the native resolution.
     """
     tensor = torch.from_numpy(np.ascontiguousarray(mask)).long()
-    if size is not None and tuple(tensor.shape) != _hw(size):
-        tensor = F.interpolate(tensor[None, None].float(), size=_hw(size),
-                               mode="nearest-exact")[0, 0].long()
-    return tensor
+    return tensor if size is None else resize_map(tensor, size)
 
 
 def depth_to_tensor(depth: np.ndarray, size: Size | None) -> torch.Tensor:
@@ -92,6 +89,12 @@ def depth_to_tensor(depth: np.ndarray, size: Size | None) -> torch.Tensor:
     ``size``: S for S x S, (height, width), or None to keep the native resolution.
     """
     tensor = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))
-    if size is not None and tuple(tensor.shape) != _hw(size):
-        tensor = F.interpolate(tensor[None, None], size=_hw(size), mode="nearest-exact")[0, 0]
-    return tensor
+    return tensor if size is None else resize_map(tensor, size)
+
+
+def resize_map(tensor: torch.Tensor, size: Size) -> torch.Tensor:
+    """A label or depth map [h, w] resized to ``size`` by ``nearest-exact``, keeping its dtype
+    (labels are never blended; a depth of 0 stays invalid)."""
+    if tuple(tensor.shape[-2:]) == _hw(size):
+        return tensor
+    return F.interpolate(tensor[None, None].float(), size=_hw(size), mode="nearest-exact")[0, 0].to(tensor.dtype)
