@@ -10,8 +10,10 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
+from mlflow import MlflowClient
 
 from ssl_robust import tracking
+from ssl_robust.report.poster import DEACL_CHECKPOINT
 from ssl_robust.tracking.search import PARENT_TAG
 
 RESULTS = "results"
@@ -75,10 +77,25 @@ def source_line(experiment: str, tracking_uri: str | None) -> str:
     return f"MLflow experiment {experiment!r} at {uri}"
 
 
+def referenced_deacl_runs(rows: Iterable[dict[str, Any]], known: Iterable[str],
+                          tracking_uri: str | None) -> list[dict[str, Any]]:
+    """The DeACL runs whose students the rows evaluate (``runs:/<run>/checkpoints/...``) that are not
+    in ``known``: a benchmark of another experiment's students (e.g. ``sweeps/poster.yaml``'s DeACL rows)."""
+    client = MlflowClient(tracking.absolute_tracking_uri(tracking_uri))
+    wanted = {m["run"] for row in rows if (m := DEACL_CHECKPOINT.match(str(row.get("encoder.checkpoint") or "")))}
+    out = []
+    for run_id in sorted(wanted - set(known)):
+        run = client.get_run(run_id)
+        out.append({"run_id": run_id, "status": run.info.status, "start_time": run.info.start_time,
+                    **run.data.params, "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)})
+    return out
+
+
 def report_inputs(experiment: str, tracking_uri: str | None, rows: list[dict[str, Any]],
                   search_experiments: Iterable[str] = ()) -> dict[str, Any]:
     """The keyword arguments of ``write_report`` beyond the rows."""
     deacl = deacl_params(experiment, tracking_uri)
+    deacl += referenced_deacl_runs(rows, [r["run_id"] for r in deacl], tracking_uri)
     others = [run for name in search_experiments for run in deacl_params(name, tracking_uri)]
     return {"artifacts": cell_results(rows, tracking_uri), "deacl_runs": deacl,
             "searches": searches(deacl + others, tracking_uri), "source": source_line(experiment, tracking_uri)}

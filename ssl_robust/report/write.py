@@ -112,7 +112,7 @@ def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | Non
                      pages.paragraph(_WORST_TEXT) +
                      f"<details><summary>{html.escape(worst_t.title)}</summary>{pages.table_html(worst_t)}</details>"))
 
-    compared = compare(frame, load_reference(reference), ivals)
+    compared = compare(frame, load_reference(reference), ivals, deacl_runs)
     if compared:
         inner = []
         for task, table in compared.items():
@@ -161,9 +161,12 @@ _WORST_TEXT = ("Per test item, the worst outcome over every attack run at that �
                "the chosen images' per-class intersections and unions is as low as a local search finds, starting "
                "from the attack with the lowest mIoU of its own, so the worst case is never above any attack's "
                "own score. Empty where an attack's per-sample results are missing.")
-_POSTER_TEXT = ("The poster's published numbers (dashboards/reference/poster.csv) beside ours where a row matches: "
-                "same encoder and encoder type (no checkpoint = Standard, a DeACL checkpoint = DeACL), data set, "
-                "attack and ε = 8/255. Δ = ours − poster.")
+_POSTER_TEXT = ("The poster's published numbers (dashboards/reference/poster.csv) beside ours, only for runs in the "
+                "poster's configuration: the same encoder at the poster's input size (224 px for DINO ViT-B/16, "
+                "518 px for DINOv2), data set, attack, ε = 8/255 and the poster's 20 steps of 2/255; DeACL rows are "
+                "the poster's DeACL model, its released checkpoint or the last-epoch student of a DeACL run with the "
+                "poster's recipe (ImageNet, ε = 4/255, γ = 2: sweeps/deacl_poster.yaml), named in the Origin column. "
+                "Δ = ours − poster.")
 
 
 def _intro(frame: pd.DataFrame, ref: float, source: str) -> str:

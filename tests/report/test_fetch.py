@@ -11,6 +11,7 @@ from mlflow.entities import Metric, Param
 
 from ssl_robust import tracking
 from ssl_robust.cli import main
+from ssl_robust.report.fetch import referenced_deacl_runs
 from tests.report.fake import Cells, sweep
 
 pytestmark = pytest.mark.slow  # a browser or a tracking store per test: seconds each
@@ -94,3 +95,14 @@ def test_cells_without_results_still_render(tmp_path: Path, monkeypatch: pytest.
     client.set_terminated(_log(client, exp, {"phase": "attack", "cell_id": "c"}, params, metrics), "FINISHED")
     assert main(["report", "old", "--out", str(tmp_path / "out"), "--tracking-uri", uri]) == 0
     assert pd.read_csv(tmp_path / "out" / "table_classification.csv")["PGD Accuracy"].tolist() == [row["adv/acc"]]
+
+
+def test_the_deacl_runs_of_students_from_another_experiment_are_fetched(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    fine_tunes = tracking.ensure_experiment("deacl_poster", uri)
+    run = _log(client, fine_tunes, {"phase": "deacl"}, {"data.name": "imagenet", "gamma": 2.0, "epochs": 101}, {})
+    rows = [{"encoder.checkpoint": f"runs:/{run}/checkpoints/epoch_101.safetensors"}, {"encoder.checkpoint": ""}]
+    fetched = referenced_deacl_runs(rows, known=[], tracking_uri=uri)
+    assert [(r["run_id"], r["data.name"], r["epochs"]) for r in fetched] == [(run, "imagenet", "101")]
+    assert referenced_deacl_runs(rows, known=[run], tracking_uri=uri) == []
