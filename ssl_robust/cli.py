@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from ssl_robust import cost, names, tracking
+from ssl_robust import cost, names, plan_lines, tracking
 from ssl_robust.cell import run_cell
 from ssl_robust.config import CellCfg, ConfigError, check_config_kind, load_config, parse_budget
 from ssl_robust.deacl_config import DeaclCfg
@@ -114,7 +114,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for cell in cells:
             print(cell.cell_id, cell.head_id, cell.encoder.name, cell.data.name, cell.data.resolved_task,
                   cell.attack.name, f"{cell.attack.eps * 255:.3g}/255", f"steps={cell.attack.steps}",
-                  cost.describe(cost.cell_cost(cell)))
+                  plan_lines.attack_settings(cell), cost.describe(cost.cell_cost(cell)))
+        print("\n".join(plan_lines.head_line(cell) for cell in grid.head_groups(cells).values()))
         print("\n".join(cost.summary(cells, args.throughput)))
         return 0
     report = grid.execute(sweep, cells, args.tracking_uri, args.address, args.num_cpus, args.storage_path,

@@ -124,13 +124,14 @@ def cell_cost(cell: CellCfg) -> Cost | None:
 
 
 def head_cost(cell: CellCfg) -> Cost | None:
-    """Fitting the cell's head: one forward per train and val image (None if their number is unknown)."""
+    """Fitting the cell's head: one forward per val image and per train image, every epoch when the
+    train images are augmented (``head.augment``), else once (None if their number is unknown)."""
     if cell.head.checkpoint:
         return Cost()
-    counts = [split_images(cell.data, split) for split in ("train", "val")]
-    if None in counts:
+    train, val = (split_images(cell.data, split) for split in ("train", "val"))
+    if train is None or val is None:
         return None
-    forwards = sum(counts)
+    forwards = train * (cell.head.epochs if cell.head.augment != "none" else 1) + val
     return Cost(0, forwards, _gflop(cell.encoder, input_size(cell.encoder), 0, forwards))
 
 

@@ -11,12 +11,22 @@ import itertools
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from ssl_robust.attacks import ATTACKS, attacks_for
 from ssl_robust.config import (AttackCfg, Budget, CellCfg, CellFields, ConfigError, DataCfg, EncoderCfg, HeadCfg,
                                StrictModel, read_config, validate)
+from ssl_robust.data.catalog import task_names
 from ssl_robust.deacl_config import DeaclCfg
+
+
+def _known_task(name: str) -> str:
+    if name not in task_names():
+        raise ValueError(f"unknown task {name!r}; allowed: {task_names()}")
+    return name
+
+
+TaskName = Annotated[str, AfterValidator(_known_task)]
 
 
 def _name_to_entry(value: Any) -> Any:
@@ -96,6 +106,7 @@ class SweepCfg(StrictModel):
     eps: list[Budget] = Field(min_length=1)
     steps: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [10], min_length=1)
     defaults: CellFields = Field(default_factory=CellFields)
+    heads: dict[TaskName, HeadCfg] = Field(default_factory=dict)  # a task's head recipe, over defaults.head
     data_root: Path | None = None  # a data set without root reads <data_root>/<name>
     resources: Resources = Field(default_factory=Resources)
     max_failures: int = Field(default=1, ge=0)  # retries of a crashed trial
@@ -105,9 +116,10 @@ class SweepCfg(StrictModel):
     def _grid_is_sound(self) -> "SweepCfg":
         if self.defaults.head.checkpoint is not None:
             raise ValueError("defaults.head.checkpoint: a sweep fits its own heads; leave it unset")
-        for i, data in enumerate(self.datasets):
-            if data.head is not None and data.head.checkpoint is not None:
-                raise ValueError(f"datasets.{i}.head.checkpoint: a sweep fits its own heads; leave it unset")
+        for where, head in [*((f"heads.{task}", h) for task, h in self.heads.items()),
+                            *((f"datasets.{i}.head", d.head) for i, d in enumerate(self.datasets) if d.head)]:
+            if head.checkpoint is not None:
+                raise ValueError(f"{where}.checkpoint: a sweep fits its own heads; leave it unset")
         if not any(e.enabled for e in self.encoders):
             raise ValueError("encoders: every entry has enabled: false")
         for i, data in enumerate(self.datasets):
@@ -135,13 +147,20 @@ def _data_cfg(sweep: SweepCfg, entry: DataEntry) -> dict[str, Any]:
     return data
 
 
+def _head_fields(sweep: SweepCfg, data: DataEntry) -> dict[str, Any]:
+    """The head fields a data set's cells set over ``defaults.head``: its task's recipe, then its own."""
+    recipe = sweep.heads.get(data.resolved_task)
+    fields = recipe.model_dump(exclude_unset=True) if recipe is not None else {}
+    return {**fields, **(data.head.model_dump(exclude_unset=True) if data.head is not None else {})}
+
+
 def _raw_cells(sweep: SweepCfg) -> list[dict[str, Any]]:
     defaults = sweep.defaults.model_dump(exclude_unset=True)
     return [
         _merge(defaults, {
             "encoder": enc.model_dump(exclude={"enabled"}, exclude_unset=True),
             "data": _data_cfg(sweep, data),
-            "head": data.head.model_dump(exclude_unset=True) if data.head is not None else {},
+            "head": _head_fields(sweep, data),
             "attack": {**att.model_dump(exclude_unset=True), "eps": eps, "steps": steps},
         })
         for enc in sweep.encoders if enc.enabled
@@ -222,6 +241,7 @@ class DeaclBenchmark(StrictModel):
     eps: list[Budget] = Field(min_length=1)
     steps: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [10], min_length=1)
     defaults: CellFields = Field(default_factory=CellFields)
+    heads: dict[TaskName, HeadCfg] = Field(default_factory=dict)
     data_root: Path | None = None
 
 

@@ -94,3 +94,12 @@ def test_dry_run_of_the_full_grid_prints_its_totals_and_hours(capsys: pytest.Cap
     hours = float(re.search(r"at 1,000 GFLOP/s sustained: ([\d,.]+) hours", out).group(1).replace(",", ""))
     assert hours == pytest.approx(total.gflop / 1000 / 3600, rel=1e-2)
     assert total.grad_steps > 0 and "grad_steps=0 " in out  # its eps = 0 cells spend none
+
+
+def test_an_augmented_head_costs_a_train_forward_per_image_and_epoch() -> None:
+    data = {"name": "cifar10", "n_train": 1000, "n_val": 100}
+    cached = CellCfg.model_validate({"data": data, "head": {"epochs": 5}, "attack": {"name": "pgd"}})
+    augmented = CellCfg.model_validate({"data": data, "head": {"epochs": 5, "augment": "crop_flip"},
+                                        "attack": {"name": "pgd"}})
+    assert cost.head_cost(cached).forwards == 1000 + 100
+    assert cost.head_cost(augmented).forwards == 5 * 1000 + 100

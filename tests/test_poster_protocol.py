@@ -12,12 +12,12 @@ import torch
 from pydantic import ValidationError
 
 from ssl_robust.cell import run_cell, views
-from ssl_robust.config import CellCfg, DataCfg, EncoderCfg, HeadCfg
+from ssl_robust.config import CellCfg, DataCfg, EncoderCfg, HeadCfg, load_config
 from ssl_robust.data.depth import EIGEN_FRAME, clean_depth, eigen_crop_mask
 from ssl_robust.data.load import load_split, slide_stride, task_info
 from ssl_robust.encoders import create_encoder
 from ssl_robust.heads import TaskModel
-from ssl_robust.sweep_config import load_sweep
+from ssl_robust.sweep_config import DeaclSweepCfg, load_sweep
 from ssl_robust.tasks import TASKS, eval_mode
 from tests.data.fixtures import write_nyuv2
 from tests.helpers import REPO_ROOT
@@ -46,6 +46,25 @@ SEED = {
     "depth_frame": ((480, 640), "data/transforms.py: DepthEstimationTransform, A.Resize(height=480, width=640)"),
     "final_iterate": (True, "evaluators/attack.py: DownstreamPGD, SegPGD and DepthPGD return the last "
                             "iterate of all num_steps"),
+    "head/classification": (
+        {"optimizer": "adam", "lr": 0.5, "weight_decay": 0.0, "schedule": "constant", "epochs": 5, "batch_size": 128,
+         "augment": "crop_flip"},
+        "conf/task/classification.yaml: lr, batch_size, epochs; train/trainer.py: train_classifier, "
+        "torch.optim.Adam(lr) without a scheduler; data/transforms.py: ClassificationTranform, "
+        "RandomCrop(crop_size, padding=4 * crop_size // 32) + RandomHorizontalFlip"),
+    "head/segmentation": (
+        {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.0001, "schedule": "poly", "warmup_steps": 1500,
+         "epochs": 50, "batch_size": 16, "augment": "crop_flip"},
+        "conf/task/segmentation.yaml: lr, epochs, batch_size, warmup_iterations; train/trainer.py: train_segmenter, "
+        "AdamW(weight_decay=1e-4), poly_lr_scheduler stepped per batch; data/transforms.py: SegmentationTransform, "
+        "SmallestMaxSize + RandomCrop + Flip"),
+    "head/depth": (
+        {"optimizer": "adamw", "lr": 0.0001, "weight_decay": 0.01, "schedule": "constant", "epochs": 20,
+         "batch_size": 128, "augment": "flip", "depth_loss": "silog_grad", "depth_head": "dinov2"},
+        "conf/task/depth_estimation.yaml: lr, epochs, batch_size, sig_loss_weight 1, grad_loss_weight 0.5; "
+        "train/trainer.py: train_depth_estimator, AdamW(weight_decay=0.01) without a scheduler; data/transforms.py: "
+        "DepthEstimationTransform(augment=False), Resize(480, 640) + HorizontalFlip; "
+        "models/downstream_models/depther/depth_head.py: ReLU + 0.1 bin weights"),
 }
 
 SEGMENTATION = ("ade20k", "cityscapes", "voc2012")
@@ -112,6 +131,23 @@ def test_attacks_take_the_seeds_budget_and_run_every_step(poster):
     assert seed("final_iterate") and all(c.attack.select == "final" for c in cells)
     assert all(not c.attack.stop_when_fooled for c in task_attacks)
     assert all(c.attack.stop_when_fooled for c in cells if c.attack.name == "standard")  # the suite's cascade
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation", "depth"])
+def test_heads_train_with_the_seeds_recipe_of_their_task(poster, task):
+    _, cells = poster
+    heads = {c.head for c in cells if c.data.resolved_task == task}
+    recipe = seed(f"head/{task}")
+    assert len(heads) == 1 and {key: getattr(next(iter(heads)), key) for key in recipe} == recipe
+
+
+def test_the_deacl_rows_are_the_poster_recipes_students_at_their_last_epoch(poster):
+    sweep, _ = poster
+    deacl = [e.deacl for e in sweep.encoders if e.deacl]
+    preset = load_config(DeaclSweepCfg, REPO_ROOT / "sweeps" / "deacl_poster.yaml")
+    assert [(d.experiment, d.epochs) for d in deacl] == [(preset.name, [preset.deacl.epochs])]
+    released = "dinov1_vitb16_imagenet_lr0-05_eps4_nodecay-ep=100.ckpt, checkpoint_key: backbone.encoder."
+    assert released in (REPO_ROOT / "sweeps" / "poster.yaml").read_text()  # the commented alternative
 
 
 # ----------------------------------------------------------------------------- the switches' configs

@@ -54,6 +54,22 @@ def test_a_data_sets_own_head_fields_win_over_the_defaults_for_its_cells_only() 
     assert (heads["segmentation"].optimizer, heads["segmentation"].lr) == ("adamw", 0.01)
 
 
+def test_a_tasks_head_recipe_applies_to_its_data_sets_under_their_own_head_fields() -> None:
+    datasets = [{"name": "synthetic", "task": "classification"},
+                {"name": "synthetic", "task": "depth", "n_samples": 4, "head": {"epochs": 7}},
+                {"name": "synthetic", "task": "segmentation"}]
+    data = tiny_sweep("t", datasets=datasets, attacks=["embed"], eps=[0],
+                      heads={"depth": {"depth_loss": "silog_grad", "epochs": 3, "lr": 0.1}})
+    heads = {c.data.resolved_task: c.head for c in expand(parse_sweep(data))}
+    assert (heads["depth"].depth_loss, heads["depth"].epochs, heads["depth"].lr) == ("silog_grad", 7, 0.1)
+    assert heads["classification"].depth_loss == "silog" and heads["segmentation"].epochs == 2  # defaults.head
+
+
+def test_a_head_recipe_for_an_unknown_task_names_the_tasks() -> None:
+    with pytest.raises(ConfigError, match=r"heads.detection.\[key\]: .*unknown task 'detection'; allowed: "):
+        parse_sweep(tiny_sweep("t", heads={"detection": {"epochs": 1}}))
+
+
 def test_a_data_sets_head_may_not_name_a_checkpoint() -> None:
     datasets = [{"name": "synthetic", "head": {"checkpoint": "h.safetensors"}}]
     with pytest.raises(ConfigError, match=r"datasets.0.head.checkpoint: a sweep fits its own heads"):
@@ -214,7 +230,7 @@ def test_the_poster_preset_expands_to_the_posters_protocol(capsys: pytest.Captur
                        "depth": {("whole", "None", "logits")}}
     assert {c.data.name for c in cells if c.data.voc_background == "exclude"} == {"voc2012"}
     assert all(c.encoder.model_kwargs == {"dynamic_img_size": True} for c in cells)
-    assert [e.deacl.experiment for e in sweep.encoders if e.deacl] == ["deacl"]
+    assert [e.deacl.experiment for e in sweep.encoders if e.deacl] == ["deacl_poster"]
 
 
 def test_the_three_main_sweeps_run_the_noise_baseline_and_the_standard_suite() -> None:

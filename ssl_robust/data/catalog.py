@@ -95,3 +95,8 @@ DATASETS.register("nyuv2")(DatasetSpec({"depth": TaskInfo("depth", min_depth=1e-
     "it into data.root, giving data.root/sync/<scene>/rgb_XXXXX.jpg and sync_depth_XXXXX.png; "
     "optionally copy BTS's train_test_inputs/nyudepthv2_train_files_with_gt.txt into data.root."),
     sizes={"train": 795, "test": 654}, aspect=4 / 3))
+
+
+def task_names() -> list[str]:
+    """Every task some registered data set serves, in registration order."""
+    return list(dict.fromkeys(task for name in DATASETS.names() for task in DATASETS.get(name).infos))
