@@ -3,6 +3,7 @@ switches it uses: window averaging, per-window strides, VOC without background, 
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -279,3 +280,45 @@ def test_a_whole_image_depth_cell_scores_every_valid_native_pixel(tmp_path):
     assert metrics["eval/pixels"] == expected
     assert np.isfinite(metrics["clean/rmse"]) and metrics["check/eps0_equals_clean"] == 1.0
     assert metrics["check/delta_in_ball"] == metrics["check/x_adv_in_box"] == 1.0
+
+
+# ----------------------------------------------------------------------------- docs/protocol.md
+
+def _protocol_rows() -> list[dict[str, str]]:
+    """Every table row of docs/protocol.md as {header: cell}."""
+    rows, header = [], None
+    for line in (REPO_ROOT / "docs" / "protocol.md").read_text().splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if header is None:
+            header = cells
+        elif not set(line) <= set("|-: "):
+            rows.append(dict(zip(header, cells)))
+    return rows
+
+
+def _field(cell: CellCfg, dotted: str):
+    value = cell
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def test_protocol_rows_that_say_here_keep_the_default_in_the_poster_preset(poster):
+    _, cells = poster
+    default = CellCfg()
+    claimed = [row for row in _protocol_rows() if row.get("`sweeps/poster.yaml`") == "here"]
+    assert len(claimed) >= 8
+    for row in claimed:
+        switches = {m for m in re.findall(r"`((?:encoder|data|head|attack)\.[a-z_]+)", row["switch"])
+                    if m != "attack.name"}
+        for name in switches:
+            assert {str(_field(c, name)) for c in cells} == {str(_field(default, name))}, (row["choice"], name)
+
+
+def test_the_protocol_tables_have_a_preset_column_for_the_posters_settings():
+    rows = _protocol_rows()
+    assert {row["choice"] for row in rows if "`sweeps/poster.yaml`" in row} >= {
+        "input size", "window stride", "window averaging", "VOC 2012 classes", "classification recipe"}
