@@ -151,4 +151,14 @@ def ray_session(resources: Resources, address: str | None = None, num_cpus: int 
             yield
     finally:
         if started:
+            _let_actors_exit()
             ray.shutdown()
+
+
+def _let_actors_exit(timeout_s: float = 10.0) -> None:
+    """Wait until the trial actors Tune has released have exited (their CPUs are free again):
+    ``ray.shutdown`` sends SIGTERM to any worker still alive, which then prints a traceback."""
+    deadline = time.monotonic() + timeout_s
+    total = ray.cluster_resources().get("CPU", 0.0)
+    while time.monotonic() < deadline and ray.available_resources().get("CPU", 0.0) < total:
+        time.sleep(0.2)
