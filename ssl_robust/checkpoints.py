@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ssl_robust.errors import CheckpointError
+
 _STATE_DICT_KEYS = ("teacher", "student", "model", "state_dict", "module")
 _HEAD_PREFIXES = ("head.", "dino_head", "ibot_head")
 _HARMLESS = [argparse.Namespace]  # DINO saves its args alongside the weights
@@ -36,10 +38,6 @@ _ACTING_MODULES = frozenset({"os", "posix", "nt", "sys", "subprocess", "importli
 _ACTING_BUILTINS = frozenset({"eval", "exec", "compile", "open", "__import__", "breakpoint", "input"})
 VIT_KEYS = frozenset({"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
                       "norm.bias", "blocks.0.norm1.weight", "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight"})
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: unreadable, not weights-only, or not this model's."""
 
 
 class Placeholder:

@@ -1,6 +1,8 @@
 """What can be named in a config: one line per encoder alias, data set, attack and task, for
-``ssl-robust list``."""
+``ssl-robust list`` (``cmd_list``: it needs no more than these registries, so it answers fast)."""
 from __future__ import annotations
+
+import argparse
 
 from ssl_robust.aliases import ENCODERS
 from ssl_robust.attacks import ATTACKS, AttackSpec
@@ -33,3 +35,12 @@ def task_lines() -> list[str]:
 
 
 LISTS = {"encoders": encoder_lines, "datasets": dataset_lines, "attacks": attack_lines, "tasks": task_lines}
+
+
+def cmd_list(args: argparse.Namespace, cfg: None = None) -> int:
+    """One line per name that configs accept: of ``args.what``, or of every kind under its heading."""
+    for what in [args.what] if args.what else list(LISTS):
+        if not args.what:
+            print(f"{what}:")
+        print("\n".join(("  " if not args.what else "") + line for line in LISTS[what]()))
+    return 0

@@ -1,11 +1,16 @@
 """``ssl-robust run``: one cell from a YAML file plus dotted overrides; bad configs exit with code 2."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from ssl_robust.cli import _sweep_exit, main, resume_command
+from ssl_robust import names
+from ssl_robust.cli import main
+from ssl_robust.command_line import LIST_KINDS
+from ssl_robust.commands import _sweep_exit, resume_command, where_it_went
 from ssl_robust.config import CellCfg, load_config
 
 from tests.helpers import REPO_ROOT
@@ -181,8 +186,6 @@ def test_list_prints_one_line_per_name_configs_accept(capsys: pytest.CaptureFixt
 
 
 def test_a_sweep_ends_saying_where_each_result_is_and_how_to_open_it(tmp_path: Path) -> None:
-    from ssl_robust.cli import where_it_went
-
     lines = where_it_went(tmp_path / "report", "sqlite:////data/mlflow.db", "/runs/ray")
     assert lines[0].startswith(f"report:      {tmp_path / 'report' / 'index.html'}")
     assert "mlflow ui --backend-store-uri sqlite:////data/mlflow.db" in lines[1]
@@ -198,3 +201,19 @@ def test_the_deacl_poster_dry_run_lists_the_posters_settings(capsys: pytest.Capt
                     "batch=128x4", "warmup=10 from 0.003 per epoch", "augment=seed", "precision=fp16",
                     "val_fraction=0.0", "epochs=101"):
         assert setting in line, setting
+
+
+def test_the_list_commands_kinds_are_the_listed_registries() -> None:
+    assert LIST_KINDS == sorted(names.LISTS)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sweep", "--help"], ["run", "configs/tiny.yaml", "attack.epz=1"],
+                                  ["sweep", "sweeps/quickstart.yaml", "defaults.heed=1"]])
+def test_help_and_config_errors_load_no_torch_ray_or_mlflow(argv: list[str]) -> None:
+    code = ("import sys; from ssl_robust.cli import main\n"
+            "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as end:\n    code = end.code\n"
+            "heavy = sorted(m for m in ('torch', 'ray', 'mlflow', 'timm') if m in sys.modules)\n"
+            "print('HEAVY', heavy, code)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip().splitlines()[-1] in ("HEAVY [] 0", "HEAVY [] 2"), done.stdout + done.stderr

@@ -17,7 +17,8 @@ import yaml
 from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 
-from ssl_robust import cli
+from ssl_robust import cli, commands
+from ssl_robust.command_line import build_parser
 from ssl_robust.config import EncoderCfg
 from ssl_robust.encoders import create_encoder
 from ssl_robust.tracking import artifacts
@@ -200,11 +201,11 @@ def test_encoder_checks_image_size_against_the_models_patch_size() -> None:
 def test_relative_storage_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     sweep = _sweep(tmp_path)
-    args = cli.build_parser().parse_args(["sweep", sweep, "--storage-path", "results", "--dry-run"])
-    cli.prepare(args)
+    args = build_parser().parse_args(["sweep", sweep, "--storage-path", "results", "--dry-run"])
+    commands.prepare(args, cli.load_configs(args))
     assert args.storage_path == str(tmp_path / "results")
-    args = cli.build_parser().parse_args(["sweep", sweep, "--storage-path", "s3://bucket/ray", "--dry-run"])
-    cli.prepare(args)
+    args = build_parser().parse_args(["sweep", sweep, "--storage-path", "s3://bucket/ray", "--dry-run"])
+    commands.prepare(args, cli.load_configs(args))
     assert args.storage_path == "s3://bucket/ray"
 
 

@@ -18,15 +18,12 @@ from mlflow.exceptions import MlflowException
 
 from ssl_robust.config import CellCfg
 from ssl_robust.deacl_config import DeaclCfg
+from ssl_robust.errors import ArtifactError
 from ssl_robust.tracking.store import absolute_tracking_uri, s3_endpoint
 
 _REMOTE_SCHEMES = ("runs", "mlflow-artifacts", "models", "http", "https")
 _MLFLOW_SCHEMES = ("runs", "models")  # resolved through the tracking store
 Config = TypeVar("Config", CellCfg, DeaclCfg)
-
-
-class ArtifactError(RuntimeError):
-    """An artifact URI that cannot be fetched; the message names the URI and what is missing."""
 
 
 def _masked(url: str) -> str:

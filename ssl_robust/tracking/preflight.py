@@ -28,6 +28,7 @@ from botocore.exceptions import PartialCredentialsError, ReadTimeoutError, SSLEr
 from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.rest_utils import http_request
 
+from ssl_robust.errors import PreflightError
 from ssl_robust.tracking.store import absolute_tracking_uri, s3_endpoint
 
 # ~30 s of retries (sleeps 0, 2, 4, 8, 16 s plus jitter) so that a 20-s outage is still absorbed,
@@ -52,10 +53,6 @@ _SOCKET_REASONS = (
     ("no route to host", "no route to host"),
     ("connection reset", "connection reset by the server"),
 )
-
-
-class PreflightError(RuntimeError):
-    """The tracking store or the S3 endpoint is not usable; the message is one line."""
 
 
 class _Failed(Exception):

@@ -22,8 +22,8 @@ from ray.autoscaler.sdk import request_resources
 from ssl_robust.config import ConfigError
 from ssl_robust.sweep_config import Resources
 from ssl_robust.tracking.store import absolute_tracking_uri, is_local_store
+from ssl_robust.tune import RESOURCE_TIMEOUT_S
 
-RESOURCE_TIMEOUT_S = 300.0
 PROGRESS_EVERY_S = 10.0
 # Every trial's environment (Ray's job-level runtime_env): no per-trial progress bars (tqdm) and no
 # MLflow artifact download bars, which Ray would forward line by line to the driver's terminal.

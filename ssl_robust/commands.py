@@ -1,0 +1,258 @@
+"""What each ``ssl-robust`` command does, once ``cli`` has parsed its command line and validated its
+config: the checks that need the tracking store, the devices and the data, then the work. Each
+``cmd_*`` takes the parsed arguments and the validated config (None for a command without one) and
+returns the exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from ssl_robust import cost, plan_lines, tracking
+from ssl_robust.cell import run_cell
+from ssl_robust.config import ConfigError
+from ssl_robust.data import preflight
+from ssl_robust.devices import resolve_device
+from ssl_robust.encoders import check_encoder_name, convert_checkpoint
+from ssl_robust.finetune import run_deacl
+from ssl_robust.report import write_report
+from ssl_robust.report.fetch import report_inputs
+from ssl_robust.search_config import describe_space
+from ssl_robust.sweep_config import deacl_configs, expand, resolve_encoders
+from ssl_robust.tracking.deacl import checkpoint_artifact
+from ssl_robust.tracking.preflight import redact
+from ssl_robust.tune import deacl_sweep, grid
+from ssl_robust.tune.search import masked, run_search
+
+SUBMIT_ENV = "SSL_ROBUST_SUBMIT"  # set on cluster nodes: the `ray submit ... --` prefix that reruns a sweep
+
+
+def print_table(metrics: dict[str, float]) -> None:
+    width = max(len(k) for k in metrics)
+    for key in sorted(metrics):
+        print(f"{key:<{width}}  {metrics[key]:.4f}")
+
+
+def cmd_run(args: argparse.Namespace, cfg: Any) -> int:
+    check_encoder_name(cfg.encoder.name)
+    print(f"cell {cfg.cell_id}: {cfg.encoder.name} / {cfg.data.name} ({cfg.data.resolved_task}) / "
+          f"{cfg.attack.name} eps={cfg.attack.eps:.5f} steps={cfg.attack.steps}")
+    print_table(run_cell(tracking.localize(cfg, args.tracking_uri), out_dir=args.out_dir))
+    return 0
+
+
+def _write_report(experiment: str, tracking_uri: str | None, out_dir: Path, eps: float | None = None,
+                  cell_ids: set[str] | None = None, searches: list[str] | tuple[str, ...] = ()) -> int:
+    """The report of the experiment's FINISHED cells (with their per-sample artifacts, its DeACL runs
+    and the Pareto front of any search among them or in ``searches``' experiments); with
+    ``cell_ids`` (a sweep's own), of those cells only."""
+    rows = tracking.run_results(experiment, tracking_uri=tracking_uri)
+    if cell_ids is not None:
+        rows = [row for row in rows if row.get("cell_id") in cell_ids]
+    if not rows:
+        print(f"no finished cells in experiment {experiment!r}" + (" among the sweep's" if cell_ids else "")
+              + ("" if cell_ids is not None else _other_experiments(experiment, tracking_uri)), file=sys.stderr)
+        return 2
+    inputs = report_inputs(experiment, tracking_uri, rows, searches)
+    page = write_report(rows, out_dir, eps=eps, title=f"ssl_robust: {experiment}", **inputs)
+    print(f"report ({len(rows)} cells): {page}", file=sys.stderr)
+    return 0
+
+
+def _other_experiments(experiment: str, tracking_uri: str | None) -> str:
+    """``; did you mean ...? experiments here: ...`` for a report of an experiment without cells."""
+    names = [name for name in tracking.experiment_names(tracking_uri) if name != experiment]
+    if not names:
+        return "; the tracking store has no other experiment"
+    near = difflib.get_close_matches(experiment, names, n=3, cutoff=0.6)
+    return (f"; did you mean {' or '.join(map(repr, near))}?" if near else "") + f" experiments here: {', '.join(names)}"
+
+
+def cmd_sweep(args: argparse.Namespace, sweep: Any) -> int:
+    cells = expand(resolve_encoders(sweep, lambda source: tracking.deacl_students(
+        source.runs, source.experiment, source.epochs, args.tracking_uri)))
+    for name in sorted({c.encoder.name for c in cells}):
+        check_encoder_name(name)
+    print(f"sweep {sweep.name}: {len(cells)} cells, {len(grid.head_groups(cells))} heads", file=sys.stderr)
+    if args.dry_run:
+        for cell in cells:
+            print(cell.cell_id, cell.head_id, cell.encoder.name, cell.data.name, cell.data.resolved_task,
+                  cell.attack.name, f"{cell.attack.eps * 255:.3g}/255", f"steps={cell.attack.steps}",
+                  plan_lines.attack_settings(cell), cost.describe(cost.cell_cost(cell)))
+        print("\n".join(plan_lines.head_line(cell) for cell in grid.head_groups(cells).values()))
+        print("\n".join(cost.summary(cells, _throughput(args.throughput))))
+        return 0
+    report = grid.execute(sweep, cells, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
+                          args.resource_timeout)
+    summary = report.lines()
+    print("\n".join(summary))
+    out_dir = Path(args.report.format(name=sweep.name))
+    written = False
+    if not args.no_report and not report.interrupted:
+        written = _write_report(sweep.name, args.tracking_uri, out_dir, cell_ids={c.cell_id for c in cells}) == 0
+    if report.ran:
+        run_id = tracking.log_sweep_run(sweep.name, report.session, summary, out_dir if written else None,
+                                        report.ok, args.tracking_uri)
+        print(f"summary{' and report' if written else ''} tracked as MLflow run {run_id} "
+              f"(artifacts {tracking.SUMMARY_ARTIFACT}{', ' + tracking.REPORT_ARTIFACT + '/' if written else ''})",
+              file=sys.stderr)
+    print("\n".join(where_it_went(out_dir if written else None, tracking.absolute_tracking_uri(args.tracking_uri),
+                                   (args.storage_path or "~/ray_results") if report.ran else None)), file=sys.stderr)
+    return _sweep_exit(report.ok, report.interrupted)
+
+
+def where_it_went(report_dir: Path | None, tracking_uri: str, storage_path: str | None) -> list[str]:
+    """Where a sweep's results are, each with the command that opens it (credentials masked)."""
+    tracking_uri = redact(tracking_uri)
+    lines = [f"report:      {report_dir.resolve() / 'index.html'}  (open it in a browser)"] if report_dir else []
+    ui = (f"mlflow ui --backend-store-uri {tracking_uri} --port 5000" if tracking_uri.startswith("sqlite:")
+          else f"open {tracking_uri}")
+    lines.append(f"tracking:    {tracking_uri}  ({ui})")
+    if storage_path is not None:
+        lines.append(f"Ray results: {storage_path}  (tensorboard --logdir {storage_path})")
+    return lines
+
+
+def resume_command() -> str:
+    """The command that reruns this sweep: on a cluster node set up by ``infra/cluster*.yaml``, the
+    ``ray submit`` the user typed on their own machine (``SSL_ROBUST_SUBMIT`` is its prefix);
+    else this process's own command line."""
+    prefix = os.environ.get(SUBMIT_ENV)
+    if prefix:
+        return f"{prefix} {shlex.join(sys.argv[1:])}"
+    return shlex.join(sys.orig_argv)
+
+
+def _sweep_exit(ok: bool, signum: int) -> int:
+    """0 when every cell FINISHED, 1 when some did not, 128 + signum when a signal stopped the sweep.
+    Through ``ray submit`` the user sees 1 for any failure (Ray's own exit code), so the code is
+    also printed."""
+    code = 128 + signum if signum else (0 if ok else 1)
+    if code:
+        print(f"to resume: {resume_command()}", file=sys.stderr)
+        if os.environ.get(SUBMIT_ENV):
+            print(f"exit code {code} (ray submit reports any failure as 1)", file=sys.stderr)
+    return code
+
+
+def cmd_report(args: argparse.Namespace, cfg: None = None) -> int:
+    return _write_report(args.experiment, args.tracking_uri, Path(args.out), args.eps, searches=args.search)
+
+
+def cmd_deacl(args: argparse.Namespace, cfg: Any) -> int:
+    print(f"deacl {cfg.deacl_id}: {cfg.encoder.name} on {cfg.data.name}, gamma={cfg.gamma}, "
+          f"dense_weight={cfg.dense_weight}, eps={cfg.attack.eps:.5f}, {cfg.epochs} epochs", file=sys.stderr)
+    run_id, metrics = run_deacl(cfg, args.tracking_uri, args.experiment)
+    if not metrics:
+        print(f"already finished: run {run_id}", file=sys.stderr)
+    else:
+        print_table(metrics)
+    last = cfg.epochs
+    print(f"run {run_id}; checkpoints: runs:/{run_id}/{checkpoint_artifact(last)} (and every "
+          f"{cfg.checkpoint_every} epochs)")
+    return 0
+
+
+def cmd_deacl_sweep(args: argparse.Namespace, sweep: Any) -> int:
+    configs = deacl_configs(sweep)
+    for name in sorted({c.encoder.name for c in configs}):
+        check_encoder_name(name)
+    print(f"deacl sweep {sweep.name}: {len(configs)} fine-tunes x epochs {sweep.benchmark.epochs}", file=sys.stderr)
+    if args.dry_run:
+        for cfg in configs:
+            print(cfg.deacl_id, cfg.encoder.name, cfg.data.name, f"gamma={cfg.gamma}",
+                  f"dense_weight={cfg.dense_weight}", f"eps={cfg.attack.eps * 255:.3g}/255",
+                  f"attack_steps={cfg.attack.steps}",
+                  f"step_size={cfg.attack.step_size * 255:.3g}/255", f"{cfg.optimizer} lr={cfg.lr}",
+                  f"momentum={cfg.momentum}", f"weight_decay={cfg.weight_decay}",
+                  f"batch={cfg.batch_size}x{cfg.grad_accum}",
+                  f"warmup={cfg.warmup_epochs:g} from {cfg.warmup_start_lr} per {cfg.warmup_unit}",
+                  f"augment={cfg.augment}", f"precision={cfg.precision}", f"val_fraction={cfg.val_fraction}",
+                  f"epochs={cfg.epochs}")
+        return 0
+    report = deacl_sweep.run_deacl_sweep(sweep, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
+                                         args.resource_timeout)
+    print("\n".join(report.lines()))
+    if not args.no_report and report.benchmark is not None and not report.signum:
+        _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)),
+                      cell_ids=report.cell_ids)
+    return _sweep_exit(report.ok, report.signum)
+
+
+def cmd_search(args: argparse.Namespace, search: Any) -> int:
+    check_encoder_name(search.deacl.encoder.name)
+    print(f"search {search.name}: {search.n_trials} trials of {search.deacl.epochs} epochs, "
+          f"{search.deacl.encoder.name} on {search.deacl.data.name}; study {masked(search.storage_url)}",
+          file=sys.stderr)
+    if args.dry_run:
+        print("\n".join(describe_space(search)))
+        return 0
+    report = run_search(search, args.tracking_uri, args.storage_path, args.address, args.num_cpus)
+    print("\n".join(report.lines()))
+    return 1 if report.failed or report.front.empty else 0
+
+
+def cmd_convert(args: argparse.Namespace, cfg: None = None) -> int:
+    if args.encoder:
+        check_encoder_name(args.encoder)
+    source = tracking.local_path(args.checkpoint, tracking_uri=args.tracking_uri)
+    prefix, count = convert_checkpoint(source, args.out, args.key, args.encoder)
+    how = "given" if args.key is not None else "found"
+    print(f"prefix {prefix!r} ({how}): {count} tensors written to {args.out}")
+    print(f"checked: it loads into {args.encoder}" if args.encoder
+          else "not checked against an encoder (--encoder NAME checks that it loads)")
+    return 0
+
+
+def _check_store(args: argparse.Namespace) -> None:
+    """``report`` reads a store: a SQLite file that is not there would be created empty by MLflow."""
+    uri = tracking.absolute_tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise FileNotFoundError(f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}, so no experiment "
+                                f"{args.experiment!r}; give the sweep's store with --tracking-uri or MLFLOW_TRACKING_URI")
+
+
+def prepare(args: argparse.Namespace, cfg: Any) -> None:
+    """Checks before a command starts anything (its config is valid): a relative ``--storage-path``
+    (made absolute: trials run elsewhere), the tracking store, the device of a local run, and every
+    data set a command reads."""
+    storage = getattr(args, "storage_path", None)
+    if storage and "://" not in storage:
+        args.storage_path = str(Path(storage).expanduser().resolve())
+    for key, value in tracking.fail_fast_env().items():  # MLflow's client gives up in ~30 s, not ~4 min
+        os.environ.setdefault(key, value)
+    if args.command in ("convert", "list"):  # one file (a URI fails with its own message), or nothing
+        return
+    tracking.preflight(args.tracking_uri, need_s3=False if args.command == "report" else None)
+    if args.command == "report":
+        _check_store(args)
+        return
+    if args.command == "run":
+        resolve_device(cfg.device)
+    elif args.command == "deacl":
+        resolve_device(cfg.device)
+        preflight.check_available([preflight.deacl_data(cfg)])
+    elif not args.dry_run:
+        preflight.check_available(_grid_data(args.command, cfg))
+
+
+def _grid_data(command: str, cfg: Any) -> list:
+    """The data configs of a sweep, DeACL sweep or search."""
+    if command == "sweep":
+        return preflight.sweep_data(cfg)
+    if command == "deacl-sweep":
+        return preflight.deacl_sweep_data(cfg)
+    return [preflight.deacl_data(cfg.deacl)]
+
+
+def _throughput(value: str | None) -> float | None:
+    """``--throughput``: GFLOP/s, or the benchmark's JSON (``cost.read_throughput``)."""
+    try:
+        return cost.read_throughput(value) if value is not None else None
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
