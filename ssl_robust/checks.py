@@ -35,8 +35,8 @@ def gradient_checks(grad_finite: bool, zero_samples: int, attacked: int, eps: fl
 
 def score_checks(clean: float, adv: float, higher_is_better: bool, eps0_gap: float,
                  searched: bool = True) -> dict[str, float]:
-    """eps = 0 reproduces the clean output; a searched attack (not random noise, which may help a
-    score by chance) leaves the score no better than clean."""
+    """eps = 0 reproduces the clean output; an attack that searches for a worse task score (not
+    random noise or an embedding attack, which may help a score by chance) leaves it no better than clean."""
     checks = {"check/eps0_equals_clean": float(eps0_gap <= 1e-4), "check/eps0_max_output_gap": eps0_gap}
     if searched:
         not_better = adv <= clean + TOLERANCE if higher_is_better else adv >= clean - TOLERANCE

@@ -62,6 +62,7 @@ def segpgd(output: torch.Tensor, target: torch.Tensor, step: int = 1, steps: int
 
 
 OBJECTIVES.register("segpgd")(segpgd)
+STEP_DEPENDENT = frozenset({"segpgd"})  # objectives that reweigh their terms by step: their loss rises by design
 
 
 def silog(output: torch.Tensor, target: torch.Tensor, step: int = 1, steps: int = 1,

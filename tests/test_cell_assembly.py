@@ -107,6 +107,11 @@ def test_uniform_noise_is_not_checked_for_scoring_no_better_than_clean(make_cell
     assert "check/adv_not_better" in run_cell(head_cfg(make_cell_cfg, fitted_head, "classification"))
 
 
+def test_the_embedding_attack_is_not_checked_for_scoring_no_better_than_clean(make_cell_cfg, fitted_head) -> None:
+    metrics = run_cell(head_cfg(make_cell_cfg, fitted_head, "segmentation", attack={"name": "embed"}))
+    assert "check/adv_not_better" not in metrics and metrics["check/all_passed"] == 1.0
+
+
 def test_the_example_image_shows_the_first_batch_its_attack_and_the_scaled_perturbation(
         make_cell_cfg, fitted_head, monkeypatch, tmp_path: Path) -> None:
     spy = spy_engine(monkeypatch)

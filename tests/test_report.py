@@ -185,9 +185,19 @@ def test_cell_ids_restrict_the_report(two_configs, tmp_path: Path):
         write_report(two_configs, tmp_path / "none", cell_ids=["not-a-cell"])
 
 
-def test_summary_table_has_one_row_per_finished_cell(two_configs):
+def test_summary_table_has_a_row_per_attack_setting_and_a_column_per_eps(two_configs):
     table = summary_table(two_configs, {"cell-a2", "cell-b2"})
-    assert table[["steps", "adv"]].values.tolist() == [["10", 0.1], ["20", 0.0]]
+    eps = [c for c in table.columns if c.endswith("/255")]
+    assert len(table) == 2 and len(eps) == 1
+    assert table[["steps", eps[0], "checks"]].values.tolist() == [["10", 0.1, "ok"], ["20", 0.0, "ok"]]
+
+
+def test_summary_table_keeps_rows_of_other_settings_apart_and_names_the_setting(two_configs):
+    same_steps = [{**row, "attack.steps": "10", "steps": "10"} for row in two_configs]
+    table = summary_table(same_steps, {row["cell_id"] for row in same_steps})
+    pgd = table[table["attack"] == "pgd"]
+    assert len(pgd) == 2 and pgd["settings"].str.contains("encoder.image_size").all()
+    assert sorted(pgd["8/255"]) == [0.0, 0.1] and sorted(pgd["4/255"]) == [0.05, 0.4]
 
 
 def test_no_rows_is_a_clear_error(tmp_path: Path):

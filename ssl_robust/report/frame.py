@@ -51,6 +51,12 @@ def gradient_free(name: str) -> bool:
     return name in ATTACKS and bool(getattr(ATTACKS.get(name), "gradient_free", False))
 
 
+def aims_at_task(name: str) -> bool:
+    """An attack that searches for a worse task score: not uniform noise, not an embedding attack.
+    The checks on task scores (monotone in eps, at least as harmful as noise) apply to these."""
+    return name in ATTACKS and not gradient_free(name) and not ATTACKS.get(name).on_embedding
+
+
 def is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -77,18 +83,33 @@ def _encoder_labels(frame: pd.DataFrame) -> list[str]:
 
 
 def summary_table(rows: list[dict[str, Any]], cell_ids: set[str]) -> pd.DataFrame:
-    """One row per finished cell of the grid: axes, primary clean/adv metric, sanity checks."""
+    """The terminal's table of a sweep's finished cells: one row per (encoder, data set, task,
+    attack, steps) and configuration, the clean score, the attacked score at each ε (a column per
+    ε, ``×255``) and the check flags (``ok``, or how many of the row's cells failed one). Rows that
+    differ in another field say which in a ``settings`` column."""
     df = pd.DataFrame([r for r in rows if r.get("cell_id") in cell_ids])
     if df.empty:
         return df
-    out = df[["dataset", "task", "attack", "eps_255", "steps"]].copy()
-    out.insert(0, "encoder", _encoder_labels(df))
-    out["metric"] = [TASKS.get(task).metric for task in df["task"]]
-    out["clean"] = [_primary(r, "clean") for _, r in df.iterrows()]
-    out["adv"] = [_primary(r, "adv") for _, r in df.iterrows()]
-    out["checks_ok"] = df["check/all_passed"] if "check/all_passed" in df else float("nan")
-    out["eps_255"] = out["eps_255"].astype(float)
-    return out.sort_values(["encoder", "dataset", "task", "attack", "eps_255"]).reset_index(drop=True)
+    fields = [f for f in config_fields(df.columns) if f != "attack.steps"]
+    df = df.assign(encoder=_encoder_labels(df), metric=[TASKS.get(task).metric for task in df["task"]],
+                   clean=[_primary(r, "clean") for _, r in df.iterrows()],
+                   adv=[_primary(r, "adv") for _, r in df.iterrows()],
+                   eps_255=df["eps_255"].astype(float),
+                   failed=(df["check/all_passed"] if "check/all_passed" in df else pd.Series(1.0, index=df.index)) < 1,
+                   config=[json.dumps([_text(v) for v in values]) for values in df[fields].values.tolist()])
+    keys = ["encoder", "dataset", "task", "attack", "steps", "metric"]
+    df["settings"] = _labels(df, keys, fields, pd.Series("", index=df.index)).str.strip(" []")
+    out = []
+    for key, group in df.sort_values([*keys, "eps_255"]).groupby([*keys, "config"], sort=True):
+        row = dict(zip(keys, key), settings=group["settings"].iloc[0], clean=group["clean"].iloc[0])
+        row.update({f"{eps:g}/255": adv for eps, adv in zip(group["eps_255"], group["adv"])})
+        failed = int(group["failed"].sum())
+        row["checks"] = "ok" if not failed else f"{failed} failed"
+        out.append(row)
+    table = pd.DataFrame(out)
+    eps_columns = sorted((c for c in table.columns if c.endswith("/255")), key=lambda c: float(c[:-4]))
+    settings = ["settings"] if table["settings"].astype(bool).any() else []
+    return table[[*keys, *settings, "clean", *eps_columns, "checks"]]
 
 
 def config_fields(columns: Iterable[str]) -> list[str]:

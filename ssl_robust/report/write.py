@@ -193,6 +193,11 @@ def _checks_section(frame: pd.DataFrame, cross: pd.DataFrame, fails: dict[int, l
                 else "not evaluated (no cells it applies to)") + "</li>" for name, rule in checks.RULES.items()]
     head = (f'<p class="fail-text">{len(fails)} of {len(frame)} cells failed a check.</p>' if fails else
             f'<p class="ok-text">All {len(frame)} cells passed every check.</p>')
+    if checks.short_attacks_only(cross):
+        head += pages.paragraph(f"Every failure of cross/loss_levelled is an attack of fewer than {checks.SHORT_ATTACK} "
+                                "steps: too short for its loss to level off, as expected of a quick demo grid. Its "
+                                "scores show what that budget finds; a longer attack (attack.steps) would likely do "
+                                "more damage.", "note")
     per_cell = ", ".join(checks.cell_checks(frame)) or "(none logged)"
     return (head + f"<p>Per-cell checks (logged with each cell, 1 = holds): <code>{html.escape(per_cell)}</code>.</p>"
             + f"<p>Across cells:</p><ul>{''.join(items)}</ul>" + (pages.table_html(table) if fails else ""))

@@ -28,6 +28,21 @@ PROGRESS_EVERY_S = 10.0
 # Every trial's environment (Ray's job-level runtime_env): no per-trial progress bars (tqdm) and no
 # MLflow artifact download bars, which Ray would forward line by line to the driver's terminal.
 QUIET_TRIALS = {"TQDM_DISABLE": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+QUIET_WORKER_HOOK = "ssl_robust.tune.cluster.quiet_worker_exit"  # Ray's worker_process_setup_hook
+
+
+def quiet_worker_exit() -> None:
+    """In every Ray worker of a sweep: a SIGTERM that Ray sends to a released trial actor raises
+    SystemExit wherever the worker happens to be; inside a garbage-collection callback Python then
+    prints it as an "Exception ignored" traceback, which Ray forwards to the driver. That one case
+    is dropped; every other unraisable exception is printed as before."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
 
 
 class ClusterError(ConfigError):
@@ -104,7 +119,7 @@ def _init_ray(address: str | None, num_cpus: int | None, quiet: bool = True) -> 
     ``quiet``: the trials show no progress bars (``QUIET_TRIALS``)."""
     if ray.is_initialized():
         return False
-    env = {"runtime_env": {"env_vars": QUIET_TRIALS}} if quiet else {}
+    env = {"runtime_env": {"env_vars": QUIET_TRIALS, "worker_process_setup_hook": QUIET_WORKER_HOOK}} if quiet else {}
     if services.canonicalize_bootstrap_address(address) is not None:
         ray.init(address=address, **env)
         return False

@@ -14,8 +14,10 @@ from tests.report.fake import sweep
 pytestmark = pytest.mark.slow  # each renders a whole report: seconds
 
 SPECIAL = {("dinov2_vits14", "classification", "pgd", 8): {"adv_q": 0.95},  # better than at 4/255 and noise
-           ("dino_vitb16", "depth", "embed", 4): {"adv_q": 0.45},  # RMSE below noise's and the clean one
-           ("dino_vitb16", "segmentation", "segpgd", 8): {"loss": [0.1 * s for s in range(1, 11)]}}
+           ("dino_vitb16", "depth", "depthpgd", 4): {"adv_q": 0.45},  # RMSE below noise's and the clean one
+           ("dino_vitb16", "depth", "embed", 4): {"adv_q": 0.45},  # the same, but EmbedAttack does not aim at RMSE
+           ("dino_vitb16", "depth", "depthpgd", 8): {"loss": [0.1 * s for s in range(1, 11)]},
+           ("dino_vitb16", "segmentation", "segpgd", 8): {"loss": [0.1 * s for s in range(1, 11)]}}  # by design
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +39,12 @@ def test_exactly_the_broken_cells_are_flagged(flagged: tuple[pd.DataFrame, pd.Da
     frame, cross, _ = flagged
     assert _failed(frame, cross) == {
         ("dinov2_vits14", "classification", "pgd", 8): ["cross/beats_noise", "cross/eps_monotone"],
-        ("dino_vitb16", "depth", "embed", 4): ["cross/beats_noise", "cross/eps_monotone"],
-        ("dino_vitb16", "segmentation", "segpgd", 8): ["cross/loss_levelled"]}
+        ("dino_vitb16", "depth", "depthpgd", 4): ["cross/beats_noise", "cross/eps_monotone"],
+        ("dino_vitb16", "depth", "depthpgd", 8): ["cross/loss_levelled"]}  # SegPGD's rising loss is not a failure
     evaluated = cross.groupby("check").size().to_dict()
-    assert evaluated["cross/eps_monotone"] == 2 * 3 * 2 * 2  # each gradient attack line at its two eps > 0
-    assert evaluated["cross/beats_noise"] == 2 * 3 * 2 * 2  # two gradient attacks at two eps > 0
-    assert evaluated["cross/loss_levelled"] == 2 * 3 * 2 * 2  # every gradient attack cell at eps > 0
+    assert evaluated["cross/eps_monotone"] == 2 * 3 * 2  # each task attack line at its two eps > 0
+    assert evaluated["cross/beats_noise"] == 2 * 3 * 2  # the task attack at two eps > 0
+    assert evaluated["cross/loss_levelled"] == 2 * 3 * 2 * 2 - 2 * 2  # every gradient attack cell at eps > 0 but SegPGD's
 
 
 def test_flagged_cells_are_red_in_the_page_and_marked_in_the_files(flagged) -> None:
@@ -87,3 +89,24 @@ def test_a_curve_that_stops_early_ran_out_of_items_and_passes() -> None:
     rising = pd.DataFrame({"step": [1, 2, 3], "mean_loss": [0.1, 0.5, 1.0]})
     assert loss_levelled(rising, steps=10) == (True, "every item fooled by step 3 of 10")
     assert loss_levelled(rising, steps=3)[0] is False
+
+
+def test_a_short_attack_that_has_not_levelled_off_says_so(tmp_path: Path) -> None:
+    rising = pd.DataFrame({"step": [1, 2, 3], "mean_loss": [0.1, 0.5, 0.9]})
+    ok, detail = loss_levelled(rising)
+    assert ok is False and detail.endswith("; a 3-step attack is too short to converge")
+    long_rising = pd.DataFrame({"step": range(1, 11), "mean_loss": [0.1 * s for s in range(1, 11)]})
+    assert "too short" not in loss_levelled(long_rising)[1]
+
+
+def test_a_page_whose_only_loss_failures_are_short_attacks_explains_them(tmp_path: Path) -> None:
+    three_steps = {(enc, task, attack, eps): {"loss": [0.1, 0.5, 0.9], "attack.steps": "3"}
+                   for enc in ("dinov2_vits14", "dino_vitb16")
+                   for task, attack in (("classification", "pgd"), ("depth", "depthpgd")) for eps in (4, 8)}
+    cells = sweep(tmp_path / "runs", n=10, special=three_steps)
+    page = write_report(cells.rows, tmp_path / "report", artifacts=cells.artifacts).read_text()
+    assert "Every failure of cross/loss_levelled is an attack of fewer than 10 steps" in page
+    plain = sweep(tmp_path / "plain", n=10, special={("dino_vitb16", "depth", "depthpgd", 8): SPECIAL[
+        ("dino_vitb16", "depth", "depthpgd", 8)]})
+    assert "Every failure of cross/loss_levelled" not in write_report(
+        plain.rows, tmp_path / "report2", artifacts=plain.artifacts).read_text()
