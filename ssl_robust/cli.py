@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,18 +84,22 @@ def _message(err: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse, check, dispatch; a bad input prints one line (``--debug``: the traceback) and returns 2."""
+    """Parse, check, dispatch; a bad input prints one line (``--debug``: the traceback) and returns 2.
+    Without ``--verbose`` Ray, MLflow and the trials log warnings and errors only."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [item for item in argv if item != "--debug"]
+    debug, verbose = "--debug" in argv, "--verbose" in argv  # either may stand anywhere on the line
+    argv = [item for item in argv if item not in ("--debug", "--verbose")]
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)  # KEY=VALUE overrides may follow options too
+        args.verbose = verbose
         if extra and (not hasattr(args, "overrides") or any("=" not in item for item in extra)):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if extra:
             args.overrides = [*args.overrides, *extra]
         cfg = load_configs(args)
+        if not args.verbose:  # read when MLflow is imported, and by the workers Ray starts from here
+            os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         module = importlib.import_module(args.module)  # torch, Ray, MLflow: only once the input is valid
         if args.module == COMMANDS:
             module.prepare(args, cfg)

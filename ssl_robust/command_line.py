@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ssl-robust", description=DESCRIPTION)
     parser.set_defaults(module=COMMANDS)
     parser.add_argument("--debug", action="store_true", help="on an error, show the traceback (any position)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show what Ray, MLflow and the trials log: info messages, the trials' progress bars (any position)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run one cell offline and print its metrics")

@@ -88,7 +88,7 @@ def cmd_sweep(args: argparse.Namespace, sweep: Any) -> int:
         print("\n".join(cost.summary(cells, _throughput(args.throughput))))
         return 0
     report = grid.execute(sweep, cells, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
-                          args.resource_timeout)
+                          args.resource_timeout, quiet=not args.verbose)
     summary = report.lines()
     print("\n".join(summary))
     out_dir = Path(args.report.format(name=sweep.name))
@@ -176,7 +176,7 @@ def cmd_deacl_sweep(args: argparse.Namespace, sweep: Any) -> int:
                   f"epochs={cfg.epochs}")
         return 0
     report = deacl_sweep.run_deacl_sweep(sweep, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
-                                         args.resource_timeout)
+                                         args.resource_timeout, quiet=not args.verbose)
     print("\n".join(report.lines()))
     if not args.no_report and report.benchmark is not None and not report.signum:
         _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)),
@@ -192,7 +192,8 @@ def cmd_search(args: argparse.Namespace, search: Any) -> int:
     if args.dry_run:
         print("\n".join(describe_space(search)))
         return 0
-    report = run_search(search, args.tracking_uri, args.storage_path, args.address, args.num_cpus)
+    report = run_search(search, args.tracking_uri, args.storage_path, args.address, args.num_cpus,
+                        quiet=not args.verbose)
     print("\n".join(report.lines()))
     return 1 if report.failed or report.front.empty else 0
 

@@ -10,6 +10,7 @@ switched off, and trials use the AWS credential chain of their own node.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import sys
 import time
@@ -29,6 +30,7 @@ PROGRESS_EVERY_S = 10.0
 # MLflow artifact download bars, which Ray would forward line by line to the driver's terminal.
 QUIET_TRIALS = {"TQDM_DISABLE": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 QUIET_WORKER_HOOK = "ssl_robust.tune.cluster.quiet_worker_exit"  # Ray's worker_process_setup_hook
+RAY_AUTH_NOTICE = "ray._private.authentication.authentication_token_setup"  # logs "token authentication is enabled"
 
 
 def quiet_worker_exit() -> None:
@@ -116,10 +118,15 @@ def wait_for_resources(resources: Resources, timeout_s: float) -> None:
 
 def _init_ray(address: str | None, num_cpus: int | None, quiet: bool = True) -> bool:
     """Start or join Ray unless already initialised; True when this call started a local instance.
-    ``quiet``: the trials show no progress bars (``QUIET_TRIALS``)."""
+    ``quiet``: Ray logs warnings only (and not its notice that token authentication is on, Ray's
+    default), and the trials show no progress bars (``QUIET_TRIALS``) nor the traceback of their
+    SIGTERM (``quiet_worker_exit``)."""
     if ray.is_initialized():
         return False
-    env = {"runtime_env": {"env_vars": QUIET_TRIALS, "worker_process_setup_hook": QUIET_WORKER_HOOK}} if quiet else {}
+    env: dict[str, Any] = {"logging_level": logging.WARNING if quiet else logging.INFO}
+    if quiet:
+        env["runtime_env"] = {"env_vars": QUIET_TRIALS, "worker_process_setup_hook": QUIET_WORKER_HOOK}
+        logging.getLogger(RAY_AUTH_NOTICE).setLevel(logging.ERROR)
     if services.canonicalize_bootstrap_address(address) is not None:
         ray.init(address=address, **env)
         return False

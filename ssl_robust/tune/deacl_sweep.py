@@ -96,7 +96,7 @@ def benchmark_of(sweep: DeaclSweepCfg, runs: list[str], uri: str) -> tuple[Sweep
 
 def run_deacl_sweep(sweep: DeaclSweepCfg, tracking_uri: str | None = None, address: str | None = None,
                     num_cpus: int | None = None, storage_path: str | None = None,
-                    resource_timeout: float = RESOURCE_TIMEOUT_S) -> DeaclSweepReport:
+                    resource_timeout: float = RESOURCE_TIMEOUT_S, quiet: bool = True) -> DeaclSweepReport:
     """Fine-tune what is missing, then benchmark every finished fine-tune's chosen epochs; a signal
     during the fine-tunes marks their running runs KILLED (they resume) and skips the benchmark."""
     uri = tracking.absolute_tracking_uri(tracking_uri)
@@ -107,7 +107,7 @@ def run_deacl_sweep(sweep: DeaclSweepCfg, tracking_uri: str | None = None, addre
     if todo:
         with Interrupt() as interrupt:
             try:
-                with grid.ray_session(sweep.resources, address, num_cpus, uri, resource_timeout):
+                with grid.ray_session(sweep.resources, address, num_cpus, uri, resource_timeout, quiet):
                     interrupt.arm()
                     _fine_tune(sweep, todo, uri, storage_path, session, interrupt)
             finally:
@@ -119,5 +119,5 @@ def run_deacl_sweep(sweep: DeaclSweepCfg, tracking_uri: str | None = None, addre
     if report.fine_tunes and not report.interrupted:
         bench, cells = benchmark_of(sweep, report.fine_tunes, uri)
         report.cell_ids = {c.cell_id for c in cells}
-        report.benchmark = grid.execute(bench, cells, uri, address, num_cpus, storage_path, resource_timeout)
+        report.benchmark = grid.execute(bench, cells, uri, address, num_cpus, storage_path, resource_timeout, quiet)
     return report

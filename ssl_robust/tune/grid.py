@@ -282,9 +282,10 @@ def _slots(sweep: SweepCfg, n_trials: int) -> int:
 
 def execute(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = None,
             address: str | None = None, num_cpus: int | None = None, storage_path: str | None = None,
-            resource_timeout: float = RESOURCE_TIMEOUT_S) -> SweepReport:
+            resource_timeout: float = RESOURCE_TIMEOUT_S, quiet: bool = True) -> SweepReport:
     """Run the sweep and count its cells in the store; Ray is started (or joined) only when some
-    cell is not finished yet. SIGINT/SIGTERM end it early with ``report.interrupted`` set."""
+    cell is not finished yet. SIGINT/SIGTERM end it early with ``report.interrupted`` set.
+    ``quiet``: Ray and the trials print only warnings and errors (``ray_session``)."""
     uri = tracking.absolute_tracking_uri(tracking_uri)
     destination = {"tracking_uri": uri, "experiment": sweep.name, "session": uuid.uuid4().hex[:16],
                    "experiment_id": tracking.ensure_experiment(sweep.name, uri, sweep.description)}
@@ -294,7 +295,7 @@ def execute(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = No
     with Interrupt() as interrupt:
         try:
             if report.skipped < len(ids):
-                with ray_session(sweep.resources, address, num_cpus, uri, resource_timeout):
+                with ray_session(sweep.resources, address, num_cpus, uri, resource_timeout, quiet):
                     interrupt.arm()
                     run_sweep(sweep, cells, report, destination, storage_path, interrupt)
         finally:

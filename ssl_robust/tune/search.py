@@ -234,9 +234,9 @@ def _report(search: SearchCfg, study: optuna.Study, parent: str, uri: str, ran: 
 
 
 def run_search(search: SearchCfg, tracking_uri: str | None = None, storage_path: str | None = None,
-               address: str | None = None, num_cpus: int | None = None) -> SearchReport:
+               address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> SearchReport:
     """Run the trials the study still lacks (Ray is joined or started only if some are missing),
-    then log the Pareto front to the search's MLflow parent run and finish it."""
+    then log the Pareto front to the search's MLflow parent run and finish it; ``quiet`` as for a sweep."""
     check_search(search)
     uri = absolute_tracking_uri(tracking_uri)
     storage = optuna.storages.RDBStorage(search.storage_url)
@@ -252,7 +252,7 @@ def run_search(search: SearchCfg, tracking_uri: str | None = None, storage_path:
     failed = 0
     try:
         if remaining:
-            with ray_session(search.resources, address, num_cpus):
+            with ray_session(search.resources, address, num_cpus, quiet=quiet):
                 failed = _tune(search, study, storage, remaining, context, storage_path)
         tracked.kill_running(search.name, uri, parent)
         return _report(search, study, parent, uri, remaining, failed)

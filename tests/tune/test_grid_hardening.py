@@ -348,18 +348,33 @@ def test_a_worker_node_lost_mid_sweep_leaves_every_cell_finished_once(tmp_path: 
     assert lost >= 1, counts  # the trial that ran on node A: its run did not finish, its retry did
 
 
-def test_a_sweep_prints_its_progress_and_summary_not_its_trials_bars(tmp_path: Path) -> None:
-    """Without TQDM_DISABLE in the caller's environment: no trial progress bars, no MLflow download
-    bars, no Tune banner; the sweep's own bar, table, counts and paths."""
+def _quiet_run(tmp_path: Path, *extra: str) -> str:
+    """A two-cell sweep's whole output, run as a user runs it: progress bars on, Ray's own auth mode."""
     config = write_sweep(tmp_path / "quiet.yaml", small_sweep("e2e-quiet", eps=["4/255", "8/255"]))
-    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "RAY_AUTH_MODE")}
     done = subprocess.run([sys.executable, "-m", "ssl_robust.cli", *sweep_args(config, f"sqlite:///{tmp_path / 'm.db'}",
-                                                                               tmp_path, "--address", "local")],
-                          cwd=REPO_ROOT, env={**env, "RAY_AUTH_MODE": "disabled", **FAST_CLAIMS},
-                          capture_output=True, text=True, timeout=300)
+                                                                               tmp_path, "--address", "local"), *extra],
+                          cwd=REPO_ROOT, env={**env, **FAST_CLAIMS}, capture_output=True, text=True, timeout=300)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
-    for noise in ("(trial pid", "Downloading artifacts", "Number of trials", "View detailed results", "fit head"):
+    return out
+
+
+LIBRARY_NOISE = ("Started a local Ray instance", "Token authentication", "Creating initial MLflow database")
+
+
+def test_a_sweep_prints_its_progress_and_summary_not_its_trials_bars(tmp_path: Path) -> None:
+    """Without TQDM_DISABLE in the caller's environment: no trial progress bars, no MLflow download
+    bars, no Tune banner, no library notices; the sweep's own bar, table, counts and paths."""
+    out = _quiet_run(tmp_path)
+    for noise in ("(trial pid", "Downloading artifacts", "Number of trials", "View detailed results", "fit head",
+                  "Traceback", *LIBRARY_NOISE):
         assert noise not in out, noise
     assert "2 cells, 2 FINISHED" in out and "report (2 cells)" in out and "cells: 100%" in out
-    assert len(out.splitlines()) < 40, out
+    assert len(out.splitlines()) < 25, out
+
+
+def test_verbose_shows_what_ray_and_mlflow_log(tmp_path: Path) -> None:
+    out = _quiet_run(tmp_path, "--verbose")
+    assert "Started a local Ray instance" in out and "Creating initial MLflow database" in out
+    assert "2 cells, 2 FINISHED" in out
