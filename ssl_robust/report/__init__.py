@@ -7,7 +7,8 @@ downloads a run's artifacts for ``ssl-robust report``. See docs/report.md.
 """
 from ssl_robust.report.artifacts import CellArtifacts
 from ssl_robust.report.checks import failed_checks
-from ssl_robust.report.frame import (config_fields, configuration_lines, encoder_label, reference_eps, results_frame,
+from ssl_robust.report.labels import encoder_label
+from ssl_robust.report.frame import (config_fields, configuration_lines, reference_eps, results_frame,
                                      summary_table)
 from ssl_robust.report.tables import curves, poster_table
 from ssl_robust.report.write import write_report

@@ -8,32 +8,18 @@ one point per benchmarked epoch, at the report's eps.
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ssl_robust.report.frame import EPS_TOL, MISSING, describe
-from ssl_robust.report.poster import DEACL_CHECKPOINT
+from ssl_robust.report.labels import DEACL_CHECKPOINT, fine_tune_labels
 from ssl_robust.report.tables import Table
 from ssl_robust.tasks import TASKS
 
 COLUMNS = ["task", "dataset", "fine_tune", "deacl_run", "epoch", "series", "series_label", "value", "lo", "hi",
            "cell_run"]
-
-
-def fine_tune_labels(run_ids: Iterable[str], runs: list[dict[str, Any]]) -> dict[str, str]:
-    """``γ=2, dense_weight=0`` per DeACL run (its id's head where two runs share a label)."""
-    info = {str(r.get("run_id")): r for r in runs}
-    labels = {}
-    for run in run_ids:
-        params = info.get(run, {})
-        labels[run] = f"γ={params['gamma']}, dense_weight={params.get('dense_weight', '?')}" \
-            if "gamma" in params else f"DeACL {run[:8]}"
-    for run, label in labels.items():
-        if list(labels.values()).count(label) > 1:
-            labels[run] = f"{label} ({run[:8]})"
-    return labels
 
 
 def deacl_points(frame: pd.DataFrame, runs: list[dict[str, Any]], eps: float, ivals: pd.DataFrame) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from ssl_robust import tracking
-from ssl_robust.report.poster import DEACL_CHECKPOINT
+from ssl_robust.report.labels import DEACL_CHECKPOINT
 from ssl_robust.tracking.search import PARENT_TAG
 
 RESULTS = "results"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
@@ -26,6 +25,7 @@ from pydantic import BaseModel
 
 from ssl_robust.attacks import ATTACKS
 from ssl_robust.config import AttackCfg, CellFields
+from ssl_robust.report.labels import DEACL_CHECKPOINT, encoder_label, fine_tune_labels
 from ssl_robust.tasks import TASKS
 
 AXES = ("attack.name", "attack.eps")  # the tables' columns and the curves' x axis
@@ -66,23 +66,16 @@ def _primary(row: pd.Series, prefix: str) -> float:
     return float("nan") if is_missing(value) else float(value)
 
 
-def encoder_label(name: str, checkpoint: str | None) -> str:
-    """``name``, or ``name (<run>/<file stem>)`` for fine-tuned weights (``runs:/`` URIs name their run)."""
-    if not checkpoint or is_missing(checkpoint):
-        return name
-    checkpoint = str(checkpoint)
-    stem = Path(checkpoint).stem or "fine-tuned"
-    if checkpoint.startswith("runs:/"):
-        stem = f"{checkpoint.removeprefix('runs:/').split('/')[0][:8]}/{stem}"
-    return f"{name} ({stem})"
-
-
-def _encoder_labels(frame: pd.DataFrame) -> list[str]:
+def _encoder_labels(frame: pd.DataFrame, deacl_runs: list[dict[str, Any]] | None = None) -> list[str]:
     checkpoint = frame.get("encoder.checkpoint", pd.Series("", index=frame.index))
-    return [encoder_label(name, ckpt) for name, ckpt in zip(frame["encoder"], checkpoint)]
+    runs = {m["run"] for c in checkpoint if (m := DEACL_CHECKPOINT.match(str(c or "")))}
+    deacl = fine_tune_labels(sorted(runs), deacl_runs or [])
+    return [encoder_label(name, None if is_missing(ckpt) else ckpt, deacl)
+            for name, ckpt in zip(frame["encoder"], checkpoint)]
 
 
-def summary_table(rows: list[dict[str, Any]], cell_ids: set[str]) -> pd.DataFrame:
+def summary_table(rows: list[dict[str, Any]], cell_ids: set[str],
+                  deacl_runs: list[dict[str, Any]] | None = None) -> pd.DataFrame:
     """The terminal's table of a sweep's finished cells: one row per (encoder, data set, task,
     attack, steps) and configuration, the clean score, the attacked score at each ε (a column per
     ε, ``×255``) and the check flags (``ok``, or how many of the row's cells failed one). Rows that
@@ -91,7 +84,7 @@ def summary_table(rows: list[dict[str, Any]], cell_ids: set[str]) -> pd.DataFram
     if df.empty:
         return df
     fields = [f for f in config_fields(df.columns) if f != "attack.steps"]
-    df = df.assign(encoder=_encoder_labels(df), metric=[TASKS.get(task).metric for task in df["task"]],
+    df = df.assign(encoder=_encoder_labels(df, deacl_runs), metric=[TASKS.get(task).metric for task in df["task"]],
                    clean=[_primary(r, "clean") for _, r in df.iterrows()],
                    adv=[_primary(r, "adv") for _, r in df.iterrows()],
                    eps_255=df["eps_255"].astype(float),
@@ -154,7 +147,7 @@ def _drop_duplicates(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return frame[~dup].sort_index(), notes
 
 
-def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+def results_frame(rows: Iterable[dict[str, Any]], deacl_runs: list[dict[str, Any]] | None = None) -> pd.DataFrame:
     """Rows -> one frame with numeric eps, the task's scores, configuration keys and labels.
 
     ``config`` / ``attack_config`` key the configuration and the per-attack settings,
@@ -165,7 +158,7 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     if frame.empty:
         raise ValueError("no finished cells to report on")
     frame["eps"] = frame["eps"].astype(float)
-    frame["encoder_label"] = _encoder_labels(frame)
+    frame["encoder_label"] = _encoder_labels(frame, deacl_runs)
     frame["clean"] = [_primary(row, "clean") for _, row in frame.iterrows()]
     frame["adv"] = [_primary(row, "adv") for _, row in frame.iterrows()]
     fields = config_fields(frame.columns)

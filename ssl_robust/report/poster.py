@@ -13,7 +13,6 @@ counts them. Scores compared: clean, EmbedAttack (``embed``) and the task's own 
 from __future__ import annotations
 
 import math
-import re
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,12 @@ import pandas as pd
 from ssl_robust.aliases import ENCODERS
 from ssl_robust.report.frame import is_missing
 from ssl_robust.report.intervals import text
+from ssl_robust.report.labels import DEACL_CHECKPOINT
 from ssl_robust.report.tables import Table
 from ssl_robust.tasks import TASKS
 
 REFERENCE = Path(__file__).resolve().parents[2] / "dashboards" / "reference" / "poster.csv"
 POSTER_EPS = 8 / 255
-DEACL_CHECKPOINT = re.compile(r"^runs:/(?P<run>[^/]+)/checkpoints/epoch_(?P<epoch>\d+)\.safetensors$")
 RELEASED_DEACL = "dinov1_vitb16_imagenet_lr0-05_eps4_nodecay"  # the released checkpoint's file name starts so
 POSTER_DEACL = {"encoder.name": "dino_vitb16", "data.name": "imagenet", "attack.eps": 4 / 255, "gamma": 2.0}
 SCORES = {"clean": "Clean", "embed": "EmbedAttack", "task_attack": None}

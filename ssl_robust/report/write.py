@@ -75,7 +75,7 @@ def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | Non
         rows = [row for row in rows if row.get("cell_id") in wanted]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    frame = results_frame(rows)
+    frame = results_frame(rows, deacl_runs)
     arts = as_artifacts(artifacts)
     ref = reference_eps(frame, eps)
     ivals = intervals.run_intervals(frame, arts)

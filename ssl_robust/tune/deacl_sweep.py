@@ -83,7 +83,7 @@ def _fine_tune(sweep: DeaclSweepCfg, todo: list[DeaclCfg], uri: str, storage_pat
                                   storage_path=storage_path, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
     )
-    with interrupt.tune_run():
+    with interrupt.tune_run(), grid.legacy_tune_output():
         tuner.fit()
 
 

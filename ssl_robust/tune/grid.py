@@ -33,6 +33,7 @@ from ssl_robust import tracking
 from ssl_robust.cell import prepare_head, run_cell
 from ssl_robust.config import CellCfg
 from ssl_robust.report import summary_table
+from ssl_robust.report.fetch import referenced_deacl_runs
 from ssl_robust.sweep_config import SweepCfg, head_groups
 from ssl_robust.tracking.cells import close_session_runs, finished_heads, run_claimed
 from ssl_robust.tune.cluster import RESOURCE_TIMEOUT_S, ray_session
@@ -305,5 +306,6 @@ def execute(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = No
     report.finished = len(ids & finished)
     report.failed = [c.cell_id for c in cells if c.cell_id not in finished]
     if not report.interrupted:
-        report.table = summary_table(tracking.run_results(sweep.name, "attack", uri), ids)
+        rows = tracking.run_results(sweep.name, "attack", uri)
+        report.table = summary_table(rows, ids, referenced_deacl_runs(rows, [], uri))
     return report

@@ -31,7 +31,7 @@ from ssl_robust.pareto import plot_pareto
 from ssl_robust.search_config import ParamSpace, SearchCfg, check_search, normalized, trial_config
 from ssl_robust.tracking import absolute_tracking_uri, flatten
 from ssl_robust.tracking import search as tracked
-from ssl_robust.tune.grid import ray_session
+from ssl_robust.tune.grid import legacy_tune_output, ray_session
 
 OBJECTIVES = ("probe/clean_acc", "probe/embed_acc")
 EPOCH = "epoch"
@@ -191,7 +191,8 @@ def _tune(search: SearchCfg, study: optuna.Study, storage: Any, remaining: int, 
                                   storage_path=storage_path, verbose=0, callbacks=[progress]),
     )
     try:
-        tuner.fit()
+        with legacy_tune_output():
+            tuner.fit()
     finally:
         if progress.bar is not None:
             progress.bar.close()

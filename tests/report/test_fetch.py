@@ -61,7 +61,7 @@ def test_report_fetches_artifacts_deacl_runs_and_the_search(store: tuple[str, st
     table = pd.read_csv(out / "table_segmentation.csv")
     assert table["Clean mIoU lo"].notna().all()  # bootstrap from the fetched per-image IoU
     points = pd.read_csv(out / "deacl_points.csv")
-    assert sorted(points["epoch"].unique()) == [0, 1] and set(points["fine_tune"]) == {"γ=2.0, dense_weight=0.0"}
+    assert sorted(points["epoch"].unique()) == [0, 1] and set(points["fine_tune"]) == {"DeACL γ=2"}
     front = pd.read_csv(out / f"pareto_{name}.csv")
     assert front["number"].tolist() == [1, 0]
     page = (out / "index.html").read_text()

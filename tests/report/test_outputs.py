@@ -97,7 +97,7 @@ def test_deacl_points_run_from_the_teacher_at_epoch_0(written) -> None:
     cells, runs, _ = written
     frame = results_frame(cells.rows)
     points = deacl_points(frame, runs, 8 / 255, run_intervals(frame, {}))
-    assert set(points["fine_tune"]) == {"γ=2.0, dense_weight=0.0", "γ=0.0, dense_weight=0.5"}
+    assert set(points["fine_tune"]) == {"DeACL γ=2", "DeACL γ=0, dense_weight=0.5"}
     for tune, line in points.groupby("fine_tune"):
         assert sorted(line["epoch"].unique()) == [0, 1, 2]
         assert set(line["series"]) == {"clean", "embed", "pgd", "noise"} - ({"noise"} - set(line["series"]))
