@@ -163,10 +163,12 @@ def masked(url: str) -> str:
 
 
 def _open_study(search: SearchCfg, storage: optuna.storages.RDBStorage) -> tuple[optuna.Study, int]:
-    """Create or load the study; trials left RUNNING by a killed driver become FAIL. Returns the
-    study and its number of finished (COMPLETE or PRUNED) trials."""
+    """Create or load the study, its objectives named; trials left RUNNING by a killed driver become
+    FAIL. Returns the study and its number of finished (COMPLETE or PRUNED) trials."""
     study = optuna.create_study(study_name=search.name, storage=storage, directions=["maximize", "maximize"],
                                 load_if_exists=True)
+    if study.metric_names != list(OBJECTIVES):
+        study.set_metric_names(list(OBJECTIVES))  # optuna-dashboard names the axes, not "Objective 0/1"
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(stale.number, state=TrialState.FAIL)
     return study, len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
@@ -239,6 +241,7 @@ def run_search(search: SearchCfg, tracking_uri: str | None = None, storage_path:
     """Run the trials the study still lacks (Ray is joined or started only if some are missing),
     then log the Pareto front to the search's MLflow parent run and finish it; ``quiet`` as for a sweep."""
     check_search(search)
+    optuna.logging.set_verbosity(optuna.logging.WARNING if quiet else optuna.logging.INFO)
     uri = absolute_tracking_uri(tracking_uri)
     storage = optuna.storages.RDBStorage(search.storage_url)
     study, done = _open_study(search, storage)

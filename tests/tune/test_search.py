@@ -67,6 +67,7 @@ def test_search_stores_its_study_and_logs_the_pareto_front(ray_2cpus: None, sear
     assert search(search_file) == 0
     study = optuna.load_study(study_name=NAME, storage=search_file["storage"])
     assert len(study.directions) == 2 and len(study.trials) == 3
+    assert study.metric_names == ["probe/clean_acc", "probe/embed_acc"]  # what optuna-dashboard names its axes
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert complete and all(len(t.values) == 2 and 0 <= min(t.values) <= max(t.values) <= 1 for t in complete)
