@@ -74,13 +74,15 @@ def load_configs(args: argparse.Namespace) -> Any:
 
 
 def _message(err: Exception) -> str:
-    """The one line (a config error: one line per bad field) printed for a bad input."""
+    """The one line printed for a bad input (a config error: one line per bad field; several
+    missing data sets: one line each)."""
     if isinstance(err, ConfigError):
         text = str(err)
         return f"invalid config:\n{text}" if "\n" in text else f"invalid config: {text}"
     if isinstance(err, UsageError):
         return f"error: {err}"
-    return "error: " + " ".join(str(err).split())
+    lines = [" ".join(line.split()) for line in str(err).splitlines() if line.strip()]
+    return "error: " + "\n  ".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,10 +51,9 @@ def require_files(dataset: str, root: Path | None, expected: list[str]) -> Path:
     root = Path(root).expanduser()
     missing = [p for p in expected if not (root / p).exists()]
     if missing:
-        raise DatasetNotFoundError(
-            f"data set {dataset!r}: searched {root}, missing {missing} "
-            f"(expected {expected}). {how_to_get}"
-        )
+        what = (f"it holds none of the expected files {expected}" if len(missing) == len(expected) else
+                f"missing {missing} of the expected {len(expected)} files")
+        raise DatasetNotFoundError(f"data set {dataset!r}: searched {root}: {what}. {how_to_get}")
     return root
 
 
