@@ -101,17 +101,24 @@ def cmd_sweep(args: argparse.Namespace, sweep: Any) -> int:
         print(f"summary{' and report' if written else ''} tracked as MLflow run {run_id} "
               f"(artifacts {tracking.SUMMARY_ARTIFACT}{', ' + tracking.REPORT_ARTIFACT + '/' if written else ''})",
               file=sys.stderr)
-    print("\n".join(where_it_went(out_dir if written else None, tracking.absolute_tracking_uri(args.tracking_uri),
-                                   (args.storage_path or "~/ray_results") if report.ran else None)), file=sys.stderr)
+    uri = tracking.absolute_tracking_uri(args.tracking_uri)
+    print("\n".join(where_it_went(out_dir if written else None, uri,
+                                   (args.storage_path or "~/ray_results") if report.ran else None,
+                                   tracking.ensure_experiment(sweep.name, uri))), file=sys.stderr)
     return _sweep_exit(report.ok, report.interrupted)
 
 
-def where_it_went(report_dir: Path | None, tracking_uri: str, storage_path: str | None) -> list[str]:
-    """Where a sweep's results are, each with the command that opens it (credentials masked)."""
+def where_it_went(report_dir: Path | None, tracking_uri: str, storage_path: str | None,
+                  experiment_id: str | None = None) -> list[str]:
+    """Where a sweep's results are, each with the command that opens it (credentials masked); the
+    MLflow address opens the experiment's runs table."""
     tracking_uri = redact(tracking_uri)
     lines = [f"report:      {report_dir.resolve() / 'index.html'}  (open it in a browser)"] if report_dir else []
-    ui = (f"mlflow ui --backend-store-uri {tracking_uri} --port 5000" if tracking_uri.startswith("sqlite:")
-          else f"open {tracking_uri}")
+    local = tracking_uri.startswith("sqlite:")
+    server = f"http://127.0.0.1:{tracking.UI_PORT}" if local else tracking_uri
+    page = tracking.runs_page(server, experiment_id) if experiment_id else server
+    ui = f"mlflow ui --backend-store-uri {tracking_uri} --port {tracking.UI_PORT}, then open {page}" if local \
+        else f"open {page}"
     lines.append(f"tracking:    {tracking_uri}  ({ui})")
     if storage_path is not None:
         lines.append(f"Ray results: {storage_path}  (tensorboard --logdir {storage_path})")

@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 
-from tests.helpers import REPO_ROOT, TASK_ATTACKS, TINY_ENCODER, TINY_IMAGE_SIZE, free_port, merge, shared_scope
+from tests.helpers import (REPO_ROOT, TASK_ATTACKS, TINY_ENCODER, TINY_IMAGE_SIZE, free_port, install_chromium, merge,
+                           shared_scope)
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 # Tiny models: one intra-op thread is as fast as two, and far faster when several test
@@ -121,6 +122,16 @@ def fitted_classifier(make_cell_cfg: Callable[..., Any], fitted_head: Callable[[
 
 # Variables that point a test at somebody's tracking store, bucket or credentials.
 _OUTSIDE_ENV = ("MLFLOW_", "AWS_")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless chromium (installed here if missing)."""
+    path = install_chromium()
+    if path is None:
+        pytest.skip("Debian's chromium is not installed and `apt-get install -y chromium` failed "
+                    "(no root, no sudo or no package source); .ci/run installs it")
+    return path
 
 
 @pytest.fixture(autouse=True)

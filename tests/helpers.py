@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -143,3 +144,27 @@ def require_torchattacks() -> Any:
     import torchattacks
 
     return torchattacks
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,2000"]
+
+
+def install_chromium() -> str | None:
+    """Debian's chromium: the one on PATH, else ``apt-get install -y chromium``; None if impossible."""
+    found = shutil.which("chromium")
+    if found or not shutil.which("apt-get"):
+        return found
+    sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if sudo is None:
+        return None
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    for command in (install, ["apt-get", "update"], install):  # the package lists may be missing or stale
+        try:
+            done = subprocess.run(sudo + command, env=env, capture_output=True, timeout=900).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if done and command is install and shutil.which("chromium"):
+            break
+    return shutil.which("chromium")

@@ -186,12 +186,14 @@ def test_list_prints_one_line_per_name_configs_accept(capsys: pytest.CaptureFixt
 
 
 def test_a_sweep_ends_saying_where_each_result_is_and_how_to_open_it(tmp_path: Path) -> None:
-    lines = where_it_went(tmp_path / "report", "sqlite:////data/mlflow.db", "/runs/ray")
+    lines = where_it_went(tmp_path / "report", "sqlite:////data/mlflow.db", "/runs/ray", "7")
     assert lines[0].startswith(f"report:      {tmp_path / 'report' / 'index.html'}")
-    assert "mlflow ui --backend-store-uri sqlite:////data/mlflow.db" in lines[1]
+    assert lines[1] == ("tracking:    sqlite:////data/mlflow.db  (mlflow ui --backend-store-uri sqlite:////data/mlflow.db "
+                        "--port 5000, then open http://127.0.0.1:5000/#/experiments/7?workflowType=machine_learning)")
     assert lines[2] == "Ray results: /runs/ray  (tensorboard --logdir /runs/ray)"
-    server = where_it_went(None, "http://user:s3cret@mlflow.internal:5000", None)
-    assert len(server) == 1 and "s3cret" not in server[0] and "mlflow.internal:5000" in server[0]
+    server = where_it_went(None, "http://user:s3cret@mlflow.internal:5000", None, "3")
+    assert len(server) == 1 and "s3cret" not in server[0]
+    assert server[0].endswith("(open http://***@mlflow.internal:5000/#/experiments/3?workflowType=machine_learning)")
 
 
 def test_the_deacl_poster_dry_run_lists_the_posters_settings(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,8 @@
 """Tracking on the embedded default (SQLite file + local artifacts): runs, lookups, artifacts."""
 from __future__ import annotations
 
+import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from mlflow import MlflowClient
 from ssl_robust import tracking
 from ssl_robust.config import CellCfg
 from ssl_robust.sweep_config import expand, parse_sweep
-from tests.helpers import dead_pid, tiny_sweep
+from tests.helpers import CHROMIUM_FLAGS, dead_pid, tiny_sweep
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +270,26 @@ def test_a_students_encoder_drops_the_teachers_checkpoint_key() -> None:
     assert tracking.student_encoder(run, 0) == teacher
     student = tracking.student_encoder(run, 25)
     assert "checkpoint_key" not in student and student["checkpoint"].startswith("runs:/abc/")
+
+
+def _rendered_text(chromium: str, url: str, tmp_path: Path) -> str:
+    """The visible text of ``url`` once the MLflow UI's JavaScript has run in headless chromium."""
+    done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                           "--virtual-time-budget=20000", "--dump-dom", url], capture_output=True, text=True,
+                          timeout=120)
+    page = re.sub(r"<script.*?</script>|<style.*?</style>", " ", done.stdout, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", page).split())
+
+
+@pytest.mark.slow
+def test_the_printed_mlflow_address_opens_the_runs_table_in_the_ui(stack: dict[str, str], chromium: str,
+                                                                    cells: list[CellCfg], tmp_path: Path) -> None:
+    uri = stack["tracking_uri"]
+    exp_id = tracking.ensure_experiment("ui-runs-table", uri, "two cells")
+    cell = next(c for c in cells if c.attack.name == "pgd" and c.attack.eps > 0)
+    with tracking.CellRun(cell, "attack", exp_id, uri):
+        pass
+    shown = _rendered_text(chromium, tracking.runs_page(uri, exp_id), tmp_path)
+    assert "Run Name" in shown and tracking.cells.run_name(cell, "attack") in shown, shown[:2000]
+    plain = _rendered_text(chromium, f"{uri}/#/experiments/{exp_id}", tmp_path)
+    assert "MLflow" in plain and "Run Name" not in plain  # without the view the UI opens its GenAI overview

@@ -12,9 +12,10 @@ from ssl_robust.tracking.cells import (HEAD_ARTIFACT, PHASES, CellRun, cell_para
 from ssl_robust.tracking.deacl import DeaclRun, deacl_runs, deacl_students, student_encoder
 from ssl_robust.tracking.preflight import PreflightError, fail_fast_env, preflight
 from ssl_robust.tracking.sweeps import REPORT_ARTIFACT, SUMMARY_ARTIFACT, log_sweep_run
-from ssl_robust.tracking.store import (absolute_tracking_uri, code_version, default_tracking_uri, ensure_experiment,
-                                       experiment_names, flatten)
+from ssl_robust.tracking.store import (UI_PORT, absolute_tracking_uri, code_version, default_tracking_uri,
+                                       ensure_experiment, experiment_names, flatten, runs_page)
 
 __all__ = ["HEAD_ARTIFACT", "PHASES", "CellRun", "DeaclRun", "deacl_runs", "deacl_students", "student_encoder", "absolute_tracking_uri", "cell_params", "code_version",
            "default_tracking_uri", "ensure_experiment", "experiment_names", "fail_stale_runs", "finished_cells", "finished_runs",
-           "flatten", "local_path", "localize", "log_sweep_run", "REPORT_ARTIFACT", "SUMMARY_ARTIFACT", "run_results", "s3_client", "PreflightError", "fail_fast_env", "preflight"]
+           "flatten", "local_path", "localize", "log_sweep_run", "REPORT_ARTIFACT", "SUMMARY_ARTIFACT", "run_results", "s3_client", "PreflightError", "fail_fast_env", "preflight",
+           "UI_PORT", "runs_page"]

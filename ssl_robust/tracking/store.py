@@ -112,6 +112,15 @@ def _local_artifact_root(tracking_uri: str, name: str) -> str | None:
     return (database.parent / "mlruns" / name).as_uri()
 
 
+UI_PORT = 5000  # ``mlflow ui``'s default port
+RUNS_VIEW = "workflowType=machine_learning"  # MLflow 3's UI: the experiment's runs table, not its GenAI overview
+
+
+def runs_page(server_url: str, experiment_id: str) -> str:
+    """The address of an experiment's runs table in the MLflow UI served at ``server_url``."""
+    return f"{server_url.rstrip('/')}/#/experiments/{experiment_id}?{RUNS_VIEW}"
+
+
 def experiment_id(client: MlflowClient, experiment: str) -> str | None:
     exp = client.get_experiment_by_name(experiment)
     if exp is not None:

@@ -2,8 +2,6 @@
 screenshot shows the tables and the plots: checked by page content and pixels, not by file existence."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,42 +11,10 @@ import pytest
 from PIL import Image
 
 from ssl_robust.report import write_report
+from tests.helpers import CHROMIUM_FLAGS as FLAGS
 from tests.report.fake import sweep
 
 pytestmark = pytest.mark.slow  # a browser or a tracking store per test: seconds each
-
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,2000"]
-
-
-def _install() -> str | None:
-    """Debian's chromium: the one on PATH, else ``apt-get install -y chromium``; None if impossible."""
-    found = shutil.which("chromium")
-    if found or not shutil.which("apt-get"):
-        return found
-    sudo = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
-    if sudo is None:
-        return None
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    for command in (install, ["apt-get", "update"], install):  # the package lists may be missing or stale
-        try:
-            done = subprocess.run(sudo + command, env=env, capture_output=True, timeout=900).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        if done and command is install and shutil.which("chromium"):
-            break
-    return shutil.which("chromium")
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = _install()
-    if path is None:
-        pytest.skip("Debian's chromium is not installed and `apt-get install -y chromium` failed "
-                    "(no root, no sudo or no package source); .ci/run installs it")
-    return path
-
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
