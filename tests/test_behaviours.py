@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_robust import cell as cell_module
 from ssl_robust import engine as engine_module
 from ssl_robust.cell import run_cell
 from ssl_robust.features import Features

@@ -2,6 +2,8 @@
 screenshot shows the tables and the plots: checked by page content and pixels, not by file existence."""
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
