@@ -187,19 +187,40 @@ def reference_eps(frame: pd.DataFrame, wanted: float | None = None) -> float:
         else available[-1]
 
 
+def _set(value: Any) -> bool:
+    """A value worth showing: not unset (``None``, empty) and not missing from the logged params."""
+    return str(value) not in ("None", "", "{}", "[]", MISSING)
+
+
+def settings_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The settings every run of the report shares, one row per section (encoder, data, head,
+    attack, run), unset fields left out: ``Section``, ``Settings``."""
+    fields = frame.attrs.get("fields") or config_fields(frame.columns)
+    rows: dict[str, list[str]] = {}
+    for field in fields:
+        if frame[field].nunique() != 1 or not _set(frame[field].iloc[0]):
+            continue
+        section, _, name = field.partition(".") if "." in field else ("run", "", field)
+        rows.setdefault(section, []).append(f"{name}={frame[field].iloc[0]}")
+    order = ["encoder", "data", "head", "attack", "run"]
+    return pd.DataFrame([{"Section": section, "Settings": ", ".join(rows[section])}
+                         for section in sorted(rows, key=lambda s: order.index(s) if s in order else len(order))],
+                        columns=["Section", "Settings"])
+
+
 def configuration_lines(frame: pd.DataFrame) -> list[str]:
-    """What is fixed across the report, what is set per attack, and what varies (named per row)."""
+    """Beside the settings table: what is set per attack, and what varies (named per row)."""
     fields = frame.attrs.get("fields") or config_fields(frame.columns)
     fixed = [f for f in fields if frame[f].nunique() == 1]
     per_attack = [f for f in fields if f in PER_ATTACK and f not in fixed
                   and frame.groupby("attack")[f].nunique().max() == 1]
     varying = [f for f in fields if f not in fixed and f not in per_attack]
-    lines = [f"Fixed across this report: {describe(fixed, (frame[f].iloc[0] for f in fixed)) or '(no fields)'}."]
+    lines = []
     if per_attack:
         by_attack = frame.groupby("attack")[per_attack].first()
         lines.append("Set per attack: " + "; ".join(f"{attack_label(a)}: {describe(per_attack, row)}"
                                                     for a, row in zip(by_attack.index, by_attack.values)) + ".")
     lines.append("Varying (named in a row's or column's label where they differ within its data set and "
-                 f"encoder): {', '.join(short(f) for f in varying) or '(none)'}.")
-    lines.append(f"Left out as locations, not settings: {', '.join(LOCATIONS)}.")
+                 f"encoder): {', '.join(short(f) for f in varying) or '(none)'}. Unset fields take their "
+                 "defaults (the encoder alias's input size and normalisation, the attack's step size 2.5·ε/steps).")
     return lines

@@ -11,7 +11,7 @@ import pandas as pd
 from ssl_robust.report import checks, html as pages, intervals
 from ssl_robust.report.artifacts import Source, as_artifacts
 from ssl_robust.report.deacl import deacl_points, deacl_tables
-from ssl_robust.report.frame import configuration_lines, reference_eps, results_frame
+from ssl_robust.report.frame import configuration_lines, reference_eps, results_frame, settings_table
 from ssl_robust.report.plots import Style, plot_curves, plot_deacl, plot_losses, plot_search
 from ssl_robust.report.poster import REFERENCE, compare, load_reference, summary
 from ssl_robust.report.tables import Table, curve_table, task_table
@@ -151,7 +151,7 @@ def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | Non
     curve_table(frame, ivals).to_csv(out_dir / "curves.csv", index=False)
     frame.drop(columns=_INTERNAL).to_csv(out_dir / "cells.csv", index=False)
     page = out_dir / "index.html"
-    page.write_text(pages.page(title, sections, _intro(frame, ref, source)))
+    page.write_text(pages.page(title, sections, _intro(frame, ref, source, out_dir)))
     return page
 
 
@@ -169,7 +169,7 @@ _POSTER_TEXT = ("The poster's published numbers (dashboards/reference/poster.csv
                 "Δ = ours − poster.")
 
 
-def _intro(frame: pd.DataFrame, ref: float, source: str) -> str:
+def _intro(frame: pd.DataFrame, ref: float, source: str, out_dir: Path) -> str:
     swept = ", ".join(f"{e * 255:.3g}" for e in sorted(frame["eps"].unique()))
     lines = [f"{source} · " if source else "",
              f"{len(frame)} attack runs; tables at ε = {ref * 255:.3g}/255, curves over ε × 255 ∈ {{{swept}}}. "
@@ -179,7 +179,10 @@ def _intro(frame: pd.DataFrame, ref: float, source: str) -> str:
                            f"percentile bootstrap over images ({intervals.RESAMPLES} resamples, seed "
                            f"{intervals.SEED}) for mIoU and RMSE; the CSV files carry both bounds. ↑ / ↓ mark the "
                            "better direction; red cells (✗) failed a check, listed under Checks.", "meta")
-    return out + "".join(pages.paragraph(line, "meta") for line in configuration_lines(frame))
+    settings = Table("settings", "Settings shared by every run", settings_table(frame), footnotes=False)
+    pages.write_table(settings, out_dir)
+    return (out + f"<h3>{html.escape(settings.title)}</h3>" + pages.table_html(settings)
+            + "".join(pages.paragraph(line, "meta") for line in configuration_lines(frame)))
 
 
 def _checks_section(frame: pd.DataFrame, cross: pd.DataFrame, fails: dict[int, list[str]], out_dir: Path) -> str:

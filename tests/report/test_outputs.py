@@ -68,7 +68,7 @@ def test_the_page_is_self_contained_and_says_what_it_used(written) -> None:
     assert "<link" not in text and "<script" not in text and "<style>" in text
     assert text.count("data:image/png;base64,") == len(list(page.parent.glob("*.png")))
     assert "MLflow experiment &#x27;x&#x27;" in text and "tables at ε = 8/255" in text
-    assert "Fixed across this report:" in text and "95% interval" in text
+    assert "Settings shared by every run" in text and "95% interval" in text
     assert all(row["run_id"] in text for row in cells.rows)  # which runs: every one is listed
     assert "Clean Accuracy ↑" in text and "Clean RMSE ↓" in text  # the better direction in the headers
 
