@@ -12,6 +12,7 @@ import pandas as pd
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402  (after choosing the file-only backend)
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from ssl_robust.attacks import ATTACKS  # noqa: E402
 from ssl_robust.pareto import plot_pareto  # noqa: E402
@@ -62,33 +63,70 @@ def _save(fig: Figure, path: Path, extra: list | None = None) -> Path:
 
 def plot_curves(frame: pd.DataFrame, ivals: pd.DataFrame, worst: pd.DataFrame, style: Style,
                 out_dir: Path) -> list[Path]:
-    """One PNG per (task, data set): attacked score against eps*255, a line per configuration x attack
-    (colour: encoder, style: attack, marker: configuration), the worst case over attacks, 95 % bands."""
+    """One PNG per (task, data set): ``curve_figure``."""
     paths = []
     points = frame.join(ivals)
     for (task, dataset), sub in points.groupby(["task", "dataset"], sort=True):
-        fig = Figure(figsize=(7.2, 4.2))
-        ax = fig.add_subplot()
-        configs = {c: MARKERS[i % len(MARKERS)] for i, c in enumerate(sorted(sub["config_label"].unique()))}
-        for (config, attack, label), line in sub.groupby(["config_label", "attack", "attack_label"], sort=True):
-            line = line.sort_values("eps")
-            colour = style.colour(line["encoder_label"].iloc[0])
-            ax.plot(line["eps"] * 255, line["adv"], color=colour, linestyle=style.line(attack), marker=configs[config],
-                    lw=style.width(attack), ms=4, label=f"{config} · {label}")
-            ax.fill_between(line["eps"] * 255, line["adv_lo"], line["adv_hi"], color=colour, alpha=0.12, lw=0)
         wc = worst[(worst["task"] == task) & (worst["dataset"] == dataset)].dropna(subset=["worst"])
-        for config, line in wc.groupby("config_label", sort=True):
-            line = line.sort_values("eps")
-            colour = style.colour(line["encoder_label"].iloc[0])
-            ax.plot(line["eps_255"], line["worst"], color=colour, linestyle=style.line("worst"),
-                    lw=style.width("worst"), marker=configs.get(config, "o"), ms=4,
-                    label=f"{config} · worst case over attacks")
-            ax.fill_between(line["eps_255"], line["worst_lo"], line["worst_hi"], color=colour, alpha=0.12, lw=0)
-        ax.set(xlabel="ε × 255", ylabel=_axis_label(task), title=f"{dataset} ({task}): attacked score vs ε")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        paths.append(_save(fig, out_dir / f"{task}_{dataset}.png"))
+        paths.append(_save(curve_figure(sub, wc, style), out_dir / f"{task}_{dataset}.png"))
     return paths
+
+
+def curve_figure(sub: pd.DataFrame, wc: pd.DataFrame, style: Style) -> Figure:
+    """The attacked scores of one (task, data set). Over several eps: score against eps*255, a line
+    per configuration x attack (colour: encoder, style: attack, marker: configuration) with its 95 %
+    interval as error bars, drawn over the worst case over attacks (wide, translucent, with its
+    band), x ticks at the swept eps. At a single eps > 0: the same scores as bars (``_bars``)."""
+    task, dataset = sub["task"].iloc[0], sub["dataset"].iloc[0]
+    moved = sub[sub["eps"] > 0]
+    if len(moved) and moved["eps"].nunique() == 1:
+        return _bars(moved, wc[wc["eps"] > 0], task, dataset, style)
+    fig = Figure(figsize=(7.2, 4.2))
+    ax = fig.add_subplot()
+    configs = {c: MARKERS[i % len(MARKERS)] for i, c in enumerate(sorted(sub["config_label"].unique()))}
+    for config, line in wc.groupby("config_label", sort=True):
+        line = line.sort_values("eps_255")
+        colour = style.colour(line["encoder_label"].iloc[0])
+        ax.plot(line["eps_255"], line["worst"], color=colour, linestyle=style.line("worst"), alpha=0.35,
+                lw=style.width("worst") * 2, solid_capstyle="round", zorder=1,
+                label=f"{config} · worst case over attacks")
+        ax.fill_between(line["eps_255"], line["worst_lo"], line["worst_hi"], color=colour, alpha=0.10, lw=0, zorder=0)
+    for (config, attack, label), line in sub.groupby(["config_label", "attack", "attack_label"], sort=True):
+        line = line.sort_values("eps")
+        colour = style.colour(line["encoder_label"].iloc[0])
+        errors = np.vstack([(line["adv"] - line["adv_lo"]).clip(lower=0), (line["adv_hi"] - line["adv"]).clip(lower=0)])
+        ax.errorbar(line["eps"] * 255, line["adv"], yerr=None if np.isnan(errors).all() else errors, color=colour,
+                    linestyle=style.line(attack), marker=configs[config], lw=style.width(attack), ms=4,
+                    capsize=2, elinewidth=0.8, zorder=3, label=f"{config} · {label}")
+    ax.set(xlabel="ε × 255", ylabel=_axis_label(task), title=f"{dataset} ({task}): attacked score vs ε")
+    ax.set_xticks(sorted({round(float(e) * 255, 3) for e in sub["eps"].unique()}))  # eps are logged to 6 digits
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
+
+
+def _bars(sub: pd.DataFrame, wc: pd.DataFrame, task: str, dataset: str, style: Style) -> Figure:
+    """One eps: a horizontal bar per configuration x attack and per configuration's worst case
+    (hatched), the clean score as a black tick on each bar, 95 % intervals as error bars."""
+    eps = float(sub["eps"].iloc[0])
+    bars = [(f"{row['config_label']} · {row['attack_label']}", row["adv"], row["adv_lo"], row["adv_hi"], row["clean"],
+             style.colour(row["encoder_label"]), "")
+            for _, row in sub.sort_values(["config_label", "attack_label"]).iterrows()]
+    bars += [(f"{row['config_label']} · worst case over attacks", row["worst"], row["worst_lo"], row["worst_hi"],
+              row["clean"], style.colour(row["encoder_label"]), "//") for _, row in wc.iterrows()]
+    fig = Figure(figsize=(7.2, 0.9 + 0.32 * len(bars)))
+    ax = fig.add_subplot()
+    y = np.arange(len(bars))[::-1]
+    for k, (label, value, lo, hi, clean, colour, hatch) in zip(y, bars):
+        err = None if np.isnan([lo, hi]).any() else [[max(value - lo, 0)], [max(hi - value, 0)]]
+        ax.barh(k, value, color=colour, alpha=0.85, hatch=hatch, edgecolor="#333333" if hatch else colour,
+                xerr=err, capsize=2, error_kw={"elinewidth": 0.8})
+        if np.isfinite(clean):
+            ax.plot([clean, clean], [k - 0.4, k + 0.4], color="#333333", lw=1.4)
+    ax.set_yticks(y, [b[0] for b in bars], fontsize=7)
+    ax.set(xlabel=_axis_label(task), title=f"{dataset} ({task}) at ε = {eps * 255:.3g}/255 (black tick: clean)")
+    ax.grid(alpha=0.3, axis="x")
+    return fig
 
 
 def _legends(ax, colours: dict[str, str], series: dict[str, str], style: Style) -> object:
@@ -129,26 +167,30 @@ def plot_deacl(points: pd.DataFrame, style: Style, path: Path, eps: float) -> Pa
 
 def plot_losses(frame: pd.DataFrame, curves: dict[int, pd.DataFrame], style: Style, out_dir: Path,
                 eps: float) -> list[Path]:
-    """Per (task, data set) at ``eps``: each cell's mean attack loss per step, scaled to its range."""
-    paths = []
+    """Per (task, data set) at ``eps``: ``loss_figure``."""
     at = frame[((frame["eps"] - eps).abs() < EPS_TOL) & frame.index.isin(list(curves))]
-    for (task, dataset), sub in at.groupby(["task", "dataset"], sort=True):
-        fig = Figure(figsize=(7.2, 3.6))
-        ax = fig.add_subplot()
-        for i, row in sub.sort_values(["config_label", "attack_label"]).iterrows():
-            curve = curves[i].sort_values("step")
-            loss = curve["mean_loss"].to_numpy(float)
-            span = np.nanmax(loss) - np.nanmin(loss) if np.isfinite(loss).any() else 0.0
-            scaled = (loss - np.nanmin(loss)) / span if span > 0 else np.zeros_like(loss)
-            ax.plot(curve["step"], scaled, color=style.colour(row["encoder_label"]),
-                    linestyle=style.line(row["attack"]), lw=1.6,
-                    label=f"{row['config_label']} · {row['attack_label']}")
-        ax.set(xlabel="gradient step", ylabel="mean attack loss (scaled to its range)",
-               title=f"{dataset} ({task}): attack loss at ε = {eps * 255:.3g}/255")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        paths.append(_save(fig, out_dir / f"loss_{task}_{dataset}.png"))
-    return paths
+    return [_save(loss_figure(sub, curves, style, eps), out_dir / f"loss_{task}_{dataset}.png")
+            for (task, dataset), sub in at.groupby(["task", "dataset"], sort=True)]
+
+
+def loss_figure(sub: pd.DataFrame, curves: dict[int, pd.DataFrame], style: Style, eps: float) -> Figure:
+    """Each cell's mean attack loss per gradient step (integer ticks), scaled to its range."""
+    task, dataset = sub["task"].iloc[0], sub["dataset"].iloc[0]
+    fig = Figure(figsize=(7.2, 3.6))
+    ax = fig.add_subplot()
+    for i, row in sub.sort_values(["config_label", "attack_label"]).iterrows():
+        curve = curves[i].sort_values("step")
+        loss = curve["mean_loss"].to_numpy(float)
+        span = np.nanmax(loss) - np.nanmin(loss) if np.isfinite(loss).any() else 0.0
+        scaled = (loss - np.nanmin(loss)) / span if span > 0 else np.zeros_like(loss)
+        ax.plot(curve["step"], scaled, color=style.colour(row["encoder_label"]), linestyle=style.line(row["attack"]),
+                lw=1.6, label=f"{row['config_label']} · {row['attack_label']}")
+    ax.set(xlabel="gradient step", ylabel="mean attack loss (scaled to its range)",
+           title=f"{dataset} ({task}): attack loss at ε = {eps * 255:.3g}/255")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    return fig
 
 
 def plot_search(name: str, trials: pd.DataFrame, path: Path, colour: str) -> pd.DataFrame:

@@ -140,6 +140,7 @@ def compare(frame: pd.DataFrame, reference: pd.DataFrame | None, ivals: pd.DataF
                                     "Score": score, "Ours": value, "Ours lo": lo, "Ours hi": hi,
                                     "Poster": float(published), "Δ": value - float(published)})
         data = pd.DataFrame(records, columns=COLUMNS)
+        data.attrs["left_out"] = len(considered - compared)
         label = f"{spec.label} {spec.arrow()}"
         tables[task] = Table(f"poster_{task}", f"{task.capitalize()}: ours and the poster's ({label}, ε = 8/255)",
                              data, arrows={"Ours": spec.arrow(), "Poster": spec.arrow()}, signed=("Δ",),
@@ -147,16 +148,18 @@ def compare(frame: pd.DataFrame, reference: pd.DataFrame | None, ivals: pd.DataF
     return tables
 
 
+def configuration_text(ref: pd.DataFrame) -> str:
+    """The poster's configuration in words: each encoder at its input size, the steps, eps."""
+    settings = ", ".join(f"{e} at {s} px" for e, s in ref[["encoder", "image_size"]].drop_duplicates().itertuples(index=False))
+    budget = " or ".join(f"{n} steps of {size}" for n, size in ref[["steps", "step_size"]].drop_duplicates().itertuples(index=False))
+    return f"{settings}; {budget}; ε = 8/255"
+
+
 def _note(ref: pd.DataFrame, matched: int, left_out: int) -> str:
-    settings = ", ".join(f"{e} at {s} px" for e, s in
-                         ref[["encoder", "image_size"]].drop_duplicates().itertuples(index=False))
-    steps = ref[["steps", "step_size"]].drop_duplicates().itertuples(index=False)
-    budget = " or ".join(f"{n} steps of {size}" for n, size in steps)
-    parts = [] if matched else [f"No run of this report is in the poster's configuration ({settings}; "
-                                f"{budget}; ε = 8/255)."]
+    parts = [] if matched else [f"No run of this report is in the poster's configuration ({configuration_text(ref)})."]
     if left_out:
         parts.append(f"{left_out} attack run(s) on the poster's encoders and data sets are left out: their input "
-                     f"size, steps, step size or encoder origin differ from the poster's ({settings}; {budget}).")
+                     f"size, steps, step size or encoder origin differ from the poster's.")
     return " ".join(parts)
 
 

@@ -13,7 +13,7 @@ from ssl_robust.report.artifacts import Source, as_artifacts
 from ssl_robust.report.deacl import deacl_points, deacl_tables
 from ssl_robust.report.frame import configuration_lines, reference_eps, results_frame, settings_table
 from ssl_robust.report.plots import Style, plot_curves, plot_deacl, plot_losses, plot_search
-from ssl_robust.report.poster import REFERENCE, compare, load_reference, summary
+from ssl_robust.report.poster import REFERENCE, compare, configuration_text, load_reference, summary
 from ssl_robust.report.tables import Table, curve_table, task_table
 from ssl_robust.report.worst_case import worst_case
 from ssl_robust.tasks import TASKS
@@ -117,8 +117,15 @@ def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | Non
         inner = []
         for task, table in compared.items():
             pages.write_table(table, out_dir)
-            inner += [f"<h3>{html.escape(table.title)}</h3>", pages.paragraph(summary(table), "note")]
-            inner += [pages.table_html(table)] if len(table.data) else []
+            if len(table.data):
+                inner += [f"<h3>{html.escape(table.title)}</h3>", pages.paragraph(summary(table), "note"),
+                          pages.table_html(table)]
+        if not inner:  # one line for the whole section, not an empty table per task
+            reference_rows = load_reference(reference)
+            left_out = sum(table.data.attrs.get("left_out", 0) for table in compared.values())
+            inner = [pages.paragraph(f"No run of this report is in the poster's configuration "
+                                     f"({configuration_text(reference_rows)}); {left_out} attack run(s) on its "
+                                     "encoders and data sets have other settings.", "note")]
         sections.append(("poster", "Compared with the poster", pages.paragraph(_POSTER_TEXT) + "".join(inner)))
 
     if not points.empty:
