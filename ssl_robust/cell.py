@@ -17,7 +17,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from ssl_robust import checks, suite
@@ -29,6 +28,7 @@ from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import Encoder, create_encoder, input_size, local_file
 from ssl_robust.heads import AugmentedFeatures, TaskModel, TokenKeep, extract_features, fit_head
 from ssl_robust.engine import AttackSettings, run_attack
+from ssl_robust.examples import Example, save_examples
 from ssl_robust.pgd import AttackResult
 from ssl_robust.precision import in_precision
 from ssl_robust.sliding import log_probs, pad_to_multiple, resize_to, slide, slide_tokens, whole
@@ -274,12 +274,6 @@ def eps0_gap(cfg: CellCfg, setup: AttackSetup, scored: Callable[[torch.Tensor], 
     return gap, zero
 
 
-def _save_examples(x: torch.Tensor, x_adv: torch.Tensor, path: Path, n: int = 4) -> None:
-    delta = (x_adv[:n] - x[:n])
-    scale = delta.abs().amax().clamp_min(1e-12)
-    save_image(torch.cat([x[:n], x_adv[:n], delta / (2 * scale) + 0.5]), str(path), nrow=min(n, len(x)))
-
-
 @dataclass
 class Tally:
     """What a cell accumulates over its test batches; a suite's members' scores under ``members``
@@ -300,6 +294,7 @@ class Tally:
     forward_passes: int = 0  # sample-forwards of the attacks (with and without gradient)
     step_loss: torch.Tensor | None = None  # summed loss per gradient step
     step_count: torch.Tensor | None = None
+    example: Example | None = None  # the first batch's first images, for the example figure
 
     def add_cost(self, result: AttackResult) -> None:
         self.grad_finite &= result.grad_finite
@@ -389,6 +384,8 @@ def _attack_batch(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo
         tally.bounds.append(checks.perturbation_checks(x, item.x_adv, cfg.attack.eps, cfg.attack.norm))
         tally.add_cost(item)
     tally.add_attack(results[0] if task.fooled is None else result, indices)
+    if i == 0:
+        tally.example = Example.first(x, result.x_adv, clean_out, adv_out, y)
     return result
 
 
@@ -445,10 +442,10 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
     attack_start = time.perf_counter()
     for i, (x, y) in enumerate(tqdm(loader, desc=f"{cfg.attack.name} eps={cfg.attack.eps:.4f}", leave=False)):
         x, y = x.to(device, non_blocking=cfg.loader.pin_memory), torch.as_tensor(y).to(device)
-        result = _attack_batch(cfg, model, task, info, tally, x, y, i, batches[i])
+        _attack_batch(cfg, model, task, info, tally, x, y, i, batches[i])
         if out_dir is not None and i == 0:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
-            _save_examples(x.cpu(), result.x_adv.cpu(), Path(out_dir) / "adv_examples.png")
+            save_examples(tally.example, task.name, Path(out_dir) / "adv_examples.png", info.ignore_index)
     metrics["time/attack_seconds"] = time.perf_counter() - attack_start
     metrics["time/data_seconds"] = loader.seconds + metrics.pop("time/head_data_seconds", 0.0)
     metrics.update(_summary(cfg, task, info, tally))

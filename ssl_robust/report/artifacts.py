@@ -18,6 +18,7 @@ import pandas as pd
 from ssl_robust.tasks import TASKS
 
 PER_SAMPLE, PER_IMAGE_IOU, LOSS_CURVE = "per_sample.csv", "per_image_iou.npz", "loss_curve.csv"
+EXAMPLES = "adv_examples.png"
 
 
 @dataclass
@@ -25,6 +26,7 @@ class CellArtifacts:
     per_sample: pd.DataFrame | None = None
     iou: dict[str, np.ndarray] | None = None
     loss_curve: pd.DataFrame | None = None
+    examples: Path | None = None  # the cell's example figure (``adv_examples.png``)
 
     @classmethod
     def load(cls, folder: Path | str | None = None, per_sample: Path | str | None = None,
@@ -40,8 +42,9 @@ class CellArtifacts:
         if exists(iou):
             with np.load(iou) as data:
                 arrays = {k: data[k] for k in data.files}
+        examples = Path(folder) / EXAMPLES if folder is not None and exists(Path(folder) / EXAMPLES) else None
         return cls(pd.read_csv(per_sample) if exists(per_sample) else None, arrays,
-                   pd.read_csv(loss_curve) if exists(loss_curve) else None)
+                   pd.read_csv(loss_curve) if exists(loss_curve) else None, examples)
 
 
 Source = Mapping[str, Union[CellArtifacts, Path, str]]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -99,11 +100,15 @@ def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | Non
         inner = [pages.table_html(table)]
         for dataset in sorted(frame.loc[frame["task"] == task, "dataset"].unique()):
             if f"{task}_{dataset}" in curve_pngs:
-                inner.append(pages.image(curve_pngs[f"{task}_{dataset}"], f"{dataset} ({task}): attacked score vs ε, "
-                                         "bands = 95 % intervals, thick solid = worst case over attacks"))
+                inner.append(pages.image(curve_pngs[f"{task}_{dataset}"], f"{dataset} ({task}): attacked score vs ε; "
+                                         "error bars = 95 % intervals, wide translucent line (with its band) = worst "
+                                         "case over attacks; at a single ε, bars"))
             if f"loss_{task}_{dataset}" in loss_pngs:
                 inner.append(pages.image(loss_pngs[f"loss_{task}_{dataset}"],
                                          f"{dataset} ({task}): attack loss per gradient step"))
+            example = _example(frame, arts, task, dataset, ref, out_dir)
+            if example is not None:
+                inner.append(pages.image(*example))
         sections.append((task, f"{task.capitalize()} (ε = {ref * 255:.3g}/255)", "".join(inner)))
 
     worst_t = _worst_table(worst)
@@ -174,6 +179,23 @@ _POSTER_TEXT = ("The poster's published numbers (dashboards/reference/poster.csv
                 "the poster's DeACL model, its released checkpoint or the last-epoch student of a DeACL run with the "
                 "poster's recipe (ImageNet, ε = 4/255, γ = 2: sweeps/deacl_poster.yaml), named in the Origin column. "
                 "Δ = ours − poster.")
+
+
+def _example(frame: pd.DataFrame, arts: dict[str, Any], task: str, dataset: str, ref: float,
+             out_dir: Path) -> tuple[Path, str] | None:
+    """The example figure of the task's own attack (else any attack) on the data set at the report's
+    eps, copied next to the page, with its caption; None if no such cell logged one."""
+    at = frame[(frame["task"] == task) & (frame["dataset"] == dataset) & ((frame["eps"] - ref).abs() < 1e-6)]
+    own = TASKS.get(task).own_attack
+    for _, row in sorted(at.iterrows(), key=lambda item: item[1]["attack"] != own):
+        art = arts.get(str(row.get("run_id", "")))
+        if art is not None and art.examples is not None:
+            path = out_dir / f"examples_{task}_{dataset}.png"
+            shutil.copyfile(art.examples, path)
+            return path, (f"{dataset} ({task}): the first test images clean, their perturbation and attacked by "
+                          f"{row['attack_label']} at ε = {ref * 255:.3g}/255 ({row['config_label']}), with what the "
+                          "model predicted for each")
+    return None
 
 
 def _intro(frame: pd.DataFrame, ref: float, source: str, out_dir: Path) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from ssl_robust.attacks import ATTACKS
 from ssl_robust.report import results_frame, write_report
@@ -118,3 +119,17 @@ def test_one_colour_per_encoder_and_one_line_style_per_attack() -> None:
     series = ["clean", "worst", *ATTACKS.names()]
     looks = {(str(style.line(s)), style.width(s)) for s in series}
     assert len(looks) == len(series)
+
+
+def test_the_task_section_shows_the_example_figure_of_its_own_attack(tmp_path: Path) -> None:
+    cells = sweep(tmp_path / "runs", n=10)
+    for row in cells.rows:
+        if row["attack"] in ("pgd", "embed") and row["task"] == "classification" and row["eps_255"] == "8":
+            Image.new("RGB", (30, 20), (255, 0, 0) if row["attack"] == "pgd" else (0, 0, 255)).save(
+                cells.artifacts[row["run_id"]] / "adv_examples.png")
+    page = write_report(cells.rows, tmp_path / "report", artifacts=cells.artifacts)
+    with Image.open(tmp_path / "report" / "examples_classification_cifar10.png") as shown:
+        assert shown.getpixel((0, 0)) == (255, 0, 0)  # PGD's figure: the task's own attack, not EmbedAttack's
+    text = page.read_text()
+    assert "attacked by PGD at ε = 8/255" in text and "examples_classification_cifar10.png" in text
+    assert not (tmp_path / "report" / "examples_depth_nyuv2.png").exists()  # no cell logged one
