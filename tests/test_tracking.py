@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from ssl_robust import tracking
 from ssl_robust.config import CellCfg
 from ssl_robust.sweep_config import expand, parse_sweep
-from tests.helpers import CHROMIUM_FLAGS, dead_pid, tiny_sweep
+from tests.helpers import CHROMIUM_FLAGS, REPO_ROOT, dead_pid, tiny_sweep
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +293,46 @@ def test_the_printed_mlflow_address_opens_the_runs_table_in_the_ui(stack: dict[s
     assert "Run Name" in shown and tracking.cells.run_name(cell, "attack") in shown, shown[:2000]
     plain = _rendered_text(chromium, f"{uri}/#/experiments/{exp_id}", tmp_path)
     assert "MLflow" in plain and "Run Name" not in plain  # without the view the UI opens its GenAI overview
+
+
+def _documented_searches() -> dict[str, str]:
+    """``{what it shows: search}`` from docs/sweeps.md's table of runs-table searches."""
+    text = (REPO_ROOT / "docs" / "sweeps.md").read_text()
+    table = text[text.index("| to see | search |"):].split("\n\n")[0].splitlines()[2:]
+    out = {}
+    for line in table:
+        what, search = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:3]]
+        quoted = re.fullmatch(r"``(.*)``|`(.*)`", search)
+        out[what] = quoted.group(1) or quoted.group(2)
+    return out
+
+
+def test_the_documented_runs_table_searches_find_their_runs(store: tuple[str, str], cells: list[CellCfg]) -> None:
+    uri, exp_id = store
+    client = MlflowClient(uri)
+    pgd = next(c for c in cells if c.attack.name == "pgd" and c.attack.eps > 0 and c.encoder.name == "tiny_dinov2")
+
+    def run(tags: dict[str, str], params: dict[str, str], metrics: dict[str, float]) -> str:
+        run_id = client.create_run(exp_id, tags=tags).info.run_id
+        for key, value in params.items():
+            client.log_param(run_id, key, value)
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
+        client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    fine_tune = run({"phase": "deacl"}, {"gamma": "2.0"}, {"probe/clean_acc": 0.9})
+    passed = run({"phase": "attack"}, {**tracking.cell_params(pgd, "attack"), "dataset": "cifar10",
+                                       "encoder": "dinov2_vits14"}, {"check/all_passed": 1.0})
+    failed = run({"phase": "attack"}, tracking.cell_params(pgd, "attack"), {"check/all_passed": 0.0})
+    student = run({"phase": "attack"}, {"encoder.checkpoint": f"runs:/{fine_tune}/checkpoints/epoch_001.safetensors"},
+                  {"check/all_passed": 1.0})
+    expected = {"every finished cell": {passed, failed, student},
+                "one encoder on one data set, every attack and ε": {passed},
+                "cells whose checks failed": {failed}, "DeACL fine-tunes": {fine_tune},
+                "the students of one fine-tune": {student}}
+    searches = _documented_searches()
+    assert set(searches) == set(expected)
+    for what, search in searches.items():
+        found = {r.info.run_id for r in client.search_runs([exp_id], search.replace("<run_id>", fine_tune))}
+        assert found == expected[what], (what, search)
