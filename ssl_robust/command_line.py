@@ -55,10 +55,11 @@ def _resource_timeout_option(parser: argparse.ArgumentParser) -> None:
                              "trial's resources (default %(default)s)")
 
 
-def _ray_sweep_options(parser: argparse.ArgumentParser, default_config: str, with_report: bool = True) -> None:
+def _ray_sweep_options(parser: argparse.ArgumentParser, default_config: str, example: str,
+                       with_report: bool = True) -> None:
     parser.set_defaults(default_config=default_config)
     parser.add_argument("overrides", nargs="*", metavar="[CONFIG] [KEY=VALUE ...]",
-                        help=f"sweep YAML (default {default_config}) and dotted overrides, e.g. defaults.seed=1")
+                        help=f"the YAML (default {default_config}) and dotted overrides, e.g. {example}")
     parser.add_argument("--config", default=None, help="the sweep YAML, as an option (`ray submit ... -- --config`)")
     _tracking_option(parser)
     parser.add_argument("--experiment", default=None, help="MLflow experiment (default: the sweep's name)")
@@ -105,19 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one cell offline and print its metrics")
     run.add_argument("config", help="cell YAML (see configs/)")
-    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. attack.eps=4/255 data.task=depth")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. attack.eps=4/255 data.task=depth attack.name=depthpgd")
     run.add_argument("--out-dir", default=None, help="write per-sample results and example images here")
     _tracking_option(run)
     run.set_defaults(handler="cmd_run")
 
     sweep = sub.add_parser("sweep", help="run a benchmark sweep on Ray Tune, tracked in MLflow")
-    _ray_sweep_options(sweep, "sweeps/full_benchmark.yaml")
+    _ray_sweep_options(sweep, "sweeps/full_benchmark.yaml", "defaults.seed=1")
     sweep.set_defaults(handler="cmd_sweep")
     _resource_timeout_option(sweep)
 
     sweep_deacl = sub.add_parser("deacl-sweep", help="DeACL fine-tunes over a grid, then the benchmark of "
                                                      "their checkpoints, on Ray Tune")
-    _ray_sweep_options(sweep_deacl, DEFAULT_DEACL_SWEEP)
+    _ray_sweep_options(sweep_deacl, DEFAULT_DEACL_SWEEP, "deacl.lr=0.1")
     sweep_deacl.set_defaults(handler="cmd_deacl_sweep")
     _resource_timeout_option(sweep_deacl)
 
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="Optuna search of DeACL hyperparameters on Ray Tune (Pareto front "
                                            "of clean vs robust probe accuracy), tracked in MLflow")
-    _ray_sweep_options(search, "sweeps/deacl_search.yaml", with_report=False)
+    _ray_sweep_options(search, "sweeps/deacl_search.yaml", "n_trials=8", with_report=False)
     search.set_defaults(handler="cmd_search")
 
     report = sub.add_parser("report", help="poster tables and robustness plots from a sweep's MLflow runs")

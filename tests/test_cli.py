@@ -1,6 +1,7 @@
 """``ssl-robust run``: one cell from a YAML file plus dotted overrides; bad configs exit with code 2."""
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ssl_robust import names
-from ssl_robust.cli import main
-from ssl_robust.command_line import LIST_KINDS
+from ssl_robust.cli import load_configs, main
+from ssl_robust.command_line import LIST_KINDS, build_parser
 from ssl_robust.commands import _sweep_exit, resume_command, where_it_went
 from ssl_robust.config import CellCfg, load_config
 
@@ -219,3 +220,21 @@ def test_help_and_config_errors_load_no_torch_ray_or_mlflow(argv: list[str]) -> 
     done = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=60)
     assert done.stdout.strip().splitlines()[-1] in ("HEAVY [] 0", "HEAVY [] 2"), done.stdout + done.stderr
+
+
+CONFIG_OF = {"run": "configs/tiny.yaml", "deacl": "configs/deacl_tiny.yaml"}
+
+
+@pytest.mark.parametrize("command", ["run", "deacl", "sweep", "deacl-sweep", "search"])
+def test_the_override_example_of_each_commands_help_is_a_valid_override(command: str) -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    help_text = next(a.help for a in sub._actions if a.dest == "overrides")
+    example = help_text.split("e.g. ", 1)[1].split()
+    assert example and all("=" in item for item in example)
+    argv = [command, *([str(REPO_ROOT / CONFIG_OF[command])] if command in CONFIG_OF else []), *example]
+    args, extra = parser.parse_known_args(argv)
+    args.overrides = [*getattr(args, "overrides", []), *extra]
+    if command not in CONFIG_OF:
+        args.overrides = [str(REPO_ROOT / args.default_config), *args.overrides]
+    assert load_configs(args) is not None  # validated with the override applied
