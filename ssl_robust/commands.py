@@ -185,9 +185,12 @@ def cmd_deacl_sweep(args: argparse.Namespace, sweep: Any) -> int:
     report = deacl_sweep.run_deacl_sweep(sweep, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
                                          args.resource_timeout, quiet=not args.verbose)
     print("\n".join(report.lines()))
+    out_dir, written = Path(args.report.format(name=sweep.name)), False
     if not args.no_report and report.benchmark is not None and not report.signum:
-        _write_report(sweep.name, args.tracking_uri, Path(args.report.format(name=sweep.name)),
-                      cell_ids=report.cell_ids)
+        written = _write_report(sweep.name, args.tracking_uri, out_dir, cell_ids=report.cell_ids) == 0
+    uri = tracking.absolute_tracking_uri(args.tracking_uri)
+    print("\n".join(where_it_went(out_dir if written else None, uri, args.storage_path or "~/ray_results",
+                                   tracking.ensure_experiment(sweep.name, uri))), file=sys.stderr)
     return _sweep_exit(report.ok, report.signum)
 
 

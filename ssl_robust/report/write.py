@@ -128,9 +128,9 @@ def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | Non
         if not inner:  # one line for the whole section, not an empty table per task
             reference_rows = load_reference(reference)
             left_out = sum(table.data.attrs.get("left_out", 0) for table in compared.values())
+            other = f"; {left_out} attack run(s) on its encoders and data sets have other settings" if left_out else ""
             inner = [pages.paragraph(f"No run of this report is in the poster's configuration "
-                                     f"({configuration_text(reference_rows)}); {left_out} attack run(s) on its "
-                                     "encoders and data sets have other settings.", "note")]
+                                     f"({configuration_text(reference_rows)}){other}.", "note")]
         sections.append(("poster", "Compared with the poster", pages.paragraph(_POSTER_TEXT) + "".join(inner)))
 
     if not points.empty:
