@@ -101,12 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(module=COMMANDS)
     parser.add_argument("--debug", action="store_true", help="on an error, show the traceback (any position)")
     parser.add_argument("--verbose", action="store_true",
-                        help="show what Ray, MLflow and the trials log: info messages, the trials' progress bars (any position)")
+                        help="show what Ray, MLflow and the trials log: info messages, the trials' progress "
+                             "bars (any position)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run one cell offline and print its metrics")
     run.add_argument("config", help="cell YAML (see configs/)")
-    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. attack.eps=4/255 data.task=depth attack.name=depthpgd")
+    run.add_argument("overrides", nargs="*",
+                     help="dotted overrides, e.g. attack.eps=4/255 data.task=depth attack.name=depthpgd")
     run.add_argument("--out-dir", default=None, help="write per-sample results and example images here")
     _tracking_option(run)
     run.set_defaults(handler="cmd_run")

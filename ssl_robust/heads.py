@@ -24,6 +24,7 @@ from ssl_robust.precision import Precision, autocast
 HeadOptimizer = Literal["adamw", "adam", "sgd"]
 Schedule = Literal["cosine", "poly", "constant"]
 WARMUP_RATIO = 1e-6  # mmseg's linear warm-up starts at this fraction of the learning rate
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (cls, tokens, target)
 
 
 def pooled(tokens: torch.Tensor) -> torch.Tensor:
@@ -162,7 +163,7 @@ class AugmentedFeatures:
 
     @torch.no_grad()
     def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                generator: torch.Generator | None = None) -> Iterator[Batch]:
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         n = len(self.dataset)
         order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
@@ -200,7 +201,7 @@ class TrainInputs(Protocol):
     def __len__(self) -> int: ...
 
     def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]: ...
+                generator: torch.Generator | None = None) -> Iterator[Batch]: ...
 
 
 @torch.no_grad()

@@ -150,8 +150,10 @@ def compare(frame: pd.DataFrame, reference: pd.DataFrame | None, ivals: pd.DataF
 
 def configuration_text(ref: pd.DataFrame) -> str:
     """The poster's configuration in words: each encoder at its input size, the steps, eps."""
-    settings = ", ".join(f"{e} at {s} px" for e, s in ref[["encoder", "image_size"]].drop_duplicates().itertuples(index=False))
-    budget = " or ".join(f"{n} steps of {size}" for n, size in ref[["steps", "step_size"]].drop_duplicates().itertuples(index=False))
+    sizes = ref[["encoder", "image_size"]].drop_duplicates().itertuples(index=False)
+    budgets = ref[["steps", "step_size"]].drop_duplicates().itertuples(index=False)
+    settings = ", ".join(f"{encoder} at {size} px" for encoder, size in sizes)
+    budget = " or ".join(f"{steps} steps of {size}" for steps, size in budgets)
     return f"{settings}; {budget}; ε = 8/255"
 
 
