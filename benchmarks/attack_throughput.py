@@ -94,9 +94,13 @@ def count_flops(model: nn.Module, size: int, device: torch.device) -> tuple[floa
     return float(step.get_total_flops()), float(fwd.get_total_flops())
 
 
-MODELS = {  # name -> (encoder model_kwargs, image size); both random-init dinov2_vits14 shapes
+VITB = {"init_values": 1.0, "embed_dim": 768, "depth": 12, "num_heads": 12}
+MODELS = {  # name -> (encoder model_kwargs, image size); random-init dinov2_vits14 / vitb14 shapes
     "vits14": ({"init_values": 1.0}, 224),
     "tiny": ({"init_values": 1.0, "depth": 4, "embed_dim": 96, "num_heads": 2}, 56),
+    "vits14_518": ({"init_values": 1.0}, 518),  # the poster's DINOv2 input: 1,369 tokens
+    "vitb14": (VITB, 224),
+    "vitb14_518": (VITB, 518),
 }
 
 
