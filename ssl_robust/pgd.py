@@ -94,7 +94,7 @@ def pgd(
     """
     check_settings(eps, steps, restarts, norm)
     x = x.detach()
-    n, device = x.shape[0], x.device
+    device = x.device
     cascade = stop_when_fooled and success_fn is not None
     generator = torch.Generator().manual_seed(seed)
     best = _Best(x, damage_fn is not None)
