@@ -21,6 +21,13 @@ class AttackSpec:
     targeted: bool = False  # targeted over the top classes of the clean output (APGD-T): one run per target
     suite: tuple[str, ...] = ()  # a suite: its members by task, as "task:attack" pairs
 
+    @property
+    def aims_at_task(self) -> bool:
+        """Searches for a worse task score: not uniform noise, nor an embedding attack (which pushes
+        the representation and may leave the task score slightly better). The checks on task
+        scores (no better than clean, monotone in eps, at least as harmful as noise) apply to these."""
+        return not self.gradient_free and not self.on_embedding
+
     def applies_to(self, task: str) -> bool:
         if self.suite:
             return any(pair.startswith(f"{task}:") for pair in self.suite)

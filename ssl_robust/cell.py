@@ -239,14 +239,6 @@ def unmoved(setup: AttackSetup, x: torch.Tensor, labels: torch.Tensor, clean_out
                         step_count=torch.zeros(steps, dtype=torch.long))
 
 
-def aims_at_task(attack: str) -> bool:
-    """Whether the attack searches for a worse task score (not uniform noise, and not EmbedAttack,
-    which pushes the embedding and may leave the task score slightly better): only such an attack
-    is checked for scoring no better than clean."""
-    spec = ATTACKS.get(attack)
-    return not spec.gradient_free and not spec.on_embedding
-
-
 def settings(cfg: CellCfg, eps: float, steps: int, seed: int) -> AttackSettings:
     """The engine's settings of the cell's attack at this budget and seed."""
     a = cfg.attack
@@ -416,7 +408,7 @@ def _summary(cfg: CellCfg, task: TaskSpec, info: TaskInfo, tally: Tally) -> dict
     steps = cfg.attack.gradient_steps if cfg.attack.moves_input else 0
     metrics.update(checks.gradient_checks(tally.grad_finite, tally.grad_zero, tally.attacked, cfg.attack.eps, steps))
     metrics.update(checks.score_checks(clean_scores[task.metric], adv_scores[task.metric], task.higher_is_better,
-                                       tally.eps0_gap, searched=aims_at_task(cfg.attack.name)))
+                                       tally.eps0_gap, searched=ATTACKS.get(cfg.attack.name).aims_at_task))
     metrics.update(checks.rescore_checks(tally.disagreements))
     metrics["check/all_passed"] = checks.all_passed(metrics)
     return metrics

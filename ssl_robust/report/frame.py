@@ -52,9 +52,8 @@ def gradient_free(name: str) -> bool:
 
 
 def aims_at_task(name: str) -> bool:
-    """An attack that searches for a worse task score: not uniform noise, not an embedding attack.
-    The checks on task scores (monotone in eps, at least as harmful as noise) apply to these."""
-    return name in ATTACKS and not gradient_free(name) and not ATTACKS.get(name).on_embedding
+    """A registered attack that searches for a worse task score (``AttackSpec.aims_at_task``)."""
+    return name in ATTACKS and ATTACKS.get(name).aims_at_task
 
 
 def is_missing(value: Any) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,9 @@ def _open_study(search: SearchCfg, storage: optuna.storages.RDBStorage) -> tuple
     study = optuna.create_study(study_name=search.name, storage=storage, directions=["maximize", "maximize"],
                                 load_if_exists=True)
     if study.metric_names != list(OBJECTIVES):
-        study.set_metric_names(list(OBJECTIVES))  # optuna-dashboard names the axes, not "Objective 0/1"
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.2, still the way to name objectives
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(OBJECTIVES))  # optuna-dashboard names the axes, not "Objective 0/1"
     for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(stale.number, state=TrialState.FAIL)
     return study, len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
