@@ -20,3 +20,17 @@ def test_the_depth_head_loss_adds_half_the_gradient_loss_under_silog_grad() -> N
     assert float(plain) == pytest.approx(float(expected_silog))
     gradient = log_depth_gradient(pred, target, min_depth=info.min_depth).mean()
     assert float(gradient) > 0 and float(both) == pytest.approx(float(expected_silog + 0.5 * gradient))
+
+
+def test_a_lower_is_better_task_scores_the_closer_head_higher_on_validation() -> None:
+    """fit_head keeps the epoch with the highest validation score: for depth, the lowest RMSE."""
+    info = DATASETS.get("nyuv2").infos["depth"]
+    target = torch.rand(2, 6, 6) * 4 + 1
+    close, far = target + 0.1, target + 1.0
+    depth = TASKS.get("depth")
+    assert depth.validation_score(info, [(close, target)]) > depth.validation_score(info, [(far, target)])
+    classes = TASKS.get("classification")
+    labels = torch.tensor([0, 1, 1])
+    right, wrong = torch.eye(2)[labels], torch.eye(2)[1 - labels]
+    assert classes.validation_score(DATASETS.get("cifar10").infos["classification"], [(right, labels)]) > \
+        classes.validation_score(DATASETS.get("cifar10").infos["classification"], [(wrong, labels)])
