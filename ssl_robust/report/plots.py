@@ -72,11 +72,18 @@ def plot_curves(frame: pd.DataFrame, ivals: pd.DataFrame, worst: pd.DataFrame, s
     return paths
 
 
+def _band(ax, x: pd.Series, lo: pd.Series, hi: pd.Series, colour: str) -> None:
+    """A 95 % interval as its two bounds, thin dotted lines in the series' colour: filled bands of
+    two encoders would mix into a third colour where they overlap."""
+    for bound in (lo, hi):
+        ax.plot(x, bound, color=colour, linestyle=":", lw=0.9, alpha=0.8, zorder=0.5)
+
+
 def curve_figure(sub: pd.DataFrame, wc: pd.DataFrame, style: Style) -> Figure:
     """The attacked scores of one (task, data set). Over several eps: score against eps*255, a line
     per configuration x attack (colour: encoder, style: attack, marker: configuration) with its 95 %
-    interval as error bars, drawn over the worst case over attacks (wide, translucent, with its
-    band), x ticks at the swept eps. At a single eps > 0: the same scores as bars (``_bars``)."""
+    interval as error bars, drawn over the worst case over attacks (wide, translucent, its interval
+    as dotted bounds), x ticks at the swept eps. At a single eps > 0: the same scores as bars (``_bars``)."""
     task, dataset = sub["task"].iloc[0], sub["dataset"].iloc[0]
     moved = sub[sub["eps"] > 0]
     if len(moved) and moved["eps"].nunique() == 1:
@@ -90,7 +97,7 @@ def curve_figure(sub: pd.DataFrame, wc: pd.DataFrame, style: Style) -> Figure:
         ax.plot(line["eps_255"], line["worst"], color=colour, linestyle=style.line("worst"), alpha=0.35,
                 lw=style.width("worst") * 2, solid_capstyle="round", zorder=1,
                 label=f"{config} · worst case over attacks")
-        ax.fill_between(line["eps_255"], line["worst_lo"], line["worst_hi"], color=colour, alpha=0.10, lw=0, zorder=0)
+        _band(ax, line["eps_255"], line["worst_lo"], line["worst_hi"], colour)
     for (config, attack, label), line in sub.groupby(["config_label", "attack", "attack_label"], sort=True):
         line = line.sort_values("eps")
         colour = style.colour(line["encoder_label"].iloc[0])
@@ -154,7 +161,7 @@ def plot_deacl(points: pd.DataFrame, style: Style, path: Path, eps: float) -> Pa
             colour = style.colour(tune)
             ax.plot(line["epoch"], line["value"], color=colour, linestyle=style.line(series), lw=style.width(series),
                     marker="o", ms=4)
-            ax.fill_between(line["epoch"], line["lo"], line["hi"], color=colour, alpha=0.12, lw=0)
+            _band(ax, line["epoch"], line["lo"], line["hi"], colour)
         ax.set(xlabel="DeACL fine-tuning epoch (0 = teacher)", ylabel=_axis_label(task),
                title=f"{dataset} ({task}), attacks at ε = {eps * 255:.3g}/255")
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -101,8 +101,8 @@ def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | Non
         for dataset in sorted(frame.loc[frame["task"] == task, "dataset"].unique()):
             if f"{task}_{dataset}" in curve_pngs:
                 inner.append(pages.image(curve_pngs[f"{task}_{dataset}"], f"{dataset} ({task}): attacked score vs ε; "
-                                         "error bars = 95 % intervals, wide translucent line (with its band) = worst "
-                                         "case over attacks; at a single ε, bars"))
+                                         "error bars = 95 % intervals, wide translucent line = worst case over "
+                                         "attacks (dotted: its interval); at a single ε, bars"))
             if f"loss_{task}_{dataset}" in loss_pngs:
                 inner.append(pages.image(loss_pngs[f"loss_{task}_{dataset}"],
                                          f"{dataset} ({task}): attack loss per gradient step"))
