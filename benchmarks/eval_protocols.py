@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ssl_robust.cell import prepare_head, run_cell
+from ssl_robust.cell import run_cell
+from ssl_robust.head_fit import prepare_head
 from ssl_robust.config import CellCfg
 from ssl_robust.tasks import TASKS
 

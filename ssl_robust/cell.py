@@ -1,22 +1,20 @@
-"""One grid point: fit (or load) a head on a frozen encoder, then measure clean and attacked scores.
+"""One grid point: fit (or load) a head on a frozen encoder (``head_fit``), then measure clean and
+attacked scores.
 
-``prepare_head(cfg, path)`` is phase 1 (one head per encoder x data set); ``run_cell(cfg)`` is
-phase 2 and runs in a plain Python process, with or without Ray.
+``head_fit.prepare_head(cfg, path)`` is phase 1 (one head per encoder x data set); ``run_cell(cfg)``
+is phase 2 and runs in a plain Python process, with or without Ray.
 """
 from __future__ import annotations
 
 import csv
-import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ssl_robust import checks, suite
@@ -25,36 +23,15 @@ from ssl_robust.config import CellCfg
 from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.load import load_split, size_batches, slide_stride, task_info
 from ssl_robust.devices import resolve_device
-from ssl_robust.encoders import Encoder, create_encoder, input_size, local_file
-from ssl_robust.heads import AugmentedFeatures, TaskModel, TokenKeep, extract_features, fit_head
+from ssl_robust.encoders import Encoder, create_encoder, input_size
+from ssl_robust.head_fit import Timed, fit_cell_head, fit_splits, load_head
+from ssl_robust.heads import TaskModel
 from ssl_robust.engine import AttackSettings, run_attack
 from ssl_robust.examples import Example, save_examples
 from ssl_robust.pgd import AttackResult
 from ssl_robust.precision import in_precision
 from ssl_robust.sliding import log_probs, pad_to_multiple, resize_to, slide, slide_tokens, whole
 from ssl_robust.tasks import TASKS, Scores, TaskSpec, eval_mode, eval_sizing
-
-
-class Timed:
-    """A loader's batches, with the seconds spent waiting for them (``time/data_seconds``)."""
-
-    def __init__(self, loader: DataLoader) -> None:
-        self.loader, self.dataset, self.seconds = loader, loader.dataset, 0.0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Any]:
-        batches = iter(self.loader)
-        while True:
-            start = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            finally:
-                self.seconds += time.perf_counter() - start
-            yield batch
 
 
 def _test_loader(cfg: CellCfg) -> tuple[Timed, list[list[int]]]:
@@ -66,74 +43,6 @@ def _test_loader(cfg: CellCfg) -> tuple[Timed, list[list[int]]]:
     batches = size_batches(dataset, size) if sizing == "short_side" else \
         [list(range(i, min(i + size, n))) for i in range(0, n, size)]
     return Timed(DataLoader(dataset, batch_sampler=batches, **cfg.loader.model_dump())), batches
-
-
-def _fit_splits(cfg: CellCfg) -> tuple[Dataset, Dataset]:
-    """The train and val splits a head is fitted on, square; a dense task's train images under
-    ``head.augment: crop_flip`` keep their aspect ratio (short side S), for random S x S crops."""
-    size = input_size(cfg.encoder)
-    crops = cfg.head.augment == "crop_flip" and TASKS.get(cfg.data.resolved_task).token_grid
-    train, _ = load_split(cfg.data, "train", size, seed=cfg.seed, sizing="short_side" if crops else "square")
-    val, _ = load_split(cfg.data, "val", size, seed=cfg.seed)
-    return train, val
-
-
-def _tokens_kept(cfg: CellCfg, task: TaskSpec) -> TokenKeep:
-    """What the head reads of the patch tokens: the grid, their mean, or nothing (CLS only)."""
-    if task.token_grid:
-        return "grid"
-    return "mean" if cfg.head.classifier_input == "cls_patch_mean" else "none"
-
-
-def _fit(cfg: CellCfg, encoder: Encoder, splits: tuple[Dataset, Dataset],
-         device: torch.device) -> tuple[nn.Module, dict[str, float]]:
-    """Fit the head: on train features cached once, or (``head.augment``) computed from freshly
-    augmented images every epoch; the validation features are cached."""
-    start = time.perf_counter()
-    task, info = TASKS.get(cfg.data.resolved_task), task_info(cfg.data)
-    head = task.build_head(info, encoder.embed_dim, cfg.head)
-    tokens, loader = _tokens_kept(cfg, task), cfg.loader.model_dump()
-    extract = functools.partial(extract_features, encoder, device=device, tokens=tokens,
-                                storage=cfg.head.features, precision=cfg.precision)
-    train_loader, val_loader = (Timed(DataLoader(split, batch_size=cfg.head.batch_size, shuffle=False, **loader))
-                                for split in splits)
-    if cfg.head.augment == "none":
-        train = extract(train_loader, desc="train features")
-    else:
-        train = AugmentedFeatures(encoder, splits[0], device, augment=cfg.head.augment, size=input_size(cfg.encoder),
-                                  tokens=tokens, precision=cfg.precision, loader_kwargs=loader)
-    with train, extract(val_loader, desc="val features") as val:
-        head, metrics = fit_head(head, train, val, loss_fn=task.loss(info, cfg.head),
-                                 val_score=functools.partial(task.validation_score, info),
-                                 epochs=cfg.head.epochs, lr=cfg.head.lr,
-                                 weight_decay=cfg.head.weight_decay, batch_size=cfg.head.batch_size,
-                                 seed=cfg.seed, device=device, optimizer=cfg.head.optimizer,
-                                 schedule=cfg.head.schedule, warmup_steps=cfg.head.warmup_steps)
-        metrics["head/feature_bytes"] = float(train.nbytes() + val.nbytes())
-    metrics["time/head_seconds"] = time.perf_counter() - start
-    metrics["time/head_data_seconds"] = (train_loader.seconds + val_loader.seconds
-                                         + getattr(train, "data_seconds", 0.0))
-    return head, metrics
-
-
-def prepare_head(cfg: CellCfg, out_path: Path) -> dict[str, float]:
-    """Phase 1: fit the head for (encoder, data set, head config, seed) and save it (safetensors)."""
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    splits = _fit_splits(cfg)  # a missing data set fails here, before any model is built
-    encoder = create_encoder(cfg.encoder).to(device)
-    head, metrics = _fit(cfg, encoder, splits, device)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous().cpu() for k, v in head.state_dict().items()}, str(out_path))
-    return metrics
-
-
-def load_head(cfg: CellCfg, encoder: Encoder, path: str) -> nn.Module:
-    """The head saved by ``prepare_head`` at a local ``path``."""
-    head = TASKS.get(cfg.data.resolved_task).build_head(task_info(cfg.data), encoder.embed_dim, cfg.head)
-    head.load_state_dict(load_file(str(local_file(path))))
-    return head.eval()
 
 
 @dataclass
@@ -421,13 +330,13 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     loader, batches = _test_loader(cfg)  # fails before any work
-    fit_splits = None if cfg.head.checkpoint else _fit_splits(cfg)
+    splits = None if cfg.head.checkpoint else fit_splits(cfg)
     encoder = create_encoder(cfg.encoder).to(device)
     metrics: dict[str, float] = {}
-    if fit_splits is None:
+    if splits is None:
         head = load_head(cfg, encoder, cfg.head.checkpoint)
     else:
-        head, metrics = _fit(cfg, encoder, fit_splits, device)
+        head, metrics = fit_cell_head(cfg, encoder, splits, device)
     model = TaskModel(encoder, head.to(device)).eval().requires_grad_(False)
     task, info = TASKS.get(cfg.data.resolved_task), task_info(cfg.data)
     tally = Tally(task.scores(info), task.scores(info))

@@ -87,7 +87,7 @@ def fitted_head(make_cell_cfg: Callable[..., Any],
                 tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """``fitted_head(task)`` -> path of the head ``prepare_head`` fitted for ``make_cell_cfg(task)``
     (safetensors; fitted once per task and session, on first use)."""
-    from ssl_robust.cell import prepare_head
+    from ssl_robust.head_fit import prepare_head
 
     folder = tmp_path_factory.mktemp("heads")
     paths: dict[str, Path] = {}
@@ -104,7 +104,7 @@ def fitted_head(make_cell_cfg: Callable[..., Any],
 @pytest.fixture(scope=shared_scope("session"))
 def fitted_classifier(make_cell_cfg: Callable[..., Any], fitted_head: Callable[[str], Path]):
     """(model, x, y): the tiny encoder + fitted linear classifier, and 32 synthetic test images."""
-    from ssl_robust.cell import load_head
+    from ssl_robust.head_fit import load_head
     from ssl_robust.config import EncoderCfg
     from ssl_robust.data.load import load_split
     from ssl_robust.encoders import create_encoder

@@ -288,7 +288,7 @@ def test_the_oldest_finished_run_of_a_cell_wins_over_a_newer_one(tmp_path: Path)
 
 
 def _independent_model(cfg, head_path: Path):
-    from ssl_robust.cell import load_head
+    from ssl_robust.head_fit import load_head
     from ssl_robust.encoders import create_encoder
     from ssl_robust.heads import TaskModel
 

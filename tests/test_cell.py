@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from ssl_robust import heads as heads_module
-from ssl_robust.cell import _fit_splits, prepare_head, run_cell
+from ssl_robust.cell import run_cell
+from ssl_robust.head_fit import fit_splits, prepare_head
 from tests.data.fixtures import write_ade20k
 from tests.helpers import shared_scope
 
@@ -160,7 +161,6 @@ def test_l2_cell_stays_inside_the_l2_ball(make_cell_cfg, fitted_head, task: str)
 def test_depth_head_bins_span_the_data_sets_depth_range(make_cell_cfg, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from ssl_robust.cell import prepare_head
     from ssl_robust.data import DATASETS
 
     cfg = make_cell_cfg("depth", head={"epochs": 1, "n_bins": 16})
@@ -293,7 +293,8 @@ def test_slide_scores_a_non_square_image_at_its_native_label_resolution(make_cel
 def test_slide_gradients_reach_every_pixel_of_the_whole_image(make_cell_cfg, fitted_head) -> None:
     import torch
 
-    from ssl_robust.cell import load_head, views
+    from ssl_robust.cell import views
+    from ssl_robust.head_fit import load_head
     from ssl_robust.encoders import create_encoder
     from ssl_robust.heads import TaskModel
     from ssl_robust.tasks import TASKS
@@ -399,11 +400,11 @@ def _ade_head_cfg(make_cell_cfg, root: Path, augment: str):
 
 def test_dense_crop_flip_reads_train_images_short_side_and_val_images_square(make_cell_cfg, tmp_path: Path) -> None:
     write_ade20k(tmp_path, shape=(36, 48))
-    train, val = _fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"))
+    train, val = fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"))
     (image, mask), (val_image, val_mask) = train[0], val[0]
     assert image.shape == (3, 28, 37) and mask.shape == (36, 48)  # short side 28; the map at native size
     assert val_image.shape == (3, 28, 28) and val_mask.shape == (28, 28)
-    plain, _ = _fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "none"))
+    plain, _ = fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "none"))
     assert plain[0][0].shape == (3, 28, 28)
 
 
@@ -420,7 +421,7 @@ def test_an_augmented_head_sees_newly_augmented_batches_every_epoch(make_cell_cf
 
     monkeypatch.setattr(heads_module, "augment_pairs", spying)
     metrics = prepare_head(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"), tmp_path / "head.safetensors")
-    train = len(_fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"))[0])
+    train = len(fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"))[0])
     per_epoch = -(-train // 4)
     assert len(calls) == 2 * per_epoch and {mode for mode, _, _ in calls} == {"crop_flip"}
     assert all(shape[1:] == (3, 28, 28) for _, shape, _ in calls)

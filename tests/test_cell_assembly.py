@@ -14,7 +14,8 @@ from PIL import Image
 
 from ssl_robust import cell as cell_module
 from ssl_robust import engine as engine_module
-from ssl_robust.cell import Tally, prepare_head, run_cell, write_results
+from ssl_robust.cell import Tally, run_cell, write_results
+from ssl_robust.head_fit import prepare_head
 from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.examples import Example
 from ssl_robust.tasks import TASKS

@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ssl_robust.cell import prepare_head, run_cell
+from ssl_robust.cell import run_cell
+from ssl_robust.head_fit import prepare_head
 from ssl_robust.config import ConfigError, LoaderCfg, validate
 
 N_SAMPLES, BATCH = 16, 8  # conftest's tiny cell

@@ -30,7 +30,8 @@ from ray.tune.search import Searcher
 from tqdm import tqdm
 
 from ssl_robust import tracking
-from ssl_robust.cell import prepare_head, run_cell
+from ssl_robust.cell import run_cell
+from ssl_robust.head_fit import prepare_head
 from ssl_robust.config import CellCfg
 from ssl_robust.report import summary_table
 from ssl_robust.report.fetch import referenced_deacl_runs
