@@ -14,12 +14,12 @@ output its most damaging iterate (``damage_fn``), anything else its highest-loss
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 
-from ssl_robust.pgd import (AttackResult, DamageFn, Forward, ObjectiveFn, SuccessFn, _Best, _per_sample_norm,
-                            _sum_per_step, _unmovable, check_settings, project, record, restart)
+from ssl_robust.pgd import (AttackResult, DamageFn, Forward, ObjectiveFn, RandomStarts, SuccessFn, _Best,
+                            _per_sample_norm, _sum_per_step, _unmovable, check_settings, project, record, restart)
 
 FIRST_CHECKPOINT, CHECKPOINT_SHRINK, MIN_INTERVAL = 0.22, 0.03, 0.06  # fractions of the steps
 MOMENTUM = 0.75
@@ -64,13 +64,15 @@ def apgd(
     success_fn: SuccessFn | None = None,
     stop_when_fooled: bool = False,
     damage_fn: DamageFn | None = None,
+    sample_ids: Sequence[int] | None = None,
 ) -> AttackResult:
-    """Maximise ``objective(forward(x + delta), target)`` per sample within the eps-ball with APGD."""
+    """Maximise ``objective(forward(x + delta), target)`` per sample within the eps-ball with APGD;
+    random starts per sample as in ``pgd``."""
     check_settings(eps, steps, restarts, norm)
     x = x.detach()
     device = x.device
     cascade = stop_when_fooled and success_fn is not None
-    generator = torch.Generator().manual_seed(seed)
+    starts = RandomStarts(seed, range(len(x)) if sample_ids is None else sample_ids)
     best = _Best(x, damage_fn is not None)
     grad_sum = torch.zeros((), device=device)
     nonzero: torch.Tensor | None = None
@@ -82,7 +84,7 @@ def apgd(
     shrink, min_interval = max(int(CHECKPOINT_SHRINK * steps), 1), max(int(MIN_INTERVAL * steps), 1)
 
     for _ in range(restarts):
-        start = restart(best, x, target, cascade, eps, norm, random_start, generator)
+        start = restart(best, x, target, cascade, eps, norm, random_start, starts)
         if start is None:
             break
         active, idx, x_act, target_act, delta = start

@@ -28,6 +28,7 @@ from ssl_robust.head_fit import Timed, fit_cell_head, fit_splits, load_head
 from ssl_robust.heads import TaskModel
 from ssl_robust.engine import AttackSettings, run_attack
 from ssl_robust.examples import Example, save_examples
+from ssl_robust.memory import AdaptiveBatch
 from ssl_robust.pgd import AttackResult
 from ssl_robust.precision import in_precision
 from ssl_robust.sliding import log_probs, pad_to_multiple, resize_to, slide, slide_tokens, whole
@@ -157,19 +158,19 @@ def settings(cfg: CellCfg, eps: float, steps: int, seed: int) -> AttackSettings:
 
 
 def _attack(cfg: CellCfg, setup: AttackSetup, x: torch.Tensor, labels: torch.Tensor, eps: float, steps: int,
-            seed: int) -> AttackResult:
+            seed: int, ids: list[int]) -> AttackResult:
     return run_attack(setup.forward, setup.objective, x, setup.target(x, labels), settings(cfg, eps, steps, seed),
-                      setup.success, setup.damage)
+                      setup.success, setup.damage, sample_ids=ids)
 
 
 @torch.no_grad()
 def eps0_gap(cfg: CellCfg, setup: AttackSetup, scored: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-             labels: torch.Tensor, clean_out: torch.Tensor) -> tuple[float, AttackResult]:
+             labels: torch.Tensor, clean_out: torch.Tensor, ids: list[int]) -> tuple[float, AttackResult]:
     """How far the attack path at eps = 0 is from the scored model: its returned input rescored,
     and its loss against the objective of the scored output (a forward that differs from the
     scored model, or is not deterministic, shows here); and the check's attack (for its cost)."""
     with torch.enable_grad():
-        zero = _attack(cfg, setup, x, labels, eps=0.0, steps=1, seed=cfg.seed)
+        zero = _attack(cfg, setup, x, labels, eps=0.0, steps=1, seed=cfg.seed, ids=ids)
     expected = unmoved(setup, x, labels, clean_out, steps=1).loss
     gap = max(float((scored(zero.x_adv) - clean_out).abs().max()), float((zero.loss - expected).abs().max()))
     return gap, zero
@@ -219,8 +220,28 @@ class Tally:
             self.attacked += n
 
 
-def _rescored(view: Views, setup: AttackSetup, task: TaskSpec, tally: Tally, result: AttackResult,
-              y: torch.Tensor, check: bool) -> torch.Tensor:
+@dataclass
+class Outcome:
+    """One batch's clean and attacked outputs and results, computed but not yet counted: a batch
+    that runs out of memory is retried in halves, and only finished ones reach the tally."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: list[int]  # the items
+    clean_out: torch.Tensor
+    result: AttackResult  # the scored result (a cascade: the cumulative last member's)
+    adv_out: torch.Tensor  # the scored result's attacked output
+    counted: list[AttackResult]  # results whose bounds and costs count
+    curve: AttackResult  # whose losses and loss curve are logged
+    zero_grad: list[AttackResult] = field(default_factory=list)  # results the zero-gradient check reads
+    members: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # a suite's attacked outputs
+    count_adv: bool = True  # False for a dense suite, whose attacked score is chosen at the end
+    eps0: tuple[float, AttackResult] | None = None  # the eps = 0 check (the first batch)
+    disagreements: int = 0
+
+
+def _rescored(view: Views, setup: AttackSetup, task: TaskSpec, outcome_disagreements: list[int],
+              result: AttackResult, y: torch.Tensor, check: bool) -> torch.Tensor:
     """The attacked output: the engine's (task attacks), rescored when ``check`` (the first batch)
     to check that the attack's successes are the scored model's; EmbedAttack's is scored here."""
     adv_out = None if setup.on_embedding else result.output
@@ -228,66 +249,89 @@ def _rescored(view: Views, setup: AttackSetup, task: TaskSpec, tally: Tally, res
         with torch.no_grad():
             rescored = view.scored(result.x_adv)
         if result.success is not None:
-            tally.disagreements += int((result.success != task.fooled(rescored, y)).sum())
+            outcome_disagreements.append(int((result.success != task.fooled(rescored, y)).sum()))
         adv_out = rescored if adv_out is None else adv_out
     return adv_out
 
 
-def _suite_batch(cfg: CellCfg, view: Views, setup: AttackSetup, task: TaskSpec, info: TaskInfo, tally: Tally,
-                 x: torch.Tensor, y: torch.Tensor, clean_out: torch.Tensor, i: int) -> list[AttackResult]:
-    """Every member of the cell's suite on the batch; their scores under ``tally.members``; the
-    results, the scored one (cascade: the cumulative last) at the end."""
+def _suite_batch(cfg: CellCfg, view: Views, setup: AttackSetup, task: TaskSpec, info: TaskInfo,
+                 x: torch.Tensor, y: torch.Tensor, clean_out: torch.Tensor, ids: list[int],
+                 disagreements: list[int]) -> tuple[list[AttackResult], list[tuple[str, torch.Tensor]]]:
+    """Every member of the cell's suite on the batch: the results, the scored one (cascade: the
+    cumulative last) at the end, and each member's attacked output."""
     plan = suite.members(cfg.attack.name, task, info, settings(cfg, cfg.attack.eps, cfg.attack.gradient_steps,
-                         cfg.seed + i), cfg.attack.targets, cfg.attack.optimizer)
+                         cfg.seed), cfg.attack.targets, cfg.attack.optimizer)
     if task.fooled is not None:
-        results = suite.cascade(setup.forward, x, y, clean_out, plan, task.fooled)
+        results = suite.cascade(setup.forward, x, y, clean_out, plan, task.fooled, torch.tensor(ids))
     else:
-        results = suite.dense(setup.forward, x, y, plan, setup.damage)
-    for member, result in zip(plan, results):
-        tally.members.setdefault(member.name, task.scores(info)).add(
-            _rescored(view, setup, task, tally, result, y, check=False), y)  # the scored result is checked below
-    return results
+        results = suite.dense(setup.forward, x, y, plan, setup.damage, ids)
+    outputs = [(member.name, _rescored(view, setup, task, disagreements, result, y, check=False))
+               for member, result in zip(plan, results)]  # the scored result is checked by the caller
+    return results, outputs
 
 
-def _attack_batch(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo, tally: Tally,
-                  x: torch.Tensor, y: torch.Tensor, i: int, indices: list[int]) -> AttackResult:
-    """Score one batch clean and attacked (through the same view), and run its checks.
+def _attack_batch(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo, x: torch.Tensor,
+                  y: torch.Tensor, ids: list[int], first: bool) -> Outcome:
+    """Score one batch clean and attacked (through the same view); ``ids`` (the items) seed each
+    sample's random start.
 
     An attack that cannot move the input (eps = 0) is scored clean with no gradient step. The
-    attacked output is the one the engine computed (task attacks), rescored on the first batch to
-    check that the attack's successes are the scored model's. A suite runs each member; a dense
+    attacked output is the one the engine computed (task attacks), rescored on the ``first`` batch
+    to check that the attack's successes are the scored model's. A suite runs each member; a dense
     suite's attacked score is chosen at the end (``suite.combine``)."""
     view = views(cfg, model, task, tuple(y.shape[-2:]))
     setup = attack_setup(cfg, view, task, info)
     with torch.no_grad():
         clean_out = view.scored(x)
-    tally.clean.add(clean_out, y)
-    is_suite = bool(ATTACKS.get(cfg.attack.name).suite)
     if not cfg.attack.moves_input:
-        result, adv_out = unmoved(setup, x, y, clean_out, cfg.attack.gradient_steps), clean_out
-        results = [result]
+        result = unmoved(setup, x, y, clean_out, cfg.attack.gradient_steps)
+        return Outcome(x, y, ids, clean_out, result, clean_out, [result], result)
+    eps0 = eps0_gap(cfg, setup, view.scored, x, y, clean_out, ids) if first else None
+    disagreements: list[int] = []
+    members: list[tuple[str, torch.Tensor]] = []
+    if ATTACKS.get(cfg.attack.name).suite:
+        results, members = _suite_batch(cfg, view, setup, task, info, x, y, clean_out, ids, disagreements)
+        result = results[-1] if task.fooled is not None else results[0]
     else:
-        if i == 0:
-            tally.eps0_gap, zero = eps0_gap(cfg, setup, view.scored, x, y, clean_out)
-            tally.add_cost(zero)
-        if is_suite:
-            results = _suite_batch(cfg, view, setup, task, info, tally, x, y, clean_out, i)
-            result = results[-1] if task.fooled is not None else results[0]
-        else:
-            results = [_attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=cfg.attack.gradient_steps,
-                               seed=cfg.seed + i)]
-            result = results[0]
-        adv_out = _rescored(view, setup, task, tally, result, y, check=i == 0)
-        tally.add_zero_grad(results[-1:] if task.fooled is not None else results, len(x))
-    if not is_suite or task.fooled is not None or not cfg.attack.moves_input:
-        tally.adv.add(adv_out, y)
-    for item in results if task.fooled is None else results[-1:]:
-        tally.bounds.append(checks.perturbation_checks(x, item.x_adv, cfg.attack.eps, cfg.attack.norm))
+        results = [_attack(cfg, setup, x, y, eps=cfg.attack.eps, steps=cfg.attack.gradient_steps, seed=cfg.seed,
+                           ids=ids)]
+        result = results[0]
+    adv_out = _rescored(view, setup, task, disagreements, result, y, check=first)
+    classified = task.fooled is not None
+    scored = results[-1:] if classified else results
+    return Outcome(x, y, ids, clean_out, result, adv_out, scored, result if classified else results[0], scored, members,
+                   count_adv=classified or not members, eps0=eps0, disagreements=sum(disagreements))
+
+
+def _count(cfg: CellCfg, task: TaskSpec, info: TaskInfo, tally: Tally, outcome: Outcome) -> None:
+    """Add a finished batch's outputs, results and checks to the tally."""
+    y = outcome.y
+    tally.clean.add(outcome.clean_out, y)
+    if outcome.eps0 is not None:
+        tally.eps0_gap = max(tally.eps0_gap, outcome.eps0[0])
+        tally.add_cost(outcome.eps0[1])
+    for name, output in outcome.members:
+        tally.members.setdefault(name, task.scores(info)).add(output, y)
+    tally.disagreements += outcome.disagreements
+    if outcome.zero_grad:
+        tally.add_zero_grad(outcome.zero_grad, len(outcome.x))
+    if outcome.count_adv:
+        tally.adv.add(outcome.adv_out, y)
+    for item in outcome.counted:
+        tally.bounds.append(checks.perturbation_checks(outcome.x, item.x_adv, cfg.attack.eps, cfg.attack.norm))
         tally.add_cost(item)
-    tally.add_attack(results[0] if task.fooled is None else result, indices)
-    if i == 0:
-        tally.example = Example.first(x, result.x_adv, clean_out, adv_out, y)
-    return result
+    tally.add_attack(outcome.curve, outcome.ids)
+    if tally.example is None:
+        tally.example = Example.first(outcome.x, outcome.result.x_adv, outcome.clean_out, outcome.adv_out, y)
+
+
+def attack_loader_batch(cfg: CellCfg, model: TaskModel, task: TaskSpec, info: TaskInfo, tally: Tally,
+                        batch: AdaptiveBatch, x: torch.Tensor, y: torch.Tensor, indices: list[int],
+                        first: bool) -> None:
+    """One loader batch, attacked in slices that fit in memory (``batch``), counted slice by slice
+    in order: the same numbers as one pass over the whole batch."""
+    batch.run(len(x), lambda rows: _attack_batch(cfg, model, task, info, x[rows], y[rows], indices[rows], first),
+              lambda outcome: _count(cfg, task, info, tally, outcome))
 
 
 def _suite_summary(cfg: CellCfg, task: TaskSpec, info: TaskInfo, tally: Tally) -> dict[str, float]:
@@ -341,13 +385,17 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
     task, info = TASKS.get(cfg.data.resolved_task), task_info(cfg.data)
     tally = Tally(task.scores(info), task.scores(info))
     attack_start = time.perf_counter()
+    batch = AdaptiveBatch(cfg.batch_size, device, lambda: f"one {'x'.join(map(str, shape))} image through "
+                          f"{cfg.encoder.name} ({cfg.precision})")
     for i, (x, y) in enumerate(tqdm(loader, desc=f"{cfg.attack.name} eps={cfg.attack.eps:.4f}", leave=False)):
         x, y = x.to(device, non_blocking=cfg.loader.pin_memory), torch.as_tensor(y).to(device)
-        _attack_batch(cfg, model, task, info, tally, x, y, i, batches[i])
+        shape = tuple(x.shape[-2:])
+        attack_loader_batch(cfg, model, task, info, tally, batch, x, y, batches[i], first=i == 0)
         if out_dir is not None and i == 0:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             save_examples(tally.example, task.name, Path(out_dir) / "adv_examples.png", info.ignore_index)
     metrics["time/attack_seconds"] = time.perf_counter() - attack_start
+    metrics["attack/batch_size_used"] = float(batch.size or cfg.batch_size)
     metrics["time/data_seconds"] = loader.seconds + metrics.pop("time/head_data_seconds", 0.0)
     metrics.update(_summary(cfg, task, info, tally))
     if out_dir is not None:

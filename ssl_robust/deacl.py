@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from ssl_robust.deacl_loss import augment_batch, deacl_loss, embed_attack, probe
 from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import Encoder, create_encoder, input_size
 from ssl_robust.precision import autocast
+from ssl_robust.seeds import derive_seed
 
 RESUME_FILE = "resume.pt"
 CUDA_LOADER_WORKERS = 4  # data loading workers on CUDA; the CPU path stays in-process
@@ -67,12 +67,6 @@ class _Run:
     train_set: Dataset
     probe_sets: tuple[Dataset, Dataset]  # (val split: fit, test split: score)
     num_classes: int
-
-
-def derive_seed(seed: int, *parts: int | str) -> int:
-    """A 56-bit seed for one random stream, e.g. ``derive_seed(seed, "augment", epoch, batch)``."""
-    blob = ":".join(str(p) for p in (seed, *parts)).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:7], "big")
 
 
 def lr_factor(step: int, warmup_steps: float, total_steps: int, start: float | None = None) -> float:

@@ -7,7 +7,7 @@ iterate, and count what they spent in the result (``grad_steps``, ``forward_pass
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 
@@ -45,11 +45,13 @@ class AttackSettings:
 
 def run_attack(forward: Forward, objective: ObjectiveFn, x: torch.Tensor, target: torch.Tensor,
                settings: AttackSettings, success_fn: SuccessFn | None = None,
-               damage_fn: DamageFn | None = None) -> AttackResult:
-    """Maximise ``objective(forward(x + delta), target)`` per sample under ``settings``."""
+               damage_fn: DamageFn | None = None, sample_ids: Sequence[int] | None = None) -> AttackResult:
+    """Maximise ``objective(forward(x + delta), target)`` per sample under ``settings``; each
+    sample's random start is seeded by (``settings.seed``, its entry of ``sample_ids``, default its
+    position in the batch)."""
     common = dict(eps=settings.eps, steps=settings.steps, norm=settings.norm, random_start=settings.random_start,
                   restarts=settings.restarts, seed=settings.seed, success_fn=success_fn,
-                  stop_when_fooled=settings.stop_when_fooled, damage_fn=damage_fn)
+                  stop_when_fooled=settings.stop_when_fooled, damage_fn=damage_fn, sample_ids=sample_ids)
     if settings.optimizer == "pgd":
         return pgd(forward, objective, x, target, step_size=settings.resolved_step_size, **common)
     if settings.optimizer == "apgd":

@@ -7,7 +7,6 @@ worst case, each attack's own result and the validity checks of every attack.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -83,9 +82,9 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor
         with torch.no_grad():
             clean_out = model(x)
         clean.add(clean_out, y)
-        batch = _seeded(plan, seed + start)
-        results = (suite.cascade(model, x, y, clean_out, batch, spec.fooled) if spec.fooled is not None
-                   else suite.dense(model, x, y, batch, damage))
+        ids = torch.arange(start, start + len(x))
+        results = (suite.cascade(model, x, y, clean_out, plan, spec.fooled, ids) if spec.fooled is not None
+                   else suite.dense(model, x, y, plan, damage, ids.tolist()))
         for scores, result in zip(members, results):
             scores.add(result.output if result.output is not None else model(result.x_adv).detach(), y)
             bounds.append(checks.perturbation_checks(x, result.x_adv, eps, norm))
@@ -117,7 +116,3 @@ def _depth_map(model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch
 
     return forward
 
-
-def _seeded(plan: list[suite.Member], seed: int) -> list[suite.Member]:
-    """The plan with each member's seed set for this batch (seeded per batch, as cells are)."""
-    return [dataclasses.replace(m, settings=dataclasses.replace(m.settings, seed=seed)) for m in plan]

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ssl_robust.augment import augment_pairs
 from ssl_robust.features import Features, Storage
+from ssl_robust.memory import AdaptiveBatch
 from ssl_robust.precision import Precision, autocast
 
 HeadOptimizer = Literal["adamw", "adam", "sgd"]
@@ -129,15 +130,27 @@ def extract_features(encoder: nn.Module, loader: DataLoader, device: torch.devic
     their ``mean`` (a classifier on CLS ⊕ mean token: 2·D numbers per image instead of (1 + h·w)·D)
     or ``none`` (a classifier on CLS only: D numbers)."""
     features = Features(len(loader.dataset), storage)
+    batch = AdaptiveBatch(None, device, lambda: "one image's features")
     try:
         for images, targets in tqdm(loader, desc=desc, leave=False):
-            with autocast(precision, device):
-                cls, patches = encoder.features(images.to(device))
-            features.append(cls, _keep(patches, tokens), torch.as_tensor(targets))
+            cls, patches = encoder_features(encoder, images.to(device), tokens, precision, batch)
+            features.append(cls, patches, torch.as_tensor(targets))
     except BaseException:
         features.close()
         raise
     return features
+
+
+def encoder_features(encoder: nn.Module, x: torch.Tensor, tokens: TokenKeep, precision: Precision,
+                     batch: AdaptiveBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen encoder's CLS and kept patch tokens of ``x``, in slices that fit in memory."""
+    def run(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad(), autocast(precision, x.device):
+            cls, patches = encoder.features(rows)
+        return cls, _keep(patches, tokens)
+
+    parts = batch.map(run, x)
+    return torch.cat([c for c, _ in parts]), torch.cat([p for _, p in parts])
 
 
 def _as_list(batch: list[Any]) -> list[Any]:
@@ -157,6 +170,7 @@ class AugmentedFeatures:
         self.augment, self.size, self.tokens, self.precision = augment, size, tokens, precision
         self.loader_kwargs = loader_kwargs or {}
         self.data_seconds = 0.0
+        self.memory = AdaptiveBatch(None, device, lambda: "one image's features")
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -178,9 +192,8 @@ class AugmentedFeatures:
                 return
             images, targets = zip(*batch)
             x, target = augment_pairs(images, targets, self.augment, self.size, generator)
-            with autocast(self.precision, self.device):
-                cls, patches = self.encoder.features(x.to(self.device))
-            yield cls.float(), _keep(patches, self.tokens).float(), target
+            cls, patches = encoder_features(self.encoder, x.to(self.device), self.tokens, self.precision, self.memory)
+            yield cls.float(), patches.float(), target
 
     def nbytes(self) -> int:
         return 0

@@ -9,9 +9,11 @@ function: no module state, the random start is drawn from a seeded generator.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
+
+from ssl_robust.seeds import derive_seed
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 ObjectiveFn = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
@@ -48,15 +50,29 @@ def project(delta: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
     return (x + delta).clamp(0, 1) - x
 
 
-def random_delta(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
-    """Uniform in the L-inf box, or uniform in the L2 ball."""
+def random_delta(x: torch.Tensor, eps: float, norm: str, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Uniform in the L-inf box, or uniform in the L2 ball; sample i drawn from ``generators[i]``."""
+    shape = x.shape[1:]
     if norm == "linf":
-        noise = torch.rand(x.shape, generator=generator, device="cpu").to(x) * 2 - 1
+        noise = torch.stack([torch.rand(shape, generator=g, device="cpu") for g in generators]).to(x) * 2 - 1
         return project(noise * eps, x, eps, norm)
-    direction = torch.randn(x.shape, generator=generator, device="cpu").to(x)
+    direction = torch.stack([torch.randn(shape, generator=g, device="cpu") for g in generators]).to(x)
     direction = direction / _per_sample_norm(direction).clamp_min(1e-12)
-    radius = torch.rand(x.shape[0], generator=generator, device="cpu").to(x) ** (1.0 / x[0].numel())
+    radius = torch.cat([torch.rand(1, generator=g, device="cpu") for g in generators]).to(x) ** (1.0 / x[0].numel())
     return project(direction * radius.view(-1, *([1] * (x.dim() - 1))) * eps, x, eps, norm)
+
+
+class RandomStarts:
+    """Each sample's random starts from its own generator, seeded by (seed, the sample's id): a
+    sample's start does not depend on the batch it is attacked in, so splitting a batch changes
+    no result. Ids default to the positions in the batch."""
+
+    def __init__(self, seed: int, ids: Sequence[int]) -> None:
+        self.generators = [torch.Generator().manual_seed(derive_seed(seed, "start", int(i))) for i in ids]
+
+    def draw(self, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+        """The next start of every sample of the batch ``x``."""
+        return random_delta(x, eps, norm, self.generators)
 
 
 def _ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
@@ -81,8 +97,12 @@ def pgd(
     success_fn: SuccessFn | None = None,
     stop_when_fooled: bool = False,
     damage_fn: DamageFn | None = None,
+    sample_ids: Sequence[int] | None = None,
 ) -> AttackResult:
     """Maximise ``objective(forward(x + delta), target)`` per sample within the eps-ball.
+
+    Random starts are drawn per sample from (``seed``, its entry of ``sample_ids``, default its
+    position): a sample's result does not depend on the other samples of its batch.
 
     With ``success_fn`` (e.g. misclassification), a sample counts as fooled if any iterate fooled
     it, and its fooling iterate is returned; with ``stop_when_fooled`` fooled samples leave the batch
@@ -96,7 +116,7 @@ def pgd(
     x = x.detach()
     device = x.device
     cascade = stop_when_fooled and success_fn is not None
-    generator = torch.Generator().manual_seed(seed)
+    starts = RandomStarts(seed, range(len(x)) if sample_ids is None else sample_ids)
     best = _Best(x, damage_fn is not None)
     grad_sum = torch.zeros((), device=device)  # non-finite iff some gradient entry was (a NaN/inf sum)
     nonzero: torch.Tensor | None = None
@@ -106,7 +126,7 @@ def pgd(
     step_count = [0] * steps
 
     for _ in range(restarts):
-        start = restart(best, x, target, cascade, eps, norm, random_start, generator)
+        start = restart(best, x, target, cascade, eps, norm, random_start, starts)
         if start is None:
             break
         active, idx, x_act, target_act, delta = start
@@ -178,7 +198,7 @@ Start = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor, torch.Tensor, t
 
 
 def restart(best: "_Best", x: torch.Tensor, target: torch.Tensor, cascade: bool, eps: float, norm: str,
-            random_start: bool, generator: torch.Generator) -> Start | None:
+            random_start: bool, starts: RandomStarts) -> Start | None:
     """One restart's samples (the still-robust ones under the cascade; None when there are none):
     their indices, the gather index (None = the whole batch, no gathers), inputs, targets and start."""
     n = x.shape[0]
@@ -189,7 +209,7 @@ def restart(best: "_Best", x: torch.Tensor, target: torch.Tensor, cascade: bool,
         return None
     idx = None if active.numel() == n else active
     x_act, target_act = (x, target) if idx is None else (x[idx], target[idx])
-    delta = random_delta(x, eps, norm, generator) if random_start and eps > 0 else torch.zeros_like(x)
+    delta = starts.draw(x, eps, norm) if random_start and eps > 0 else torch.zeros_like(x)
     return active, idx, x_act, target_act, delta if idx is None else delta[idx]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -76,9 +76,12 @@ def _copy(result: AttackResult) -> AttackResult:
 
 
 def cascade(forward: Forward, x: torch.Tensor, labels: torch.Tensor, clean_logits: torch.Tensor,
-            plan: list[Member], fooled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> list[AttackResult]:
+            plan: list[Member], fooled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+            ids: torch.Tensor | None = None) -> list[AttackResult]:
     """Classification: each member on the samples still robust; one cumulative result per member.
-    The combined loss and loss curve are the first member's (the losses of members differ in kind)."""
+    The combined loss and loss curve are the first member's (the losses of members differ in kind).
+    ``ids``: the samples' ids that seed their random starts (default: their positions)."""
+    ids = torch.arange(len(x)) if ids is None else torch.as_tensor(ids)
     results: list[AttackResult] = []
     combined: AttackResult | None = None
     for member in plan:
@@ -89,7 +92,8 @@ def cascade(forward: Forward, x: torch.Tensor, labels: torch.Tensor, clean_logit
             target = labels[pool] if rank is None else target_classes(clean_logits[pool], labels[pool], rank)
             success = fooled if rank is None else (lambda out, t: fooled(out, t[:, 0]))
             settings = dataclasses.replace(member.settings, seed=member.settings.seed + (rank or 0))
-            part = run_attack(forward, member.objective, x[pool], target, settings, success)
+            part = run_attack(forward, member.objective, x[pool], target, settings, success,
+                              sample_ids=ids[pool.cpu()].tolist())
             if combined is None:
                 combined = part
             else:
@@ -100,9 +104,10 @@ def cascade(forward: Forward, x: torch.Tensor, labels: torch.Tensor, clean_logit
 
 
 def dense(forward: Forward, x: torch.Tensor, labels: torch.Tensor, plan: list[Member],
-          damage: DamageFn | None) -> list[AttackResult]:
-    """Segmentation and depth: every member on every image, each result its own."""
-    return [run_attack(forward, m.objective, x, labels, m.settings, None, damage) for m in plan]
+          damage: DamageFn | None, ids: Sequence[int] | None = None) -> list[AttackResult]:
+    """Segmentation and depth: every member on every image, each result its own (``ids`` as in
+    ``cascade``)."""
+    return [run_attack(forward, m.objective, x, labels, m.settings, None, damage, sample_ids=ids) for m in plan]
 
 
 def pick_worst(task: TaskSpec, member_scores: list[Scores]) -> list[int]:

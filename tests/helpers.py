@@ -91,8 +91,9 @@ class EngineSpy:
         self.edit = edit
 
     def __call__(self, forward, objective, x, target, **kwargs):
+        ids = kwargs.get("sample_ids")
         record = {"grad_forwards": 0, "eps": kwargs["eps"], "seed": kwargs["seed"], "x": x.detach().clone(),
-                  "kwargs": kwargs}
+                  "ids": list(range(len(x))) if ids is None else list(ids), "kwargs": kwargs}
 
         def counted(z: torch.Tensor) -> torch.Tensor:
             if torch.is_grad_enabled() and z.requires_grad:

@@ -212,9 +212,9 @@ def test_eps0_check_fails_when_the_attacked_forward_is_not_the_scored_model(make
     cfg, setup = _setup(make_cell_cfg, model, attack={"name": attack})
     with torch.no_grad():
         clean = model(x)
-    assert eps0_gap(cfg, setup, model, x, y, clean)[0] < 1e-5
+    assert eps0_gap(cfg, setup, model, x, y, clean, list(range(len(x))))[0] < 1e-5
     noisy = dataclasses.replace(setup, forward=lambda z: setup.forward(z) + 0.1 * torch.randn_like(setup.forward(z)))
-    assert eps0_gap(cfg, noisy, model, x, y, clean)[0] > 1e-3
+    assert eps0_gap(cfg, noisy, model, x, y, clean, list(range(len(x))))[0] > 1e-3
 
 
 def test_rescored_successes_disagree_with_an_attack_on_another_forward(make_cell_cfg, fitted_classifier) -> None:
@@ -228,9 +228,10 @@ def test_rescored_successes_disagree_with_an_attack_on_another_forward(make_cell
     model, x, y = fitted_classifier
     cfg, setup = _setup(make_cell_cfg, model)
     fooled = TASKS.get("classification").fooled
-    honest = _attack(cfg, setup, x, y, eps=8 / 255, steps=3, seed=0)
+    honest = _attack(cfg, setup, x, y, eps=8 / 255, steps=3, seed=0, ids=list(range(len(x))))
     assert torch.equal(honest.success, fooled(model(honest.x_adv), y))
-    broken = _attack(cfg, dataclasses.replace(setup, forward=lambda z: -model(z)), x, y, eps=8 / 255, steps=3, seed=0)
+    broken = _attack(cfg, dataclasses.replace(setup, forward=lambda z: -model(z)), x, y, eps=8 / 255, steps=3, seed=0,
+                     ids=list(range(len(x))))
     assert int((broken.success != fooled(model(broken.x_adv), y)).sum()) > 0
 
 
@@ -427,3 +428,60 @@ def test_an_augmented_head_sees_newly_augmented_batches_every_epoch(make_cell_cf
     assert all(shape[1:] == (3, 28, 28) for _, shape, _ in calls)
     assert not torch.equal(calls[0][2], calls[per_epoch][2])  # the second epoch crops anew
     assert metrics["head/feature_bytes"] > 0 and (tmp_path / "head.safetensors").exists()
+
+
+def limit_memory(monkeypatch: pytest.MonkeyPatch, images: int) -> None:
+    """The cell's encoder runs out of memory on batches of more than ``images`` images, as a
+    too-small accelerator does (the forward raises torch's out-of-memory error).
+
+    The random starts are bit-for-bit the same at any batch size (``test_pgd``); the forward's
+    float arithmetic is the BLAS's, which may round differently at another batch size (1e-7 on
+    this CPU): every count and outcome is equal, float scores and losses agree to 1e-6."""
+    from ssl_robust import cell as cell_module
+    from ssl_robust.encoders import create_encoder
+
+    def limited(cfg):
+        encoder = create_encoder(cfg)
+
+        def refuse(module, args) -> None:
+            if args[0].shape[0] > images:
+                raise torch.OutOfMemoryError(f"simulated: {args[0].shape[0]} images do not fit")
+
+        encoder.model.patch_embed.register_forward_pre_hook(refuse)
+        return encoder
+
+    monkeypatch.setattr(cell_module, "create_encoder", limited)
+
+
+def result_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.startswith("time/") and k != "attack/batch_size_used"}
+
+
+def per_sample(path: Path) -> list[list[float]]:
+    with open(path / "per_sample.csv") as f:
+        return [[float(v) for v in row.values()] for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("task, attack", [("classification", "pgd"), ("classification", "standard"),
+                                          ("segmentation", "segpgd"), ("depth", "embed")])
+def test_a_cell_out_of_memory_splits_its_batches_and_gives_the_numbers_of_an_unsplit_run(
+        make_cell_cfg, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, task: str, attack: str) -> None:
+    cfg = make_cell_cfg(task, attack={"name": attack, "steps": 2})
+    whole = run_cell(cfg, tmp_path / "whole")
+    limit_memory(monkeypatch, images=3)
+    split = run_cell(cfg, tmp_path / "split")
+    assert whole["attack/batch_size_used"] == cfg.batch_size and split["attack/batch_size_used"] < cfg.batch_size
+    assert result_metrics(split) == pytest.approx(result_metrics(whole), rel=1e-6, abs=1e-6)
+    assert split["n_samples"] == whole["n_samples"] and split["attack/grad_steps"] == whole["attack/grad_steps"]
+    for row_split, row_whole in zip(per_sample(tmp_path / "split"), per_sample(tmp_path / "whole"), strict=True):
+        assert row_split == pytest.approx(row_whole, rel=1e-6, abs=1e-6)
+
+
+def test_a_cell_whose_single_image_does_not_fit_fails_naming_the_image_model_and_device(
+        make_cell_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ssl_robust.memory import DoesNotFit
+
+    cfg = make_cell_cfg("classification", head={"checkpoint": None})
+    limit_memory(monkeypatch, images=0)
+    with pytest.raises(DoesNotFit, match=rf"one image's features does not fit in the memory of cpu"):
+        run_cell(cfg)

@@ -41,7 +41,8 @@ def test_every_attack_setting_reaches_the_engine(make_cell_cfg, fitted_head, mon
               "stop_when_fooled": False}
     run_cell(head_cfg(make_cell_cfg, fitted_head, task, attack=attack, seed=5))
     calls = spy.attacks()
-    assert len(calls) >= 2 and [c["seed"] for c in calls] == [5 + i for i in range(len(calls))]  # seed + batch
+    assert len(calls) >= 2 and {c["seed"] for c in calls} == {5}
+    assert sorted(i for c in calls for i in c["ids"]) == list(range(2 * BATCH))  # each start seeded by (seed, item)
     for call in calls:
         kwargs = call["kwargs"]
         assert {k: kwargs[k] for k in ("eps", "step_size", "steps", "restarts", "norm", "random_start",
@@ -67,7 +68,7 @@ def test_the_loss_curve_sums_every_batch(make_cell_cfg, fitted_head, monkeypatch
 
 def test_a_non_finite_gradient_in_the_first_batch_fails_the_check(make_cell_cfg, fitted_head, monkeypatch) -> None:
     def first_batch_non_finite(result, call) -> None:
-        if call["eps"] > 0 and call["seed"] == 0:
+        if call["eps"] > 0 and call["ids"][0] == 0:
             result.grad_finite = False
 
     spy_engine(monkeypatch, first_batch_non_finite)
@@ -87,7 +88,7 @@ def test_zero_gradients_fail_the_check_of_a_cell_that_takes_steps(make_cell_cfg,
 def test_a_success_the_scored_model_does_not_confirm_fails_the_rescore_check(make_cell_cfg, fitted_head,
                                                                              monkeypatch) -> None:
     def flip_first_sample(result, call) -> None:
-        if call["eps"] > 0 and call["seed"] == 0:
+        if call["eps"] > 0 and call["ids"][0] == 0:
             call["fooled"] = int(result.success.sum())
             result.success = result.success.clone()
             result.success[0] = ~result.success[0]

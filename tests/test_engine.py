@@ -108,9 +108,10 @@ def test_run_attack_passes_every_setting_and_callback_to_the_optimiser(optimizer
     monkeypatch.setattr(engine, "apgd", spy("apgd"))
     settings = AttackSettings(eps=0.25, steps=7, optimizer=optimizer, step_size=0.125, norm="l2",
                               random_start=False, restarts=3, seed=9, stop_when_fooled=True)
-    out = run_attack(linear_forward(), cross_entropy, images(2), labels(2), settings, misclassified, damage)
+    out = run_attack(linear_forward(), cross_entropy, images(2), labels(2), settings, misclassified, damage,
+                     sample_ids=[4, 7])
     expected = dict(eps=0.25, steps=7, norm="l2", random_start=False, restarts=3, seed=9, success_fn=misclassified,
-                    stop_when_fooled=True, damage_fn=damage)
+                    stop_when_fooled=True, damage_fn=damage, sample_ids=[4, 7])
     if optimizer == "pgd":
         expected["step_size"] = 0.125
     assert out == "result"

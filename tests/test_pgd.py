@@ -355,9 +355,9 @@ def test_damage_fn_returns_each_samples_most_damaging_iterate_not_the_final_one(
 def _textbook_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int,
                   seed: int) -> torch.Tensor:
     """The loop of the PGD paper, written out: the same seeded random start, sign steps, clamps."""
-    from ssl_robust.pgd import random_delta
+    from ssl_robust.pgd import RandomStarts
 
-    delta = random_delta(x, eps, "linf", torch.Generator().manual_seed(seed))
+    delta = RandomStarts(seed, range(len(x))).draw(x, eps, "linf")
     for _ in range(steps):
         delta.requires_grad_(True)
         (grad,) = torch.autograd.grad(F.cross_entropy(model(x + delta), y, reduction="sum"), delta)
@@ -419,3 +419,37 @@ def test_zero_gradient_fraction_is_measured_at_the_first_step() -> None:
     dead = torch.tensor([1.0, 0.0, 1.0, 0.0]).view(-1, 1)
     result = pgd(lambda z: model(z) * dead, cross_entropy, x, y, eps=8 / 255, step_size=2 / 255, steps=2)
     assert result.grad_nonzero == 0.5
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def _rowwise(x: torch.Tensor) -> torch.Tensor:
+    """Logits that each image's own pixels give by elementwise arithmetic: bit-for-bit the same at
+    any batch size (a matmul may round differently at another batch size)."""
+    flat = x.flatten(1)
+    return torch.stack([flat[:, 0::3].sum(1), flat[:, 1::3].sum(1), flat[:, 2::3].sum(1)], dim=1) * 4
+
+
+@pytest.mark.parametrize("norm, restarts, cascade", [("linf", 1, False), ("l2", 2, False), ("linf", 3, True)])
+def test_a_batch_split_in_parts_gives_bit_for_bit_the_results_of_the_whole_batch(
+        norm: str, restarts: int, cascade: bool) -> None:
+    """Each sample's random starts come from (seed, its id), not from its place in a batch."""
+    x, y = images(6), labels(6, 3)
+    kwargs = dict(eps=8 / 255 if norm == "linf" else 0.5, step_size=2 / 255 if norm == "linf" else 0.1, steps=4,
+                  norm=norm, restarts=restarts, seed=3, success_fn=lambda out, t: out.argmax(1) != t,
+                  stop_when_fooled=cascade)
+    whole = pgd(_rowwise, cross_entropy, x, y, sample_ids=range(6), **kwargs)
+    parts = [pgd(_rowwise, cross_entropy, x[rows], y[rows], sample_ids=range(6)[rows], **kwargs)
+             for rows in (slice(0, 1), slice(1, 4), slice(4, 6))]
+    assert torch.equal(torch.cat([p.x_adv for p in parts]), whole.x_adv)
+    assert torch.equal(torch.cat([p.loss for p in parts]), whole.loss)
+    assert torch.equal(torch.cat([p.success for p in parts]), whole.success)
+
+
+def test_samples_with_other_ids_start_elsewhere() -> None:
+    x, y = images(1).repeat(2, 1, 1, 1), labels(2, 3)
+    result = pgd(_rowwise, cross_entropy, x, y, eps=8 / 255, step_size=2 / 255, steps=0, sample_ids=[0, 1])
+    assert not torch.equal(result.x_adv[0], result.x_adv[1])
+    again = pgd(_rowwise, cross_entropy, x[:1], y[:1], eps=8 / 255, step_size=2 / 255, steps=0, sample_ids=[1])
+    assert torch.equal(again.x_adv[0], result.x_adv[1])

@@ -43,17 +43,17 @@ def test_zero_steps_give_an_empty_float64_loss_curve() -> None:
 
 
 def test_random_start_has_the_dtype_of_the_images() -> None:
-    from ssl_robust.pgd import random_delta
+    from ssl_robust.pgd import RandomStarts
 
     x = images(2).to(torch.bfloat16)
     for norm in ("linf", "l2"):
-        assert random_delta(x, 8 / 255, norm, torch.Generator().manual_seed(0)).dtype == torch.bfloat16
+        assert RandomStarts(0, range(len(x))).draw(x, 8 / 255, norm).dtype == torch.bfloat16
 
 
 def test_l2_random_start_of_a_single_image_lies_in_the_ball() -> None:
-    from ssl_robust.pgd import random_delta
+    from ssl_robust.pgd import RandomStarts
 
-    delta = random_delta(images(1), 0.5, "l2", torch.Generator().manual_seed(0))
+    delta = RandomStarts(0, range(len(images(1)))).draw(images(1), 0.5, "l2")
     assert delta.shape == (1, *SHAPE) and 0 < float(delta.norm()) <= 0.5 + 1e-6
 
 
@@ -108,22 +108,22 @@ def half_fooled_batch(forward):
 
 
 def test_ties_between_restarts_keep_the_first_restart() -> None:
-    from ssl_robust.pgd import random_delta
+    from ssl_robust.pgd import RandomStarts
 
     x, y = images(2), torch.tensor([0, 1])
     constant = lambda output, target, step, steps: output.sum(1) * 0  # noqa: E731
     result = pgd(linear_forward(), constant, x, y, eps=8 / 255, step_size=2 / 255, steps=0, restarts=3)
-    first_start = random_delta(x, 8 / 255, "linf", torch.Generator().manual_seed(0))
+    first_start = RandomStarts(0, range(len(x))).draw(x, 8 / 255, "linf")
     torch.testing.assert_close(result.x_adv, x + first_start)
 
 
 def test_ties_in_damage_keep_the_earliest_iterate() -> None:
-    from ssl_robust.pgd import random_delta
+    from ssl_robust.pgd import RandomStarts
 
     x, y = images(2), torch.tensor([0, 1])
     result = pgd(linear_forward(), cross_entropy, x, y, eps=8 / 255, step_size=2 / 255, steps=3,
                  damage_fn=lambda output, target: torch.zeros(len(output)))
-    first_iterate = x + random_delta(x, 8 / 255, "linf", torch.Generator().manual_seed(0))
+    first_iterate = x + RandomStarts(0, range(len(x))).draw(x, 8 / 255, "linf")
     torch.testing.assert_close(result.x_adv, first_iterate)
 
 

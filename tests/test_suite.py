@@ -67,8 +67,8 @@ def test_the_cascade_attacks_only_the_samples_no_earlier_attack_fooled(monkeypat
     sizes: list[tuple[int, bool]] = []
     real = engine.run_attack
 
-    def spy(forward, objective, x, target, settings, success_fn=None, damage_fn=None):
-        result = real(forward, objective, x, target, settings, success_fn, damage_fn)
+    def spy(forward, objective, x, target, settings, success_fn=None, damage_fn=None, sample_ids=None):
+        result = real(forward, objective, x, target, settings, success_fn, damage_fn, sample_ids)
         sizes.append((len(x), target.dim() == 2))
         spy.fooled.append(int(result.success.sum()))
         return result
