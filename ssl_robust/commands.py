@@ -24,7 +24,7 @@ from ssl_robust.report import write_report
 from ssl_robust.report.fetch import report_inputs
 from ssl_robust.search_config import describe_space
 from ssl_robust.sweep_config import deacl_configs, expand, resolve_encoders
-from ssl_robust.tracking.deacl import checkpoint_artifact
+from ssl_robust.deacl_names import student_artifact
 from ssl_robust.tracking.preflight import redact
 from ssl_robust.tune import deacl_sweep, grid
 from ssl_robust.tune.search import masked, run_search
@@ -160,7 +160,7 @@ def cmd_deacl(args: argparse.Namespace, cfg: Any) -> int:
     else:
         print_table(metrics)
     last = cfg.epochs
-    print(f"run {run_id}; checkpoints: runs:/{run_id}/{checkpoint_artifact(last)} (and every "
+    print(f"run {run_id}; checkpoints: runs:/{run_id}/{student_artifact(last)} (and every "
           f"{cfg.checkpoint_every} epochs)")
     return 0
 

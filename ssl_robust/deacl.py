@@ -29,6 +29,7 @@ from ssl_robust.config import DataCfg
 from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.data import DATASETS
 from ssl_robust.data.load import deterministic_subset, load_split
+from ssl_robust.deacl_names import student_file
 from ssl_robust.deacl_loss import augment_batch, deacl_loss, embed_attack, probe_attack
 from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import Encoder, create_encoder, input_size
@@ -280,7 +281,7 @@ def _save_checkpoint(run: _Run, work_dir: Path, epoch: int, metrics: dict[str, f
     """Write the student's timm weights (safetensors) and the resume file (atomically)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in run.student.model.state_dict().items()}
-    weights_path = work_dir / f"epoch_{epoch:03d}.safetensors"
+    weights_path = work_dir / student_file(epoch)
     save_file(weights, str(weights_path))
     state = {"deacl_id": run.cfg.deacl_id, "epoch": epoch, "step": int(run.scheduler.last_epoch),
              "student": weights, "optimizer": run.optimizer.state_dict(),

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from ssl_robust.report.frame import EPS_TOL, MISSING, describe
-from ssl_robust.report.labels import DEACL_CHECKPOINT, fine_tune_labels
+from ssl_robust.deacl_names import STUDENT_URI
+from ssl_robust.report.labels import fine_tune_labels
 from ssl_robust.report.tables import Table
 from ssl_robust.tasks import TASKS
 
@@ -28,7 +29,7 @@ def deacl_points(frame: pd.DataFrame, runs: list[dict[str, Any]], eps: float, iv
         return pd.DataFrame(columns=COLUMNS)
     at = frame[(frame["eps"] - eps).abs() < EPS_TOL]
     ckpt = at["encoder.checkpoint"].fillna("").astype(str)
-    parsed = ckpt.str.extract(DEACL_CHECKPOINT)
+    parsed = ckpt.str.extract(STUDENT_URI)
     fields = [f for f in frame.attrs.get("row_fields", []) if f != "encoder.checkpoint"]
     base = pd.Series([json.dumps(v) for v in at[fields].values.tolist()], index=at.index) if fields else \
         pd.Series("", index=at.index)

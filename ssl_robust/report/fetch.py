@@ -13,7 +13,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from ssl_robust import tracking
-from ssl_robust.report.labels import DEACL_CHECKPOINT
+from ssl_robust.deacl_names import STUDENT_URI
 from ssl_robust.tracking.search import PARENT_TAG
 
 RESULTS = "results"
@@ -82,7 +82,7 @@ def referenced_deacl_runs(rows: Iterable[dict[str, Any]], known: Iterable[str],
     """The DeACL runs whose students the rows evaluate (``runs:/<run>/checkpoints/...``) that are not
     in ``known``: a benchmark of another experiment's students (e.g. ``sweeps/poster.yaml``'s DeACL rows)."""
     client = MlflowClient(tracking.absolute_tracking_uri(tracking_uri))
-    wanted = {m["run"] for row in rows if (m := DEACL_CHECKPOINT.match(str(row.get("encoder.checkpoint") or "")))}
+    wanted = {m["run"] for row in rows if (m := STUDENT_URI.match(str(row.get("encoder.checkpoint") or "")))}
     out = []
     for run_id in sorted(wanted - set(known)):
         run = client.get_run(run_id)

@@ -25,7 +25,8 @@ from pydantic import BaseModel
 
 from ssl_robust.attacks import ATTACKS
 from ssl_robust.config import AttackCfg, CellFields
-from ssl_robust.report.labels import DEACL_CHECKPOINT, encoder_label, fine_tune_labels
+from ssl_robust.deacl_names import STUDENT_URI
+from ssl_robust.report.labels import encoder_label, fine_tune_labels
 from ssl_robust.tasks import TASKS
 
 AXES = ("attack.name", "attack.eps")  # the tables' columns and the curves' x axis
@@ -67,7 +68,7 @@ def _primary(row: pd.Series, prefix: str) -> float:
 
 def _encoder_labels(frame: pd.DataFrame, deacl_runs: list[dict[str, Any]] | None = None) -> list[str]:
     checkpoint = frame.get("encoder.checkpoint", pd.Series("", index=frame.index))
-    runs = {m["run"] for c in checkpoint if (m := DEACL_CHECKPOINT.match(str(c or "")))}
+    runs = {m["run"] for c in checkpoint if (m := STUDENT_URI.match(str(c or "")))}
     deacl = fine_tune_labels(sorted(runs), deacl_runs or [])
     return [encoder_label(name, None if is_missing(ckpt) else ckpt, deacl)
             for name, ckpt in zip(frame["encoder"], checkpoint)]

@@ -4,11 +4,10 @@ epoch, ``tiny_dinov2 · DeACL γ=2 · epoch 1``; its run id stays in the runs ta
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
-DEACL_CHECKPOINT = re.compile(r"^runs:/(?P<run>[^/]+)/checkpoints/epoch_(?P<epoch>\d+)\.safetensors$")
+from ssl_robust.deacl_names import STUDENT_URI
 
 
 def _number(value: Any) -> str:
@@ -43,7 +42,7 @@ def encoder_label(name: str, checkpoint: str | None, deacl: dict[str, str] | Non
     if not checkpoint or (isinstance(checkpoint, float) and math.isnan(checkpoint)):
         return name
     checkpoint = str(checkpoint)
-    found = DEACL_CHECKPOINT.match(checkpoint)
+    found = STUDENT_URI.match(checkpoint)
     if found:
         method = (deacl or {}).get(found["run"], f"DeACL run {found['run'][:8]}")
         return f"{name} · {method} · epoch {int(found['epoch'])}"

@@ -23,7 +23,7 @@ import pandas as pd
 from ssl_robust.aliases import ENCODERS
 from ssl_robust.report.frame import is_missing
 from ssl_robust.report.intervals import text
-from ssl_robust.report.labels import DEACL_CHECKPOINT
+from ssl_robust.deacl_names import STUDENT_URI
 from ssl_robust.report.tables import Table
 from ssl_robust.tasks import TASKS
 
@@ -59,7 +59,7 @@ def encoder_origin(checkpoint: str, deacl_runs: dict[str, dict[str, Any]] | None
     (a checkpoint of unknown origin, a DeACL student of another recipe or of an earlier epoch)."""
     if not checkpoint or checkpoint == "(not logged)":
         return "Standard", "hub weights"
-    found = DEACL_CHECKPOINT.match(checkpoint)
+    found = STUDENT_URI.match(checkpoint)
     if found:
         params = (deacl_runs or {}).get(found["run"])
         if params is None or not poster_recipe(params) or int(found["epoch"]) != int(params.get("epochs", -1)):

@@ -18,17 +18,13 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
 from ssl_robust.deacl_config import DeaclCfg
+from ssl_robust.deacl_names import CHECKPOINTS, student_artifact
 from ssl_robust.tracking.store import (absolute_tracking_uri, code_version, ensure_experiment, experiment_id,
                                        flatten, log_params, search_runs)
 
 PHASE = "deacl"
-CHECKPOINTS = "checkpoints"
 RESUME_ARTIFACT = "resume/resume.pt"
 ENCODER_ARTIFACT = "encoder.yaml"
-
-
-def checkpoint_artifact(epoch: int) -> str:
-    return f"{CHECKPOINTS}/epoch_{epoch:03d}.safetensors"
 
 
 def deacl_runs(experiment: str, tracking_uri: str | None = None, status: str | None = None,
@@ -49,7 +45,7 @@ def student_encoder(run: Any, epoch: int) -> dict[str, Any]:
     student's checkpoint holds plain timm weights: the teacher's ``checkpoint_key`` does not apply."""
     encoder = yaml.safe_load(run.data.params.get("encoder_config", "{}")) or {}
     if epoch > 0:
-        encoder["checkpoint"] = f"runs:/{run.info.run_id}/{checkpoint_artifact(epoch)}"
+        encoder["checkpoint"] = f"runs:/{run.info.run_id}/{student_artifact(epoch)}"
         encoder.pop("checkpoint_key", None)
     return encoder
 
