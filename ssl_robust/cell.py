@@ -6,13 +6,11 @@ is phase 2 and runs in a plain Python process, with or without Ray.
 """
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -31,6 +29,7 @@ from ssl_robust.examples import Example, save_examples
 from ssl_robust.memory import AdaptiveBatch
 from ssl_robust.pgd import AttackResult
 from ssl_robust.precision import in_precision
+from ssl_robust.results import EXAMPLES, CellArtifacts, iou_arrays, loss_curve_frame, per_sample_frame
 from ssl_robust.sliding import log_probs, pad_to_multiple, resize_to, slide, slide_tokens, whole
 from ssl_robust.tasks import TASKS, Scores, TaskSpec, eval_mode, eval_sizing
 
@@ -393,7 +392,7 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
         attack_loader_batch(cfg, model, task, info, tally, batch, x, y, batches[i], first=i == 0)
         if out_dir is not None and i == 0:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
-            save_examples(tally.example, task.name, Path(out_dir) / "adv_examples.png", info.ignore_index)
+            save_examples(tally.example, task.name, Path(out_dir) / EXAMPLES, info.ignore_index)
     metrics["time/attack_seconds"] = time.perf_counter() - attack_start
     metrics["attack/batch_size_used"] = float(batch.size or cfg.batch_size)
     metrics["time/data_seconds"] = loader.seconds + metrics.pop("time/head_data_seconds", 0.0)
@@ -405,22 +404,9 @@ def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
 
 
 def write_results(out_dir: Path, task: TaskSpec, tally: Tally) -> None:
-    """``per_sample.csv`` (item index, clean and attacked per-sample score, attack loss),
-    ``per_image_iou.npz`` (segmentation: intersections and unions per image and class) and
-    ``loss_curve.csv`` (mean attack loss per gradient step)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = task.per_sample
-    with open(out_dir / "per_sample.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", f"clean_{name}", f"adv_{name}", "attack_loss"])
-        writer.writerows(zip(tally.indices, tally.clean.per_sample, tally.adv.per_sample, tally.losses))
-    clean, adv = tally.clean.per_image(), tally.adv.per_image()
-    if clean:
-        np.savez(out_dir / "per_image_iou.npz", index=np.array(tally.indices), clean_inter=clean["inter"].numpy(),
-                 clean_union=clean["union"].numpy(), adv_inter=adv["inter"].numpy(), adv_union=adv["union"].numpy())
-    with open(out_dir / "loss_curve.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["step", "mean_loss"])
-        if tally.step_loss is not None:
-            mean = (tally.step_loss / tally.step_count.clamp_min(1)).tolist()
-            writer.writerows((step, loss) for step, (loss, n) in enumerate(zip(mean, tally.step_count.tolist()), 1) if n)
+    """The cell's result files (``results``): per-sample scores and losses, per-image IoU
+    (segmentation) and the loss curve."""
+    CellArtifacts(per_sample_frame(task.per_sample, tally.indices, tally.clean.per_sample, tally.adv.per_sample,
+                                   tally.losses),
+                  iou_arrays(tally.indices, tally.clean.per_image(), tally.adv.per_image()),
+                  loss_curve_frame(tally.step_loss, tally.step_count)).write(out_dir)

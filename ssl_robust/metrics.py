@@ -58,11 +58,17 @@ def per_image_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
 
 def per_image_miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
                    ignore_index: int = 255) -> torch.Tensor:
-    """mIoU of each image over the classes present in its labels or prediction ([B]; NaN for none)."""
-    inter, union = per_image_iou(pred, target, num_classes, ignore_index)
+    """mIoU of each image over the classes present in its labels or prediction ([B])."""
+    return miou_of_counts(*per_image_iou(pred, target, num_classes, ignore_index))
+
+
+def miou_of_counts(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """Per image, the mean IoU over the classes present (union > 0) from its per-class counts
+    ([N, C] each; float64 [N]); 1 for an image with no class present (nothing to get wrong)."""
     present = union > 0
-    iou = inter.double() / union.clamp_min(1)
-    return (iou * present).sum(1) / present.sum(1)
+    count = present.sum(1)
+    iou = (inter.double() / union.clamp_min(1)) * present
+    return torch.where(count > 0, iou.sum(1) / count.clamp_min(1), torch.ones((), dtype=torch.float64))
 
 
 def valid_depth_mask(target: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:

@@ -306,3 +306,10 @@ def test_depth_accumulator_counts_valid_pixels_over_batches() -> None:
 def test_depth_accumulator_without_batches_summarises_to_nan() -> None:
     summary = DepthScores(TaskInfo("depth", min_depth=1e-3, max_depth=10.0)).summary()
     assert set(summary) == {"rmse", "abs_rel", "delta1"} and all(math.isnan(v) for v in summary.values())
+
+
+def test_an_image_with_no_class_present_has_per_image_miou_one() -> None:
+    from ssl_robust.metrics import miou_of_counts
+
+    inter, union = torch.tensor([[0, 0], [1, 0]]), torch.tensor([[0, 0], [2, 0]])
+    torch.testing.assert_close(miou_of_counts(inter, union), torch.tensor([1.0, 0.5], dtype=torch.float64))

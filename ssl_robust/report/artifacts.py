@@ -1,10 +1,6 @@
-"""A cell's per-sample artifacts, loaded from local files (no tracking server here).
-
-Every attack cell logs ``results/per_sample.csv`` (``index``, ``clean_<col>``, ``adv_<col>``,
-``attack_loss``; ``<col>`` = ``correct``, ``pixel_acc`` or ``rmse``), for segmentation
-``results/per_image_iou.npz`` (``index`` [N]; ``clean_inter``, ``clean_union``, ``adv_inter``,
-``adv_union`` [N, C]) and ``results/loss_curve.csv`` (``step``, ``mean_loss``). ``index`` names the
-test item in the cell's deterministic subset, so rows align across the attacks of one data config.
+"""A cell's per-sample results as the report reads them: per test item, the score that picks the
+worst attack, and the primary metric of any set of items. The files and their columns are
+``ssl_robust.results``'s.
 """
 from __future__ import annotations
 
@@ -13,39 +9,11 @@ from pathlib import Path
 from typing import Mapping, Union
 
 import numpy as np
-import pandas as pd
+import torch
 
+from ssl_robust.metrics import miou_of_counts
+from ssl_robust.results import CellArtifacts
 from ssl_robust.tasks import TASKS
-
-PER_SAMPLE, PER_IMAGE_IOU, LOSS_CURVE = "per_sample.csv", "per_image_iou.npz", "loss_curve.csv"
-EXAMPLES = "adv_examples.png"
-
-
-@dataclass
-class CellArtifacts:
-    per_sample: pd.DataFrame | None = None
-    iou: dict[str, np.ndarray] | None = None
-    loss_curve: pd.DataFrame | None = None
-    examples: Path | None = None  # the cell's example figure (``adv_examples.png``)
-
-    @classmethod
-    def load(cls, folder: Path | str | None = None, per_sample: Path | str | None = None,
-             iou: Path | str | None = None, loss_curve: Path | str | None = None) -> "CellArtifacts":
-        """From a ``results`` folder and/or single files; absent files stay None."""
-        if folder is not None:
-            folder = Path(folder)
-            per_sample = per_sample or folder / PER_SAMPLE
-            iou = iou or folder / PER_IMAGE_IOU
-            loss_curve = loss_curve or folder / LOSS_CURVE
-        exists = lambda p: p is not None and Path(p).is_file()  # noqa: E731
-        arrays = None
-        if exists(iou):
-            with np.load(iou) as data:
-                arrays = {k: data[k] for k in data.files}
-        examples = Path(folder) / EXAMPLES if folder is not None and exists(Path(folder) / EXAMPLES) else None
-        return cls(pd.read_csv(per_sample) if exists(per_sample) else None, arrays,
-                   pd.read_csv(loss_curve) if exists(loss_curve) else None, examples)
-
 
 Source = Mapping[str, Union[CellArtifacts, Path, str]]
 
@@ -71,11 +39,8 @@ class Samples:
 
 
 def per_image_miou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
-    """mIoU of each image over the classes present in its labels or prediction; 1 where none is."""
-    present = union > 0
-    iou = np.where(present, inter / np.maximum(union, 1), 0.0)
-    count = present.sum(1)
-    return np.where(count > 0, iou.sum(1) / np.maximum(count, 1), 1.0)
+    """Each image's mIoU from its per-class counts (``metrics.miou_of_counts``)."""
+    return miou_of_counts(torch.as_tensor(inter), torch.as_tensor(union)).numpy()
 
 
 def miou(inter: np.ndarray, union: np.ndarray) -> float:
