@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -11,6 +12,7 @@ import pandas as pd
 
 from ssl_robust.report import checks, html as pages, intervals
 from ssl_robust.report.artifacts import Source, as_artifacts
+from ssl_robust.results import CellArtifacts
 from ssl_robust.report.deacl import deacl_points, deacl_tables
 from ssl_robust.report.frame import configuration_lines, reference_eps, results_frame, settings_table
 from ssl_robust.report.plots import Style, plot_curves, plot_deacl, plot_losses, plot_search
@@ -60,6 +62,36 @@ def _search_table(name: str, front: pd.DataFrame) -> Table:
                  arrows={"probe/clean_acc": "↑", "probe/embed_acc": "↑"})
 
 
+@dataclass
+class _Analysis:
+    """What every section of a report reads: the runs' frame and artifacts, the reference ε, the
+    intervals, worst cases, cross-checks and failures, the DeACL points and the colours."""
+
+    frame: pd.DataFrame
+    arts: dict[str, CellArtifacts]
+    ref: float
+    ivals: pd.DataFrame  # per cell: clean_lo, clean_hi, adv_lo, adv_hi
+    worst: pd.DataFrame
+    cross: pd.DataFrame  # per (cell, check) evaluated
+    fails: dict[int, list[str]]
+    points: pd.DataFrame
+    style: Style
+    out_dir: Path
+
+
+def _analyse(rows: list[dict[str, Any]], out_dir: Path, eps: float | None, artifacts: Source | None,
+             deacl_runs: list[dict[str, Any]], searches: Mapping[str, pd.DataFrame]) -> _Analysis:
+    frame = results_frame(rows, deacl_runs)
+    arts = as_artifacts(artifacts)
+    ref = reference_eps(frame, eps)
+    ivals = intervals.run_intervals(frame, arts)
+    cross = checks.cross_checks(frame, arts)
+    points = deacl_points(frame, deacl_runs, ref, ivals)
+    style = Style(list(frame["encoder_label"]) + list(points["fine_tune"]) + [f"search {n}" for n in searches])
+    return _Analysis(frame, arts, ref, ivals, worst_case(frame, arts), cross, checks.failures(frame, cross), points,
+                     style, out_dir)
+
+
 def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | None = None,
                  title: str = "ssl_robust report", cell_ids: Iterable[str] | None = None, *,
                  artifacts: Source | None = None, deacl_runs: list[dict[str, Any]] | None = None,
@@ -71,29 +103,37 @@ def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | Non
     DeACL runs' params (``run_id``, ``gamma``, ``dense_weight``, ...); ``searches``: ``{name: trials}``
     (a search's ``trials.csv``). With ``cell_ids``, only those cells' rows are reported.
     """
+    rows = list(rows)
     if cell_ids is not None:
         wanted = set(cell_ids)
         rows = [row for row in rows if row.get("cell_id") in wanted]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    frame = results_frame(rows, deacl_runs)
-    arts = as_artifacts(artifacts)
-    ref = reference_eps(frame, eps)
-    ivals = intervals.run_intervals(frame, arts)
-    worst = worst_case(frame, arts)
-    cross = checks.cross_checks(frame, arts)
-    fails = checks.failures(frame, cross)
-    points = deacl_points(frame, deacl_runs or [], ref, ivals)
-    searches = dict(searches or {})
-    style = Style(list(frame["encoder_label"]) + list(points["fine_tune"]) + [f"search {n}" for n in searches])
-    sections: list[tuple[str, str, str]] = []
+    searches, deacl_runs = dict(searches or {}), deacl_runs or []
+    at = _analyse(rows, out_dir, eps, artifacts, deacl_runs, searches)
+    sections = [*_task_sections(at), _worst_section(at), *_poster_section(at, reference, deacl_runs),
+                *_deacl_section(at), *_search_sections(at, searches),
+                ("checks", "Checks", _checks_section(at.frame, at.cross, at.fails, out_dir)), _runs_section(at)]
+    curve_table(at.frame, at.ivals).to_csv(out_dir / "curves.csv", index=False)
+    at.frame.drop(columns=_INTERNAL).to_csv(out_dir / "cells.csv", index=False)
+    page = out_dir / "index.html"
+    page.write_text(pages.page(title, sections, _intro(at.frame, at.ref, source, out_dir)))
+    return page
 
-    curve_pngs = {p.stem: p for p in plot_curves(frame, ivals, worst, style, out_dir)}
-    curves_ = {i: a.loss_curve for i, a in ((i, arts.get(str(r))) for i, r in frame.get("run_id", pd.Series(
+
+Section = tuple[str, str, str]  # (anchor, heading, inner HTML)
+
+
+def _task_sections(at: _Analysis) -> list[Section]:
+    """Per task: its table, then per data set the score-vs-ε figure, the loss curves and examples."""
+    frame, out_dir = at.frame, at.out_dir
+    curve_pngs = {p.stem: p for p in plot_curves(frame, at.ivals, at.worst, at.style, out_dir)}
+    curves_ = {i: a.loss_curve for i, a in ((i, at.arts.get(str(r))) for i, r in frame.get("run_id", pd.Series(
         dtype=str)).items()) if a is not None and a.loss_curve is not None and len(a.loss_curve)}
-    loss_pngs = {p.stem: p for p in plot_losses(frame, curves_, style, out_dir, ref)}
+    loss_pngs = {p.stem: p for p in plot_losses(frame, curves_, at.style, out_dir, at.ref)}
+    sections = []
     for task in TASKS.names():
-        table = task_table(frame, task, ref, ivals, worst, fails)
+        table = task_table(frame, task, at.ref, at.ivals, at.worst, at.fails)
         if table is None:
             continue
         pages.write_table(table, out_dir)
@@ -106,65 +146,73 @@ def write_report(rows: Iterable[dict[str, Any]], out_dir: Path, eps: float | Non
             if f"loss_{task}_{dataset}" in loss_pngs:
                 inner.append(pages.image(loss_pngs[f"loss_{task}_{dataset}"],
                                          f"{dataset} ({task}): attack loss per gradient step"))
-            example = _example(frame, arts, task, dataset, ref, out_dir)
+            example = _example(frame, at.arts, task, dataset, at.ref, out_dir)
             if example is not None:
                 inner.append(pages.image(*example))
-        sections.append((task, f"{task.capitalize()} (ε = {ref * 255:.3g}/255)", "".join(inner)))
+        sections.append((task, f"{task.capitalize()} (ε = {at.ref * 255:.3g}/255)", "".join(inner)))
+    return sections
 
-    worst_t = _worst_table(worst)
-    pages.write_table(worst_t, out_dir)
-    sections.append(("worst", "Worst case over attacks",
-                     pages.paragraph(_WORST_TEXT) +
-                     f"<details><summary>{html.escape(worst_t.title)}</summary>{pages.table_html(worst_t)}</details>"))
 
-    compared = compare(frame, load_reference(reference), ivals, deacl_runs)
-    if compared:
-        inner = []
-        for task, table in compared.items():
-            pages.write_table(table, out_dir)
-            if len(table.data):
-                inner += [f"<h3>{html.escape(table.title)}</h3>", pages.paragraph(summary(table), "note"),
-                          pages.table_html(table)]
-        if not inner:  # one line for the whole section, not an empty table per task
-            reference_rows = load_reference(reference)
-            left_out = sum(table.data.attrs.get("left_out", 0) for table in compared.values())
-            other = f"; {left_out} attack run(s) on its encoders and data sets have other settings" if left_out else ""
-            inner = [pages.paragraph(f"No run of this report is in the poster's configuration "
-                                     f"({configuration_text(reference_rows)}){other}.", "note")]
-        sections.append(("poster", "Compared with the poster", pages.paragraph(_POSTER_TEXT) + "".join(inner)))
+def _worst_section(at: _Analysis) -> Section:
+    worst_t = _worst_table(at.worst)
+    pages.write_table(worst_t, at.out_dir)
+    return ("worst", "Worst case over attacks", pages.paragraph(_WORST_TEXT) +
+            f"<details><summary>{html.escape(worst_t.title)}</summary>{pages.table_html(worst_t)}</details>")
 
-    if not points.empty:
-        points.to_csv(out_dir / "deacl_points.csv", index=False)
-        inner = [pages.image(plot_deacl(points, style, out_dir / "deacl.png", ref),
-                             "Clean and attacked scores against DeACL fine-tuning epoch")]
-        for table in deacl_tables(points, ref):
-            pages.write_table(table, out_dir)
-            inner += [f"<h3>{html.escape(table.title)}</h3>", pages.table_html(table)]
-        sections.append(("deacl", "DeACL fine-tuning", "".join(inner)))
 
+def _poster_section(at: _Analysis, reference: Path | str | None, deacl_runs: list[dict[str, Any]]) -> list[Section]:
+    """The runs in the poster's configuration next to its numbers; one line when none is."""
+    reference_rows = load_reference(reference)
+    compared = compare(at.frame, reference_rows, at.ivals, deacl_runs)
+    if not compared:
+        return []
+    inner = []
+    for table in compared.values():
+        pages.write_table(table, at.out_dir)
+        if len(table.data):
+            inner += [f"<h3>{html.escape(table.title)}</h3>", pages.paragraph(summary(table), "note"),
+                      pages.table_html(table)]
+    if not inner:  # one line for the whole section, not an empty table per task
+        left_out = sum(table.data.attrs.get("left_out", 0) for table in compared.values())
+        other = f"; {left_out} attack run(s) on its encoders and data sets have other settings" if left_out else ""
+        inner = [pages.paragraph(f"No run of this report is in the poster's configuration "
+                                 f"({configuration_text(reference_rows)}){other}.", "note")]
+    return [("poster", "Compared with the poster", pages.paragraph(_POSTER_TEXT) + "".join(inner))]
+
+
+def _deacl_section(at: _Analysis) -> list[Section]:
+    if at.points.empty:
+        return []
+    at.points.to_csv(at.out_dir / "deacl_points.csv", index=False)
+    inner = [pages.image(plot_deacl(at.points, at.style, at.out_dir / "deacl.png", at.ref),
+                         "Clean and attacked scores against DeACL fine-tuning epoch")]
+    for table in deacl_tables(at.points, at.ref):
+        pages.write_table(table, at.out_dir)
+        inner += [f"<h3>{html.escape(table.title)}</h3>", pages.table_html(table)]
+    return [("deacl", "DeACL fine-tuning", "".join(inner))]
+
+
+def _search_sections(at: _Analysis, searches: Mapping[str, pd.DataFrame]) -> list[Section]:
+    sections = []
     for name, trials in searches.items():
-        png = out_dir / f"pareto_{name}.png"
-        front = plot_search(name, trials, png, style.colour(f"search {name}"))
+        png = at.out_dir / f"pareto_{name}.png"
+        front = plot_search(name, trials, png, at.style.colour(f"search {name}"))
         table = _search_table(name, front)
-        pages.write_table(table, out_dir)
+        pages.write_table(table, at.out_dir)
         sections.append((f"search-{name}", f"DeACL search {name}: Pareto front",
                          pages.image(png, f"search {name}: clean vs EmbedAttack probe accuracy") +
                          pages.table_html(table)))
+    return sections
 
-    sections.append(("checks", "Checks", _checks_section(frame, cross, fails, out_dir)))
-    runs = _runs_table(frame)
-    pages.write_table(runs, out_dir)
-    inner = f"<details><summary>{len(frame)} runs</summary>{pages.table_html(runs)}</details>"
-    if frame.attrs["duplicates"]:
+
+def _runs_section(at: _Analysis) -> Section:
+    runs = _runs_table(at.frame)
+    pages.write_table(runs, at.out_dir)
+    inner = f"<details><summary>{len(at.frame)} runs</summary>{pages.table_html(runs)}</details>"
+    if at.frame.attrs["duplicates"]:
         inner += "<h3>Duplicate runs left out</h3><ul>" + "".join(
-            f"<li>{html.escape(note)}</li>" for note in frame.attrs["duplicates"]) + "</ul>"
-    sections.append(("runs", "Runs", inner))
-
-    curve_table(frame, ivals).to_csv(out_dir / "curves.csv", index=False)
-    frame.drop(columns=_INTERNAL).to_csv(out_dir / "cells.csv", index=False)
-    page = out_dir / "index.html"
-    page.write_text(pages.page(title, sections, _intro(frame, ref, source, out_dir)))
-    return page
+            f"<li>{html.escape(note)}</li>" for note in at.frame.attrs["duplicates"]) + "</ul>"
+    return ("runs", "Runs", inner)
 
 
 _WORST_TEXT = ("Per test item, the worst outcome over every attack run at that ε for the configuration: "
