@@ -18,8 +18,8 @@ from typing import Literal, Sequence
 
 import torch
 
-from ssl_robust.pgd import (AttackResult, DamageFn, Forward, ObjectiveFn, RandomStarts, SuccessFn, _Best,
-                            _per_sample_norm, _sum_per_step, _unmovable, check_settings, project, record, restart)
+from ssl_robust.pgd import (AttackResult, DamageFn, Forward, Ledger, ObjectiveFn, RandomStarts, SuccessFn,
+                            _per_sample_norm, check_settings, project)
 
 FIRST_CHECKPOINT, CHECKPOINT_SHRINK, MIN_INTERVAL = 0.22, 0.03, 0.06  # fractions of the steps
 MOMENTUM = 0.75
@@ -43,6 +43,25 @@ class _State:
 
     def __init__(self, **tensors: torch.Tensor) -> None:
         self.__dict__.update(tensors)
+
+    @classmethod
+    def first(cls, delta: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor, eps: float) -> "_State":
+        """The state after the first gradient: step 2 eps, the start as the best point."""
+        n, device = len(delta), delta.device
+        return cls(delta=delta, delta_prev=delta, grad=grad, step=torch.full((n,), INITIAL_STEP * eps, device=device),
+                   delta_best=delta, grad_best=grad, loss_best=loss, loss_last_check=loss,
+                   reduced_last_check=torch.ones(n, dtype=torch.bool, device=device),
+                   increases=torch.zeros(n, device=device), loss_prev=loss)
+
+    def update(self, delta: torch.Tensor, grad: torch.Tensor, loss: torch.Tensor) -> None:
+        """A later gradient: count the loss increase and keep each sample's best point."""
+        self.grad = grad
+        self.increases += (loss > self.loss_prev).float()
+        self.loss_prev = loss
+        improved = loss > self.loss_best
+        self.delta_best = torch.where(_column(improved, delta), delta, self.delta_best)
+        self.grad_best = torch.where(_column(improved, grad), grad, self.grad_best)
+        self.loss_best = torch.where(improved, loss, self.loss_best)
 
     def keep(self, mask: torch.Tensor) -> None:
         for name in self.names:
@@ -69,87 +88,56 @@ def apgd(
     """Maximise ``objective(forward(x + delta), target)`` per sample within the eps-ball with APGD;
     random starts per sample as in ``pgd``."""
     check_settings(eps, steps, restarts, norm)
-    x = x.detach()
-    device = x.device
-    cascade = stop_when_fooled and success_fn is not None
+    ledger = Ledger(x, target, steps, success_fn, damage_fn, cascade=stop_when_fooled and success_fn is not None)
     starts = RandomStarts(seed, range(len(x)) if sample_ids is None else sample_ids)
-    best = _Best(x, damage_fn is not None)
-    grad_sum = torch.zeros((), device=device)
-    nonzero: torch.Tensor | None = None
-    zero_grad: torch.Tensor | None = None
-    forwards = grad_steps = 0
-    step_sums: list[list[torch.Tensor]] = [[] for _ in range(steps)]
-    step_count = [0] * steps
-    first_interval = max(int(FIRST_CHECKPOINT * steps), 1)
-    shrink, min_interval = max(int(CHECKPOINT_SHRINK * steps), 1), max(int(MIN_INTERVAL * steps), 1)
-
+    schedule = _Checkpoints(steps)
     for _ in range(restarts):
-        start = restart(best, x, target, cascade, eps, norm, random_start, starts)
-        if start is None:
+        now = ledger.restart(starts.draw(x, eps, norm) if random_start and eps > 0 else None)
+        if now is None:
             break
-        active, idx, x_act, target_act, delta = start
         state: _State | None = None
-        interval, since_check = first_interval, 0
-        for i in range(steps + 1):
-            final = i == steps
-            if final:
-                with torch.no_grad():
-                    output = forward(x_act + delta)
-                    loss = objective(output, target_act, max(steps, 1), max(steps, 1))
-                record(best, success_fn, damage_fn, target, idx, x_act + delta, output, loss, compare_loss=True)
-                forwards += len(x_act)
-                break
-            delta.requires_grad_(True)
-            x_now = x_act + delta
-            output = forward(x_now)
-            loss = objective(output, target_act, i + 1, steps)
-            (grad,) = torch.autograd.grad(loss.sum(), delta)
-            delta, loss = delta.detach(), loss.detach()
-            step_sums[i].append(loss.sum())
-            step_count[i] += len(x_act)
-            grad_sum += grad.sum()
-            if nonzero is None:
-                per_sample = grad.flatten(1).abs().sum(dim=1)
-                nonzero, zero_grad = (per_sample > 0).float().mean(), _unmovable(grad, output, target_act, success_fn)
-            forwards += len(x_act)
-            grad_steps += len(x_act)
-            record(best, success_fn, damage_fn, target, idx, x_now, output, loss, compare_loss=True)
+        schedule.reset()
+        for i in range(steps):
+            x_now, output, loss, grad = ledger.input_gradient(forward, objective, now, i + 1)
+            ledger.record(now, x_now, output, loss, compare_loss=True)
             with torch.no_grad():
                 if state is None:
-                    state = _State(delta=delta, delta_prev=delta, grad=grad,
-                                   step=torch.full((len(x_act),), INITIAL_STEP * eps, device=device),
-                                   delta_best=delta, grad_best=grad, loss_best=loss, loss_last_check=loss,
-                                   reduced_last_check=torch.ones(len(x_act), dtype=torch.bool, device=device),
-                                   increases=torch.zeros(len(x_act), device=device), loss_prev=loss)
+                    state = _State.first(now.delta.detach(), grad, loss, eps)
                 else:
-                    state.grad = grad
-                    state.increases += (loss > state.loss_prev).float()
-                    state.loss_prev = loss
-                    improved = loss > state.loss_best
-                    state.delta_best = torch.where(_column(improved, delta), delta, state.delta_best)
-                    state.grad_best = torch.where(_column(improved, grad), grad, state.grad_best)
-                    state.loss_best = torch.where(improved, loss, state.loss_best)
-                    since_check += 1
-                    if since_check == interval:
-                        _checkpoint(state, interval)
-                        since_check, interval = 0, max(interval - shrink, min_interval)
-                if cascade:
-                    keep = ~best.take("fooled", idx)
-                    if not bool(keep.all()):
-                        active = active[keep]
+                    state.update(now.delta.detach(), grad, loss)
+                    if schedule.due():
+                        _checkpoint(state, schedule.interval)
+                        schedule.next()
+                if ledger.cascade:
+                    keep = ledger.keep_still_robust(now)
+                    if keep is not None:
                         state.keep(keep)
-                        idx, x_act, target_act = active, x[active], target[active]
-                    if active.numel() == 0:
+                    if now.empty:
                         break
-                delta = _momentum_step(state, x_act, eps, norm, first=i == 0)
-    return AttackResult(
-        x_adv=best.x, loss=best.loss, success=best.fooled if success_fn else None,
-        output=best.output if best.output is not None and bool(best.has_output.all()) else None,
-        grad_finite=bool(torch.isfinite(grad_sum)), grad_nonzero=1.0 if nonzero is None else float(nonzero),
-        grad_zero=zero_grad, forward_passes=forwards, grad_steps=grad_steps,
-        step_loss_sum=_sum_per_step(step_sums, device),
-        step_count=torch.tensor(step_count, dtype=torch.long, device=device),
-    )
+                now.delta = _momentum_step(state, now.x, eps, norm, first=i == 0)
+        ledger.evaluate_last(forward, objective, now)
+    return ledger.result()
+
+
+class _Checkpoints:
+    """When APGD checks its step sizes: after 22 % of the steps, then at intervals shrinking by 3 %
+    of the steps down to 6 %."""
+
+    def __init__(self, steps: int) -> None:
+        self.first = max(int(FIRST_CHECKPOINT * steps), 1)
+        self.shrink, self.min_interval = max(int(CHECKPOINT_SHRINK * steps), 1), max(int(MIN_INTERVAL * steps), 1)
+        self.reset()
+
+    def reset(self) -> None:
+        self.interval, self.since = self.first, 0
+
+    def due(self) -> bool:
+        """Count a step; True when it ends the interval."""
+        self.since += 1
+        return self.since == self.interval
+
+    def next(self) -> None:
+        self.since, self.interval = 0, max(self.interval - self.shrink, self.min_interval)
 
 
 def _checkpoint(state: _State, interval: int) -> None:

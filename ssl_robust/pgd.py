@@ -54,8 +54,10 @@ def random_delta(x: torch.Tensor, eps: float, norm: str, generators: Sequence[to
     """Uniform in the L-inf box, or uniform in the L2 ball; sample i drawn from ``generators[i]``."""
     shape = x.shape[1:]
     if norm == "linf":
-        noise = torch.stack([torch.rand(shape, generator=g, device="cpu") for g in generators]).to(x) * 2 - 1
-        return project(noise * eps, x, eps, norm)
+        noise = torch.empty(x.shape, device="cpu")
+        for row, g in zip(noise, generators):
+            row.uniform_(-eps, eps, generator=g)
+        return project(noise.to(x), x, eps, norm)
     direction = torch.stack([torch.randn(shape, generator=g, device="cpu") for g in generators]).to(x)
     direction = direction / _per_sample_norm(direction).clamp_min(1e-12)
     radius = torch.cat([torch.rand(1, generator=g, device="cpu") for g in generators]).to(x) ** (1.0 / x[0].numel())
@@ -113,69 +115,136 @@ def pgd(
     and restarts is returned, not the final one: the outputs are computed anyway.
     """
     check_settings(eps, steps, restarts, norm)
-    x = x.detach()
-    device = x.device
-    cascade = stop_when_fooled and success_fn is not None
+    ledger = Ledger(x, target, steps, success_fn, damage_fn, cascade=stop_when_fooled and success_fn is not None)
     starts = RandomStarts(seed, range(len(x)) if sample_ids is None else sample_ids)
-    best = _Best(x, damage_fn is not None)
-    grad_sum = torch.zeros((), device=device)  # non-finite iff some gradient entry was (a NaN/inf sum)
-    nonzero: torch.Tensor | None = None
-    zero_grad: torch.Tensor | None = None
-    forwards = grad_steps = 0
-    step_sums: list[list[torch.Tensor]] = [[] for _ in range(steps)]
-    step_count = [0] * steps
-
     for _ in range(restarts):
-        start = restart(best, x, target, cascade, eps, norm, random_start, starts)
-        if start is None:
+        now = ledger.restart(starts.draw(x, eps, norm) if random_start and eps > 0 else None)
+        if now is None:
             break
-        active, idx, x_act, target_act, delta = start
         for step in range(1, steps + 1):
-            delta.requires_grad_(True)
-            x_now = x_act + delta
-            output = forward(x_now)
-            loss = objective(output, target_act, step, steps)
-            (grad,) = torch.autograd.grad(loss.sum(), delta)
-            step_sums[step - 1].append(loss.detach().sum())
-            step_count[step - 1] += len(x_act)
-            grad_sum += grad.sum()
-            if nonzero is None:
-                nonzero = (grad.flatten(1).abs().sum(dim=1) > 0).float().mean()
-                zero_grad = _unmovable(grad, output, target_act, success_fn)
-            forwards += len(x_act)
-            grad_steps += len(x_act)
+            x_now, output, loss, grad = ledger.input_gradient(forward, objective, now, step)
             if success_fn is not None or damage_fn is not None:
-                record(best, success_fn, damage_fn, target, idx, x_now, output, loss, compare_loss=False)
+                ledger.record(now, x_now, output, loss, compare_loss=False)
             with torch.no_grad():
-                delta = project(delta.detach() + step_size * _ascent_direction(grad, norm), x_act, eps, norm)
-            if cascade:  # the one host sync in the loop: compacting the batch to the still-robust samples
-                keep = ~best.take("fooled", idx)
-                if not bool(keep.all()):
-                    active, delta = active[keep], delta[keep]
-                    idx, x_act, target_act = active, x[active], target[active]
-                if active.numel() == 0:
+                now.delta = project(now.delta + step_size * _ascent_direction(grad, norm), now.x, eps, norm)
+            if ledger.cascade:
+                ledger.keep_still_robust(now)
+                if now.empty:
                     break
-        if active.numel() > 0:  # the final iterate has not been evaluated yet
-            with torch.no_grad():
-                x_now = x_act + delta
-                output = forward(x_now)
-                last = max(steps, 1)
-                record(best, success_fn, damage_fn, target, idx, x_now, output,
-                       objective(output, target_act, last, last), compare_loss=True)
-            forwards += len(x_act)
-    return AttackResult(
-        x_adv=best.x,
-        loss=best.loss,
-        success=best.fooled if success_fn else None,
-        output=best.output if best.output is not None and bool(best.has_output.all()) else None,
-        grad_finite=bool(torch.isfinite(grad_sum)),
-        grad_nonzero=1.0 if nonzero is None else float(nonzero),
-        grad_zero=zero_grad,
-        forward_passes=forwards,
-        grad_steps=grad_steps,
-        step_loss_sum=_sum_per_step(step_sums, device),
-        step_count=torch.tensor(step_count, dtype=torch.long, device=device),
-    )
+        ledger.evaluate_last(forward, objective, now)
+    return ledger.result()
+
+
+@dataclass
+class Attacked:
+    """The samples a restart attacks now: their indices in the batch (``active``; ``idx`` is the
+    gather index, None while it is the whole batch, so no gathers), inputs, targets and perturbation."""
+
+    active: torch.Tensor
+    idx: torch.Tensor | None
+    x: torch.Tensor
+    target: torch.Tensor
+    delta: torch.Tensor
+
+    @property
+    def empty(self) -> bool:
+        return self.active.numel() == 0
+
+
+class Ledger:
+    """What an attack keeps over its restarts and steps, shared by the optimisers: each sample's
+    best (``_Best``), the gradient checks (finite, non-zero at the first step), the sample-forwards
+    and gradient steps spent, and the summed loss per step."""
+
+    def __init__(self, x: torch.Tensor, target: torch.Tensor, steps: int, success_fn: SuccessFn | None,
+                 damage_fn: DamageFn | None, cascade: bool) -> None:
+        self.x, self.target, self.steps = x.detach(), target, steps
+        self.success_fn, self.damage_fn, self.cascade = success_fn, damage_fn, cascade
+        self.best = _Best(self.x, damage_fn is not None)
+        self.grad_sum = torch.zeros((), device=x.device)  # non-finite iff some gradient entry was (a NaN/inf sum)
+        self.nonzero: torch.Tensor | None = None
+        self.zero_grad: torch.Tensor | None = None
+        self.forwards = self.grad_steps = 0
+        self.step_sums: list[list[torch.Tensor]] = [[] for _ in range(steps)]
+        self.step_count = [0] * steps
+
+    def restart(self, start: torch.Tensor | None) -> Attacked | None:
+        """One restart's samples from ``start`` (a perturbation of the whole batch; None = zero):
+        the still-robust ones under the cascade, None when there are none."""
+        n = self.x.shape[0]
+        active = torch.arange(n, device=self.x.device)
+        if self.cascade:
+            active = active[~self.best.fooled]
+        if active.numel() == 0:
+            return None
+        idx = None if active.numel() == n else active
+        delta = torch.zeros_like(self.x) if start is None else start
+        if idx is None:
+            return Attacked(active, None, self.x, self.target, delta)
+        return Attacked(active, idx, self.x[idx], self.target[idx], delta[idx])
+
+    def input_gradient(self, forward: Forward, objective: ObjectiveFn, now: Attacked,
+                       step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gradient step ``step`` (1-based): the input, output, detached loss and the gradient of the
+        summed loss with respect to the perturbation, counted and checked."""
+        delta = now.delta.detach().requires_grad_(True)
+        x_now = now.x + delta
+        output = forward(x_now)
+        loss = objective(output, now.target, step, self.steps)
+        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        loss = loss.detach()
+        self.step_sums[step - 1].append(loss.sum())
+        self.step_count[step - 1] += len(now.x)
+        self.grad_sum += grad.sum()
+        if self.nonzero is None:
+            self.nonzero = (grad.flatten(1).abs().sum(dim=1) > 0).float().mean()
+            self.zero_grad = _unmovable(grad, output, now.target, self.success_fn)
+        self.forwards += len(now.x)
+        self.grad_steps += len(now.x)
+        return x_now, output, loss, grad
+
+    def record(self, now: Attacked, x_now: torch.Tensor, output: torch.Tensor, loss: torch.Tensor,
+               compare_loss: bool) -> None:
+        record(self.best, self.success_fn, self.damage_fn, self.target, now.idx, x_now, output, loss, compare_loss)
+
+    def keep_still_robust(self, now: Attacked) -> torch.Tensor | None:
+        """Under the cascade, drop the samples fooled so far from ``now`` (the one host sync in the
+        loop); the mask kept, or None when every sample stays."""
+        keep = ~self.best.take("fooled", now.idx)
+        if bool(keep.all()):
+            return None
+        now.active, now.delta = now.active[keep], now.delta[keep]
+        now.idx, now.x, now.target = now.active, self.x[now.active], self.target[now.active]
+        return keep
+
+    def evaluate_last(self, forward: Forward, objective: ObjectiveFn, now: Attacked) -> None:
+        """Score the restart's last iterate, which no gradient step has evaluated (in inference
+        mode: no autograd bookkeeping at all, measurably faster than ``no_grad`` on small models)."""
+        if now.empty:
+            return
+        with torch.inference_mode():
+            x_now = now.x + now.delta
+            output = forward(x_now)
+            last = max(self.steps, 1)
+            loss = objective(output, now.target, last, last)
+        self.record(now, x_now, output, loss, compare_loss=True)
+        self.forwards += len(now.x)
+
+    def result(self) -> AttackResult:
+        best, device = self.best, self.x.device
+        return AttackResult(
+            x_adv=best.x,
+            loss=best.loss,
+            success=best.fooled if self.success_fn else None,
+            output=best.output if best.output is not None and bool(best.has_output.all()) else None,
+            grad_finite=bool(torch.isfinite(self.grad_sum)),
+            grad_nonzero=1.0 if self.nonzero is None else float(self.nonzero),
+            grad_zero=self.zero_grad,
+            forward_passes=self.forwards,
+            grad_steps=self.grad_steps,
+            step_loss_sum=_sum_per_step(self.step_sums, device),
+            step_count=torch.tensor(self.step_count, dtype=torch.long, device=device),
+        )
 
 
 def _unmovable(grad: torch.Tensor, output: torch.Tensor, target: torch.Tensor,
@@ -194,32 +263,15 @@ def check_settings(eps: float, steps: int, restarts: int, norm: str) -> None:
         raise ValueError(f"need eps >= 0, steps >= 0, restarts >= 1; got {eps}, {steps}, {restarts}")
 
 
-Start = tuple[torch.Tensor, "torch.Tensor | None", torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def restart(best: "_Best", x: torch.Tensor, target: torch.Tensor, cascade: bool, eps: float, norm: str,
-            random_start: bool, starts: RandomStarts) -> Start | None:
-    """One restart's samples (the still-robust ones under the cascade; None when there are none):
-    their indices, the gather index (None = the whole batch, no gathers), inputs, targets and start."""
-    n = x.shape[0]
-    active = torch.arange(n, device=x.device)
-    if cascade:
-        active = active[~best.fooled]
-    if active.numel() == 0:
-        return None
-    idx = None if active.numel() == n else active
-    x_act, target_act = (x, target) if idx is None else (x[idx], target[idx])
-    delta = starts.draw(x, eps, norm) if random_start and eps > 0 else torch.zeros_like(x)
-    return active, idx, x_act, target_act, delta if idx is None else delta[idx]
-
-
 def record(best: "_Best", success_fn: SuccessFn | None, damage_fn: DamageFn | None, target: torch.Tensor,
            idx: torch.Tensor | None, x_now: torch.Tensor, output: torch.Tensor, loss: torch.Tensor,
            compare_loss: bool) -> None:
     """Keep each sample's first fooling iterate; else its most damaging iterate (``damage_fn``); else
     its highest-loss iterate among those whose losses are compared (``compare_loss``: PGD compares
     only final iterates, since objectives such as SegPGD weigh their terms by step; APGD every
-    iterate). ``idx``: the samples attacked (None = all). Masked writes, no host sync."""
+    iterate). ``idx``: the samples attacked (None = all). Masked writes, no host sync on an
+    accelerator; on the CPU, where a host check is free, a step that betters no sample writes nothing
+    (the image-sized masked write is most of a small model's per-step bookkeeping)."""
     output, loss = output.detach(), loss.detach().to(best.loss.dtype)
     fooled_before = best.take("fooled", idx)
     target_now = target if idx is None else target[idx]
@@ -227,9 +279,12 @@ def record(best: "_Best", success_fn: SuccessFn | None, damage_fn: DamageFn | No
     if damage_fn is not None:
         damage = damage_fn(output, target_now).to(best.damage.dtype)
         better = damage > best.take("damage", idx)
-        best.put("damage", idx, better, damage)
     else:
-        better = ~fooled_before & (now_fooled | (compare_loss & (loss > best.take("loss", idx))))
+        better = ~fooled_before & (now_fooled | (loss > best.take("loss", idx)) if compare_loss else now_fooled)
+    if better.device.type == "cpu" and not bool(better.any()):
+        return
+    if damage_fn is not None:
+        best.put("damage", idx, better, damage)
     best.put("x", idx, better, x_now.detach())
     best.put("loss", idx, better, loss)
     best.put("fooled", idx, better, now_fooled)

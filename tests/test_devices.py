@@ -11,7 +11,7 @@ import torch
 
 from ssl_robust.metrics import per_image_iou
 from ssl_robust.objectives import cross_entropy
-from ssl_robust.pgd import pgd, random_delta
+from ssl_robust.pgd import RandomStarts, pgd
 
 SHAPE = (3, 4, 4)
 
@@ -58,7 +58,7 @@ def assert_on_cpu(result) -> None:
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_random_start_is_drawn_on_the_cpu_and_placed_on_the_images_device(default_device_elsewhere, norm: str) -> None:
     x = images(2)
-    delta = random_delta(x, 8 / 255, norm, torch.Generator().manual_seed(0))
+    delta = RandomStarts(0, range(len(x))).draw(x, 8 / 255, norm)
     assert delta.device.type == "cpu"
     assert float(delta.abs().sum()) > 0
 
