@@ -8,6 +8,7 @@ Counts are upper bounds where the cascade (``stop_when_fooled``) drops fooled sa
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from ssl_robust.config import CellCfg, DataCfg, EncoderCfg
 from ssl_robust.data.catalog import DATASETS
 from ssl_robust.data.load import slide_stride, task_info
 from ssl_robust.encoders import input_size
+from ssl_robust.engine import AttackSettings
 from ssl_robust.sliding import n_windows
 from ssl_robust.tasks import eval_mode
 
@@ -116,8 +118,11 @@ def cell_cost(cell: CellCfg) -> Cost | None:
     if on_embedding:
         forwards += n  # the clean representation EmbedAttack pushes away from
     if attack.moves_input:
-        grad_steps = (n * steps * runs + first) * attack.restarts
-        forwards += (n * (steps + 1) * runs + 2 * first) * attack.restarts + first  # + the check's rescoring
+        settings = AttackSettings(eps=attack.eps, steps=steps, restarts=attack.restarts)
+        run_grads, run_forwards = settings.cost(n)  # what the engine spends on every test image, per run
+        check_grads, check_forwards = dataclasses.replace(settings, eps=0.0, steps=1).cost(first)  # the eps = 0 check
+        grad_steps = run_grads * runs + check_grads
+        forwards += run_forwards * runs + check_forwards + first  # + the check's rescoring
         forwards += n if on_embedding else first  # rescoring: every batch (EmbedAttack) or the first
     size = input_size(cell.encoder)
     return Cost(grad_steps, forwards, _gflop(cell.encoder, size, grad_steps, forwards, windows_per_image(cell, size)))
