@@ -100,6 +100,7 @@ def apgd(
         for i in range(steps):
             x_now, output, loss, grad = ledger.input_gradient(forward, objective, now, i + 1)
             ledger.record(now, x_now, output, loss, compare_loss=True)
+            del x_now, output  # the next step's peak holds only its own (the state keeps the gradient)
             with torch.no_grad():
                 if state is None:
                     state = _State.first(now.delta.detach(), grad, loss, eps)

@@ -6,6 +6,7 @@ or config answer without loading torch, Ray or MLflow.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from ssl_robust.config import ConfigError, parse_budget
@@ -18,6 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DEACL_SWEEP = "sweeps/deacl.yaml"
 LIST_KINDS = ["attacks", "datasets", "encoders", "tasks"]  # ``ssl-robust list``: names.LISTS
 COMMANDS = "ssl_robust.commands"  # where the commands live; ``list`` lives in ``ssl_robust.names``
+MEMORY_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+                "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
 
 
 def config_path(path: str) -> Path:
@@ -89,6 +92,26 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} -h)")
 
 
+def parse_memory(value: str) -> int:
+    """``--gpu-memory``: bytes from ``24GiB``, ``24GB``, ``80 GiB``, ``1.5TiB`` or plain bytes; a
+    ValueError for anything else (argparse names the flag)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in MEMORY_UNITS or (not unit and "." in match.group(1)):
+        raise ValueError(f"expected a size such as 24GiB, 24GB, 80GiB or a number of bytes, got {value!r}")
+    size = int(float(match.group(1)) * MEMORY_UNITS[unit])
+    if size < 1:
+        raise ValueError(f"expected a positive size, got {value!r}")
+    return size
+
+
+def _memory_option(value: str) -> int:
+    try:
+        return parse_memory(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def _budget_option(value: str) -> float:
     try:
         return parse_budget(value)
@@ -116,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a benchmark sweep on Ray Tune, tracked in MLflow")
     _ray_sweep_options(sweep, "sweeps/full_benchmark.yaml", "defaults.seed=1")
     sweep.set_defaults(handler="cmd_sweep")
+    sweep.add_argument("--gpu-memory", type=_memory_option, default=None, metavar="SIZE",
+                       help="with --dry-run: the memory of one GPU (24GiB, 24GB, bytes): print each cell's "
+                            "estimated peak and the largest batch that fits its trial's share (resources.gpu)")
     _resource_timeout_option(sweep)
 
     sweep_deacl = sub.add_parser("deacl-sweep", help="DeACL fine-tunes over a grid, then the benchmark of "

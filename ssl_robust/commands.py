@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ssl_robust import cost, plan_lines, tracking
+from ssl_robust import cost, memory_plan, plan_lines, tracking
 from ssl_robust.cell import run_cell
-from ssl_robust.config import ConfigError
+from ssl_robust.command_line import UsageError
+from ssl_robust.config import CellCfg, ConfigError
 from ssl_robust.data import preflight
 from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import check_encoder_name, convert_checkpoint
@@ -80,13 +81,18 @@ def cmd_sweep(args: argparse.Namespace, sweep: Any) -> int:
         check_encoder_name(name)
     print(f"sweep {sweep.name}: {len(cells)} cells, {len(grid.head_groups(cells))} heads", file=sys.stderr)
     if args.dry_run:
+        memory = None if args.gpu_memory is None else memory_plan.trial_memory(args.gpu_memory, sweep.resources.gpu)
         for cell in cells:
             print(cell.cell_id, cell.head_id, cell.encoder.name, cell.data.name, cell.data.resolved_task,
                   cell.attack.name, f"{cell.attack.eps * 255:.3g}/255", f"steps={cell.attack.steps}",
-                  plan_lines.attack_settings(cell), cost.describe(cost.cell_cost(cell)))
+                  plan_lines.attack_settings(cell), cost.describe(cost.cell_cost(cell)),
+                  *([] if memory is None else [plan_lines.memory_settings(cell, memory)]))
         print("\n".join(plan_lines.head_line(cell) for cell in grid.head_groups(cells).values()))
         print("\n".join(cost.summary(cells, _throughput(args.throughput))))
-        return 0
+        if memory is None:
+            return 0
+        print("\n".join(memory_plan.summary(cells, args.gpu_memory, sweep.resources.gpu)))
+        return _check_memory(cells, memory, args.gpu_memory)
     report = grid.execute(sweep, cells, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
                           args.resource_timeout, quiet=not args.verbose)
     summary = report.lines()
@@ -106,6 +112,21 @@ def cmd_sweep(args: argparse.Namespace, sweep: Any) -> int:
                                    (args.storage_path or "~/ray_results") if report.ran else None,
                                    tracking.ensure_experiment(sweep.name, uri))), file=sys.stderr)
     return _sweep_exit(report.ok, report.interrupted)
+
+
+def _check_memory(cells: list[CellCfg], memory: int, gpu_memory: int) -> int:
+    """0 when one image of every cell fits a trial's ``memory``; else 2, the first such cell named on
+    stderr with its estimate for one image."""
+    unfit = memory_plan.unfit(cells, memory)
+    if not unfit:
+        return 0
+    cell, found = unfit[0]
+    more = f" (and {len(unfit) - 1} more cells)" if len(unfit) > 1 else ""
+    print(f"error: --gpu-memory {memory_plan.describe_bytes(gpu_memory)}: cell {cell.cell_id} ({cell.encoder.name} "
+          f"{cell.data.name} {cell.attack.name} {cell.attack.eps * 255:.3g}/255) needs "
+          f"{memory_plan.describe_bytes(found.at(1))} for one image, more than the "
+          f"{memory_plan.describe_bytes(memory)} of one trial{more}", file=sys.stderr)
+    return 2
 
 
 def where_it_went(report_dir: Path | None, tracking_uri: str, storage_path: str | None,
@@ -232,6 +253,8 @@ def prepare(args: argparse.Namespace, cfg: Any) -> None:
     """Checks before a command starts anything (its config is valid): a relative ``--storage-path``
     (made absolute: trials run elsewhere), the tracking store, the device of a local run, and every
     data set a command reads."""
+    if getattr(args, "gpu_memory", None) is not None and not args.dry_run:
+        raise UsageError("--gpu-memory plans a dry run: add --dry-run")
     storage = getattr(args, "storage_path", None)
     if storage and "://" not in storage:
         args.storage_path = str(Path(storage).expanduser().resolve())

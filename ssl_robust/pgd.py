@@ -127,6 +127,7 @@ def pgd(
                 ledger.record(now, x_now, output, loss, compare_loss=False)
             with torch.no_grad():
                 now.delta = project(now.delta + step_size * _ascent_direction(grad, norm), now.x, eps, norm)
+            del x_now, output, loss, grad  # the next step's peak holds only its own tensors
             if ledger.cascade:
                 ledger.keep_still_robust(now)
                 if now.empty:

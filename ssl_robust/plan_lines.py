@@ -1,10 +1,12 @@
 """What ``ssl-robust sweep --dry-run`` prints of each head and cell: the settings a number depends
-on beyond the grid's axes (the head recipe, the test protocol, the attack's step rule), one line each."""
+on beyond the grid's axes (the head recipe, the test protocol, the attack's step rule), one line each;
+with ``--gpu-memory``, each cell's estimated peak memory and the largest batch that fits."""
 from __future__ import annotations
 
 from ssl_robust.config import CellCfg
 from ssl_robust.data.load import slide_stride
 from ssl_robust.encoders import input_size
+from ssl_robust.memory_plan import describe_bytes, estimate
 from ssl_robust.tasks import TASKS, eval_mode
 
 
@@ -41,3 +43,19 @@ def attack_settings(cell: CellCfg) -> str:
         "every step"
     return (f"step_size={_budget(attack.resolved_step_size)} restarts={attack.restarts} "
             f"select={attack.select} ({rule})")
+
+
+def memory_settings(cell: CellCfg, memory: int) -> str:
+    """The cell's estimated peak at its batch size and the largest batch that fits into ``memory``
+    bytes (one trial's); when its batch size does not fit, the batch size that would."""
+    found = estimate(cell)
+    if found is None:
+        return "peak=? (not a timm ViT)"
+    fits = found.max_batch(memory)
+    line = f"peak={describe_bytes(found.at(cell.batch_size))} max_batch={fits}"
+    if fits == 0:
+        return line + f" (one image needs {describe_bytes(found.at(1))}, more than {describe_bytes(memory)})"
+    if fits < cell.batch_size:
+        return line + (f" (batch_size={cell.batch_size} does not fit {describe_bytes(memory)}: "
+                       f"batch_size={fits} would)")
+    return line
