@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,14 +59,14 @@ def vit_shape(encoder: EncoderCfg) -> tuple[int, int, int, int] | None:
             1 + kwargs.get("reg_tokens", registers))
 
 
-def forward_gflop(encoder: EncoderCfg, size: int) -> float | None:
-    """One S x S image through the encoder: 24·T·D² (qkv, projection, 4x MLP) + 4·T²·D (attention)
-    per block, plus the patch embedding."""
+def forward_gflop(encoder: EncoderCfg, size: int, frame: tuple[int, int] | None = None) -> float | None:
+    """One S x S image (or an H x W ``frame``, padded to whole patches) through the encoder:
+    24·T·D² (qkv, projection, 4x MLP) + 4·T²·D (attention) per block, plus the patch embedding."""
     shape = vit_shape(encoder)
     if shape is None:
         return None
     width, depth, patch, prefix = shape
-    patches = (size // patch) ** 2
+    patches = (size // patch) ** 2 if frame is None else math.ceil(frame[0] / patch) * math.ceil(frame[1] / patch)
     tokens = patches + prefix
     per_block = 24 * tokens * width ** 2 + 4 * tokens ** 2 * width
     return (depth * per_block + 2 * patches * 3 * patch ** 2 * width) / 1e9
@@ -97,8 +98,9 @@ def windows_per_image(cell: CellCfg, size: int) -> int:
     return n_windows(size, long_side, size, slide_stride(cell.data, size))
 
 
-def _gflop(encoder: EncoderCfg, size: int, grad_steps: int, forwards: int, windows: int = 1) -> float | None:
-    per_forward = forward_gflop(encoder, size)
+def _gflop(encoder: EncoderCfg, size: int, grad_steps: int, forwards: int, windows: int = 1,
+           frame: tuple[int, int] | None = None) -> float | None:
+    per_forward = forward_gflop(encoder, size, frame)
     if per_forward is None:
         return None
     return windows * per_forward * (grad_steps * FWD_GRAD_PER_FWD + (forwards - grad_steps))
@@ -125,7 +127,9 @@ def cell_cost(cell: CellCfg) -> Cost | None:
         forwards += run_forwards * runs + check_forwards + first  # + the check's rescoring
         forwards += n if on_embedding else first  # rescoring: every batch (EmbedAttack) or the first
     size = input_size(cell.encoder)
-    return Cost(grad_steps, forwards, _gflop(cell.encoder, size, grad_steps, forwards, windows_per_image(cell, size)))
+    frame = DATASETS.get(cell.data.name).native_size if eval_mode(cell.data) == "whole" else None
+    return Cost(grad_steps, forwards, _gflop(cell.encoder, size, grad_steps, forwards, windows_per_image(cell, size),
+                                             frame))
 
 
 def head_cost(cell: CellCfg) -> Cost | None:

@@ -32,7 +32,7 @@ without a graph). It is affine in the batch size: ``fixed`` (the encoder's and h
 
 Sizes: the image is S x S (``resize``), short side S and the data set's aspect ratio (``slide``), or
 native (``whole``, padded to the patch size); labels of dense tasks are scored at the typical native
-size of ``NATIVE_SIZES`` (the synthetic set's 2S x 3S; unknown sets: the resized image).
+size of the catalog's ``native_size`` (the synthetic set's 2S x 3S; unknown sets: the resized image).
 
 Under ``precision: bf16`` or ``fp16`` the weights stay float32 and the graph keeps autocast's half
 copy of every frozen weight until the backward (autocast caches only casts of weights that require
@@ -64,9 +64,6 @@ from ssl_robust.tasks import TASKS, eval_mode
 FLOAT = 4
 HALF = 2
 HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1536: 24}  # timm ViT widths -> attention heads
-# Native (height, width) of a typical test image and label map, for the data sets scored at native
-# resolution (``slide``, ``whole``); others fall back to the resized image.
-NATIVE_SIZES = {"ade20k": (512, 683), "cityscapes": (1024, 2048), "voc2012": (375, 500), "nyuv2": (480, 640)}
 UPSAMPLE = 4  # DINOv2DepthHead's upsampling of the token grid
 DEPTH_LOSS_MAPS = 4  # per-pixel float maps a depth objective keeps (clamp, log, difference, square)
 PGD_INPUTS, APGD_INPUTS = 4, 8  # image-sized tensors alive during a step (see the module docstring)
@@ -136,7 +133,8 @@ def native_size(cell: CellCfg, size: int) -> tuple[int, int]:
     native size, else the short side S and the data set's aspect ratio."""
     if cell.data.name == "synthetic":
         return 2 * size, 3 * size
-    return NATIVE_SIZES.get(cell.data.name, (size, round(size * DATASETS.get(cell.data.name).aspect)))
+    spec = DATASETS.get(cell.data.name)
+    return spec.native_size or (size, round(size * spec.aspect))
 
 
 def geometry(cell: CellCfg, shape: VitShape) -> Geometry:

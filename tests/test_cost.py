@@ -103,3 +103,18 @@ def test_an_augmented_head_costs_a_train_forward_per_image_and_epoch() -> None:
                                         "attack": {"name": "pgd"}})
     assert cost.head_cost(cached).forwards == 1000 + 100
     assert cost.head_cost(augmented).forwards == 5 * 1000 + 100
+
+
+def test_a_whole_frame_cell_counts_the_tokens_of_its_native_frame() -> None:
+    """NYUv2 scored whole: a 480 x 640 frame padded to 35 x 46 patches of 14, not the 37 x 37 of 518²."""
+    encoder = EncoderCfg(name="dinov2_vits14", model_kwargs={"dynamic_img_size": True})
+    whole = CellCfg(encoder=encoder, data={"name": "nyuv2", "eval": "whole", "n_samples": 1},
+                    attack={"name": "depthpgd", "steps": 1})
+    resized = CellCfg(encoder=encoder, data={"name": "nyuv2", "eval": "resize", "n_samples": 1},
+                      attack={"name": "depthpgd", "steps": 1})
+    frame, square = cost.forward_gflop(encoder, 518, (480, 640)), cost.forward_gflop(encoder, 518)
+    assert cost.cell_cost(whole).forwards == cost.cell_cost(resized).forwards
+    assert cost.cell_cost(whole).gflop / cost.cell_cost(resized).gflop == pytest.approx(frame / square)
+    per_block = lambda t: 24 * t * 384 ** 2 + 4 * t ** 2 * 384  # noqa: E731
+    assert cost.forward_gflop(encoder, 518, (480, 640)) * 1e9 == pytest.approx(
+        12 * per_block(35 * 46 + 1) + 2 * 35 * 46 * 3 * 14 ** 2 * 384)

@@ -34,6 +34,7 @@ class DatasetSpec:
     how_to_get: str = ""
     sizes: dict[str, int] = field(default_factory=dict)  # images per split (train before the val carve-out)
     aspect: float = 1.0  # long side / short side of a typical test image (sliding-window count)
+    native_size: tuple[int, int] | None = None  # (H, W) of a typical test image, for dense sets scored at it
 
     @property
     def default_task(self) -> str:
@@ -53,9 +54,9 @@ def _classification(num_classes: int, how: str, train: int, test: int) -> Datase
                        sizes={"train": train, "test": test})
 
 
-def _segmentation(num_classes: int, how: str, train: int, test: int, aspect: float) -> DatasetSpec:
+def _segmentation(num_classes: int, how: str, train: int, test: int, native: tuple[int, int]) -> DatasetSpec:
     return DatasetSpec({"segmentation": TaskInfo("segmentation", num_classes=num_classes)}, how_to_get=how,
-                       sizes={"train": train, "test": test}, aspect=aspect)
+                       sizes={"train": train, "test": test}, aspect=native[1] / native[0], native_size=native)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -79,13 +80,13 @@ DATASETS.register("imagenet")(_classification(1000, (
     1_281_167, 50_000))
 DATASETS.register("voc2012")(_segmentation(21, (
     "Download VOCtrainval_11-May-2012.tar from http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ "
-    "and extract it under data.root" + _MANUAL), 1_464, 1_449, 4 / 3))
+    "and extract it under data.root" + _MANUAL), 1_464, 1_449, (375, 500)))
 DATASETS.register("ade20k")(_segmentation(150, (
     "Download ADEChallengeData2016.zip from http://sceneparsing.csail.mit.edu/ and extract it "
-    "under data.root" + _MANUAL), 20_210, 2_000, 4 / 3))
+    "under data.root" + _MANUAL), 20_210, 2_000, (512, 683)))
 DATASETS.register("cityscapes")(_segmentation(19, (
     "Log in at https://www.cityscapes-dataset.com/downloads/, download leftImg8bit_trainvaltest.zip "
-    "and gtFine_trainvaltest.zip and extract both under data.root" + _MANUAL), 2_975, 500, 2.0))
+    "and gtFine_trainvaltest.zip and extract both under data.root" + _MANUAL), 2_975, 500, (1024, 2048)))
 DATASETS.register("nyuv2")(DatasetSpec({"depth": TaskInfo("depth", min_depth=1e-3, max_depth=10.0)}, how_to_get=(
     "Download nyu_depth_v2_labeled.mat (the labelled data set) and splits.mat (the standard "
     "795/654 train/test split) from https://cs.nyu.edu/~fergus/datasets/nyu_depth_v2.html into "
@@ -94,7 +95,7 @@ DATASETS.register("nyuv2")(DatasetSpec({"depth": TaskInfo("depth", min_depth=1e-
     "Training': utils/download_from_gdrive.py 1AysroWpfISmm-yRFGBgFTrLy6FjQwvwP sync.zip) and unzip "
     "it into data.root, giving data.root/sync/<scene>/rgb_XXXXX.jpg and sync_depth_XXXXX.png; "
     "optionally copy BTS's train_test_inputs/nyudepthv2_train_files_with_gt.txt into data.root."),
-    sizes={"train": 795, "test": 654}, aspect=4 / 3))
+    sizes={"train": 795, "test": 654}, aspect=4 / 3, native_size=(480, 640)))
 
 
 def task_names() -> list[str]:
