@@ -26,9 +26,9 @@ from ssl_robust.report.fetch import report_inputs
 from ssl_robust.search_config import describe_space
 from ssl_robust.sweep_config import deacl_configs, expand, resolve_encoders
 from ssl_robust.deacl_names import student_artifact
-from ssl_robust.tracking.preflight import redact
 from ssl_robust.tune import deacl_sweep, grid
-from ssl_robust.tune.search import masked, run_search
+from ssl_robust.tune.search import run_search
+from ssl_robust.uris import missing_store, redact
 
 SUBMIT_ENV = "SSL_ROBUST_SUBMIT"  # set on cluster nodes: the `ray submit ... --` prefix that reruns a sweep
 
@@ -218,7 +218,7 @@ def cmd_deacl_sweep(args: argparse.Namespace, sweep: Any) -> int:
 def cmd_search(args: argparse.Namespace, search: Any) -> int:
     check_encoder_name(search.deacl.encoder.name)
     print(f"search {search.name}: {search.n_trials} trials of {search.deacl.epochs} epochs, "
-          f"{search.deacl.encoder.name} on {search.deacl.data.name}; study {masked(search.storage_url)}",
+          f"{search.deacl.encoder.name} on {search.deacl.data.name}; study {redact(search.storage_url)}",
           file=sys.stderr)
     if args.dry_run:
         print("\n".join(describe_space(search)))
@@ -243,10 +243,10 @@ def cmd_convert(args: argparse.Namespace, cfg: None = None) -> int:
 
 def _check_store(args: argparse.Namespace) -> None:
     """``report`` reads a store: a SQLite file that is not there would be created empty by MLflow."""
-    uri = tracking.absolute_tracking_uri(args.tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise FileNotFoundError(f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}, so no experiment "
-                                f"{args.experiment!r}; give the sweep's store with --tracking-uri or MLFLOW_TRACKING_URI")
+    database = missing_store(tracking.absolute_tracking_uri(args.tracking_uri))
+    if database is not None:
+        raise FileNotFoundError(f"no MLflow tracking store at {database}, so no experiment {args.experiment!r}; "
+                                "give the sweep's store with --tracking-uri or MLFLOW_TRACKING_URI")
 
 
 def prepare(args: argparse.Namespace, cfg: Any) -> None:

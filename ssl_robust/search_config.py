@@ -14,6 +14,7 @@ from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from ssl_robust.config import ConfigError, StrictModel, format_errors, parse_budget, read_config, validate
 from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.sweep_config import Resources
+from ssl_robust.uris import SQLITE, absolute_sqlite
 
 SpaceKey = Literal["lr", "gamma", "attack.eps", "attack.steps", "weight_decay", "dense_weight"]
 SPACE_KEYS: tuple[str, ...] = SpaceKey.__args__
@@ -74,10 +75,7 @@ class SearchCfg(StrictModel):
     @property
     def storage_url(self) -> str:
         """The study's RDB URL; a relative SQLite path is made absolute."""
-        url = self.storage or f"sqlite:///{Path.cwd().resolve() / 'optuna.db'}"
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            return f"sqlite:///{Path(url.removeprefix('sqlite:///')).expanduser().resolve()}"
-        return url
+        return absolute_sqlite(self.storage or f"{SQLITE}{Path.cwd().resolve() / 'optuna.db'}")
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

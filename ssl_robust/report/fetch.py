@@ -7,7 +7,6 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -15,6 +14,7 @@ from mlflow import MlflowClient
 from ssl_robust import tracking
 from ssl_robust.deacl_names import STUDENT_URI
 from ssl_robust.tracking.search import PARENT_TAG
+from ssl_robust.uris import redact
 
 RESULTS = "results"
 TRIALS = "pareto/trials.csv"
@@ -69,12 +69,8 @@ def searches(runs: list[dict[str, Any]], tracking_uri: str | None) -> dict[str, 
 
 
 def source_line(experiment: str, tracking_uri: str | None) -> str:
-    """``MLflow experiment 'x' at <uri>`` with any user:password removed from the URI."""
-    uri = tracking.absolute_tracking_uri(tracking_uri)
-    parts = urlsplit(uri)
-    if parts.username or parts.password:  # only then rebuilt: urlunsplit would shorten sqlite:////abs
-        uri = urlunsplit(parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")))
-    return f"MLflow experiment {experiment!r} at {uri}"
+    """``MLflow experiment 'x' at <uri>`` with any credentials in the URI hidden."""
+    return f"MLflow experiment {experiment!r} at {redact(tracking.absolute_tracking_uri(tracking_uri))}"
 
 
 def referenced_deacl_runs(rows: Iterable[dict[str, Any]], known: Iterable[str],

@@ -20,18 +20,11 @@ from ssl_robust.config import CellCfg
 from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.errors import ArtifactError
 from ssl_robust.tracking.store import absolute_tracking_uri, s3_endpoint
+from ssl_robust.uris import missing_store, redact
 
 _REMOTE_SCHEMES = ("runs", "mlflow-artifacts", "models", "http", "https")
 _MLFLOW_SCHEMES = ("runs", "models")  # resolved through the tracking store
 Config = TypeVar("Config", CellCfg, DeaclCfg)
-
-
-def _masked(url: str) -> str:
-    """``url`` without a password."""
-    parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()
 
 
 def _bucket_problem(client: Any, bucket: str) -> str | None:
@@ -108,10 +101,10 @@ def _download(uri: str, dst: Path, tracking_uri: str | None) -> Path:
                 got = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp,
                                                                tracking_uri=uri_abs))
             except MlflowException as err:
-                raise ArtifactError(f"artifact {uri}: {err.message} (tracking URI {_masked(uri_abs)})") from err
+                raise ArtifactError(f"artifact {uri}: {err.message} (tracking URI {redact(uri_abs)})") from err
             except (BotoCoreError, ClientError) as err:
                 raise ArtifactError(f"artifact {uri}: the tracking store's S3 artifact store failed: "
-                                    f"{s3_problem(err, '', '')} (tracking URI {_masked(uri_abs)})") from err
+                                    f"{s3_problem(err, '', '')} (tracking URI {redact(uri_abs)})") from err
         target = dst / got.name
         if got.is_file():
             os.replace(got, target)
@@ -152,11 +145,10 @@ def local_path(uri: str, dst_dir: Path | None = None, tracking_uri: str | None =
 
 def _require_store(uri: str, tracking_uri: str) -> None:
     """ArtifactError unless a SQLite tracking store exists (MLflow would create an empty one)."""
-    if tracking_uri.startswith("sqlite:///"):
-        database = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not database.is_file():
-            raise ArtifactError(f"artifact {uri}: no MLflow tracking store at {database}; give the store that "
-                                "holds the run with --tracking-uri or MLFLOW_TRACKING_URI")
+    database = missing_store(tracking_uri)
+    if database is not None:
+        raise ArtifactError(f"artifact {uri}: no MLflow tracking store at {database}; give the store that "
+                            "holds the run with --tracking-uri or MLFLOW_TRACKING_URI")
 
 
 def localize(cfg: Config, tracking_uri: str | None = None) -> Config:

@@ -10,7 +10,6 @@ machine) and the S3 client is built before the clock starts.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import threading
 import time
@@ -30,6 +29,7 @@ from mlflow.utils.rest_utils import http_request
 
 from ssl_robust.errors import PreflightError
 from ssl_robust.tracking.store import absolute_tracking_uri, s3_endpoint
+from ssl_robust.uris import redact, sqlite_file
 
 # ~30 s of retries (sleeps 0, 2, 4, 8, 16 s plus jitter) so that a 20-s outage is still absorbed,
 # instead of MLflow's 7 retries with factor 2 (~4 minutes); 60 s per request instead of 120.
@@ -74,11 +74,6 @@ def fail_fast_env() -> dict[str, str]:
     """MLflow client settings for ``os.environ.setdefault`` (a user's values win): HTTP retries and
     timeouts that fail fast, and no per-download progress bars."""
     return dict(_FAIL_FAST_ENV)
-
-
-def redact(text: str) -> str:
-    """``text`` with the user info of any URL in it (``//user:secret@``) hidden."""
-    return re.sub(r"//[^/@\s]+@", "//***@", text)
 
 
 def preflight(tracking_uri: str | None, timeout_s: float = 5.0, need_s3: bool | None = None) -> None:
@@ -217,10 +212,9 @@ def _refuse_auth(response: Any, creds: Any, request: str) -> None:
 
 def _check_sqlite(uri: str) -> None:
     """The database's folder exists and is writable; an existing file is a writable SQLite file."""
-    raw = uri.removeprefix("sqlite:///").split("?")[0] if uri.startswith("sqlite:///") else ""
-    if raw in ("", ":memory:"):  # sqlite:// is an in-memory database
+    path = sqlite_file(uri)
+    if path is None:  # sqlite:// is an in-memory database
         return
-    path = Path(raw)
     folder = path.parent
     if not folder.is_dir():
         raise _Failed(f"folder {folder} does not exist" if not folder.exists() else f"{folder} is not a folder")

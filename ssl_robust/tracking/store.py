@@ -15,6 +15,8 @@ from mlflow.entities import Metric, Param, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 
+from ssl_robust.uris import SQLITE, absolute_sqlite
+
 
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else a SQLite file in the working directory."""
@@ -24,8 +26,8 @@ def default_tracking_uri() -> str:
 def absolute_tracking_uri(uri: str | None = None) -> str:
     """A tracking URI that means the same from any working directory (trials run in their own)."""
     uri = uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    if uri.startswith(SQLITE):
+        return absolute_sqlite(uri)
     if uri.startswith("file:"):
         return Path(unquote(urlparse(uri).path)).resolve().as_uri()
     if "://" not in uri:

@@ -23,7 +23,6 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import AsyncHyperBandScheduler
 from ray.tune.search.optuna import OptunaSearch
-from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from ssl_robust.deacl_config import DeaclCfg
@@ -33,6 +32,7 @@ from ssl_robust.search_config import ParamSpace, SearchCfg, check_search, normal
 from ssl_robust.tracking import absolute_tracking_uri, flatten
 from ssl_robust.tracking import search as tracked
 from ssl_robust.tune.grid import legacy_tune_output, ray_session
+from ssl_robust.uris import redact
 
 OBJECTIVES = ("probe/clean_acc", "probe/embed_acc")
 EPOCH = "epoch"
@@ -158,11 +158,6 @@ class SearchReport:
         return out + [f"optuna-dashboard {self.storage}"]
 
 
-def masked(url: str) -> str:
-    """An SQLAlchemy URL with its password hidden (it goes to logs and MLflow tags)."""
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def _open_study(search: SearchCfg, storage: optuna.storages.RDBStorage) -> tuple[optuna.Study, int]:
     """Create or load the study, its objectives named; trials left RUNNING by a killed driver become
     FAIL. Returns the study and its number of finished (COMPLETE or PRUNED) trials."""
@@ -236,7 +231,7 @@ def _report(search: SearchCfg, study: optuna.Study, parent: str, uri: str, ran: 
         metrics += [(f"best/{k}", front[k].max(), 0) for k in OBJECTIVES if len(front)]
         metrics.append(("front/size", len(front), 0))
         tracked.finish_parent_run(parent, uri, [p for p in (png, csv) if p.exists()], metrics)
-    return SearchReport(search.name, masked(search.storage_url), parent, ran, failed, list(search.space), table, front)
+    return SearchReport(search.name, redact(search.storage_url), parent, ran, failed, list(search.space), table, front)
 
 
 def run_search(search: SearchCfg, tracking_uri: str | None = None, storage_path: str | None = None,
@@ -248,12 +243,12 @@ def run_search(search: SearchCfg, tracking_uri: str | None = None, storage_path:
     uri = absolute_tracking_uri(tracking_uri)
     storage = optuna.storages.RDBStorage(search.storage_url)
     study, done = _open_study(search, storage)
-    tags = {"optuna_storage": masked(search.storage_url), "optuna_study": search.name}
+    tags = {"optuna_storage": redact(search.storage_url), "optuna_study": search.name}
     config_text = yaml.safe_dump(search.model_dump(mode="json"), sort_keys=False)
     parent = tracked.open_parent_run(search.name, uri, tags, flatten(search.model_dump(mode="json")), config_text)
     remaining = max(search.n_trials - done, 0)
     print(f"search {search.name}: {done} of {search.n_trials} trials done, {remaining} to run; "
-          f"study: optuna-dashboard {masked(search.storage_url)}", file=sys.stderr)
+          f"study: optuna-dashboard {redact(search.storage_url)}", file=sys.stderr)
     context = {"deacl": search.deacl.model_dump(mode="json"), "tracking_uri": uri,
                "experiment": search.name, "parent_run_id": parent}
     failed = 0
