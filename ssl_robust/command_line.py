@@ -127,7 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show what Ray, MLflow and the trials log: info messages, the trials' progress "
                              "bars (any position)")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_run_parser, _sweep_parser, _deacl_sweep_parser, _deacl_parser, _search_parser, _report_parser,
+                _convert_parser, _list_parser):
+        add(sub)
+    return parser
 
+
+def _run_parser(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run one cell offline and print its metrics")
     run.add_argument("config", help="cell YAML (see configs/)")
     run.add_argument("overrides", nargs="*",
@@ -136,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_option(run)
     run.set_defaults(handler="cmd_run")
 
+
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
     sweep = sub.add_parser("sweep", help="run a benchmark sweep on Ray Tune, tracked in MLflow")
     _ray_sweep_options(sweep, "sweeps/full_benchmark.yaml", "defaults.seed=1")
     sweep.set_defaults(handler="cmd_sweep")
@@ -144,12 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "estimated peak and the largest batch that fits its trial's share (resources.gpu)")
     _resource_timeout_option(sweep)
 
+
+def _deacl_sweep_parser(sub: argparse._SubParsersAction) -> None:
     sweep_deacl = sub.add_parser("deacl-sweep", help="DeACL fine-tunes over a grid, then the benchmark of "
                                                      "their checkpoints, on Ray Tune")
     _ray_sweep_options(sweep_deacl, DEFAULT_DEACL_SWEEP, "deacl.lr=0.1")
     sweep_deacl.set_defaults(handler="cmd_deacl_sweep")
     _resource_timeout_option(sweep_deacl)
 
+
+def _deacl_parser(sub: argparse._SubParsersAction) -> None:
     deacl = sub.add_parser("deacl", help="DeACL robust fine-tuning of an encoder, tracked in MLflow (resumable)")
     deacl.add_argument("config", help="DeACL YAML (see configs/deacl_tiny.yaml)")
     deacl.add_argument("overrides", nargs="*", help="dotted overrides, e.g. gamma=1 attack.eps=4/255")
@@ -157,11 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_option(deacl)
     deacl.set_defaults(handler="cmd_deacl")
 
+
+def _search_parser(sub: argparse._SubParsersAction) -> None:
     search = sub.add_parser("search", help="Optuna search of DeACL hyperparameters on Ray Tune (Pareto front "
                                            "of clean vs robust probe accuracy), tracked in MLflow")
     _ray_sweep_options(search, "sweeps/deacl_search.yaml", "n_trials=8", with_report=False)
     search.set_defaults(handler="cmd_search")
 
+
+def _report_parser(sub: argparse._SubParsersAction) -> None:
     report = sub.add_parser("report", help="poster tables and robustness plots from a sweep's MLflow runs")
     report.add_argument("experiment", help="the sweep's MLflow experiment (its `name`)")
     report.add_argument("--out", default="dashboards/out", help="folder for index.html, tables and plots")
@@ -172,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_option(report)
     report.set_defaults(handler="cmd_report")
 
+
+def _convert_parser(sub: argparse._SubParsersAction) -> None:
     convert = sub.add_parser("convert", help="write the encoder of a checkpoint (a Lightning .ckpt too) once as "
                                              "plain timm safetensors")
     convert.add_argument("checkpoint", metavar="CKPT", help="the checkpoint: a path, file://, s3://... or runs:/...")
@@ -184,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     _tracking_option(convert)
     convert.set_defaults(handler="cmd_convert")
 
+
+def _list_parser(sub: argparse._SubParsersAction) -> None:
     listing = sub.add_parser("list", help="what can be named: encoders, data sets, attacks, tasks")
     listing.add_argument("what", nargs="?", choices=LIST_KINDS, default=None, help="one of them (default: all)")
     listing.set_defaults(handler="cmd_list", module="ssl_robust.names")
-    return parser
