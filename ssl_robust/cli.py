@@ -15,62 +15,37 @@ import argparse
 import importlib
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ssl_robust.command_line import COMMANDS, UsageError, build_parser, config_path, sweep_file_and_overrides
-from ssl_robust.config import CellCfg, ConfigError, check_config_kind, load_config
+from ssl_robust.config import CellCfg, ConfigError, load_config
 from ssl_robust.data.safe_pickle import DataFileError
 from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.errors import ArtifactError, CheckpointError, PreflightError
 from ssl_robust.registry import UnknownNameError
 from ssl_robust.search_config import load_search
-from ssl_robust.sweep_config import DeaclSweepCfg, expand, read_sweep
+from ssl_robust.sweep_config import DeaclSweepCfg, plan_grid, read_sweep
 
 USER_ERRORS = (ConfigError, UnknownNameError, FileNotFoundError, DataFileError, CheckpointError, ArtifactError,
                UsageError, PreflightError)
 
 
-def check_config_file(path: Path, command: str | None = None) -> None:
-    """ConfigError for a YAML file that is empty or does not parse (naming its line), or that is
-    another command's config (naming that command); a missing file is left to the reader."""
-    if not path.is_file():
-        return
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        context = (f" ({err.context} opened at line {err.context_mark.line + 1})"
-                   if err.context and err.context_mark and err.problem else "")
-        raise ConfigError(f"{where}: invalid YAML: {err.problem or err.context}{context}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
-    if data is None:
-        raise ConfigError(f"{path} is empty")
-    if command is not None and isinstance(data, dict):
-        check_config_kind(data, command, path)
-
-
 def load_configs(args: argparse.Namespace) -> Any:
-    """The command's validated config (None for ``report``, ``convert`` and ``list``): the file is
-    checked (``check_config_file``), read with its overrides and validated, a sweep's every cell too."""
+    """The command's validated config (None for ``report``, ``convert`` and ``list``), its file
+    read once: with its overrides, checked to be this command's kind, validated; a sweep as its
+    ``Grid`` with every cell expanded and validated. Later steps receive this object, not the path."""
     if args.command in ("report", "convert", "list"):
         return None
     if args.command in ("run", "deacl"):
         path, overrides = config_path(args.config), args.overrides
     else:
         path, overrides = sweep_file_and_overrides(args, args.default_config)
-    check_config_file(path, args.command)
     if args.command == "sweep":
-        sweep = read_sweep(path, overrides)
-        expand(sweep.model_copy(update={"encoders": [e for e in sweep.encoders if e.deacl is None]}))
-        return sweep
+        return plan_grid(read_sweep(path, overrides))
     if args.command == "search":
         return load_search(path, overrides)
-    return load_config({"run": CellCfg, "deacl": DeaclCfg, "deacl-sweep": DeaclSweepCfg}[args.command], path, overrides)
+    model = {"run": CellCfg, "deacl": DeaclCfg, "deacl-sweep": DeaclSweepCfg}[args.command]
+    return load_config(model, path, overrides, args.command)
 
 
 def _message(err: Exception) -> str:

@@ -24,7 +24,8 @@ from ssl_robust.finetune import run_deacl
 from ssl_robust.report import write_report
 from ssl_robust.report.fetch import report_inputs
 from ssl_robust.search_config import describe_space
-from ssl_robust.sweep_config import deacl_configs, expand, resolve_encoders
+from ssl_robust.deacl_config import deacl_data
+from ssl_robust.sweep_config import Grid, deacl_configs, deacl_sweep_data, expand, grid_data, resolve_encoders
 from ssl_robust.deacl_names import student_artifact
 from ssl_robust.tune import deacl_sweep, grid
 from ssl_robust.tune.search import run_search
@@ -74,9 +75,11 @@ def _other_experiments(experiment: str, tracking_uri: str | None) -> str:
     return (f"; did you mean {' or '.join(map(repr, near))}?" if near else "") + f" experiments here: {', '.join(names)}"
 
 
-def cmd_sweep(args: argparse.Namespace, sweep: Any) -> int:
-    cells = expand(resolve_encoders(sweep, lambda source: tracking.deacl_students(
-        source.runs, source.experiment, source.epochs, args.tracking_uri)))
+def cmd_sweep(args: argparse.Namespace, planned: Grid) -> int:
+    sweep, cells = planned.sweep, planned.cells
+    if planned.has_students:  # their checkpoints are found in the tracking store now
+        cells = expand(resolve_encoders(sweep, lambda source: tracking.deacl_students(
+            source.runs, source.experiment, source.epochs, args.tracking_uri)))
     for name in sorted({c.encoder.name for c in cells}):
         check_encoder_name(name)
     print(f"sweep {sweep.name}: {len(cells)} cells, {len(grid.head_groups(cells))} heads", file=sys.stderr)
@@ -270,7 +273,7 @@ def prepare(args: argparse.Namespace, cfg: Any) -> None:
         resolve_device(cfg.device)
     elif args.command == "deacl":
         resolve_device(cfg.device)
-        preflight.check_available([preflight.deacl_data(cfg)])
+        preflight.check_available([deacl_data(cfg)])
     elif not args.dry_run:
         preflight.check_available(_grid_data(args.command, cfg))
 
@@ -278,10 +281,10 @@ def prepare(args: argparse.Namespace, cfg: Any) -> None:
 def _grid_data(command: str, cfg: Any) -> list:
     """The data configs of a sweep, DeACL sweep or search."""
     if command == "sweep":
-        return preflight.sweep_data(cfg)
+        return grid_data(cfg)
     if command == "deacl-sweep":
-        return preflight.deacl_sweep_data(cfg)
-    return [preflight.deacl_data(cfg.deacl)]
+        return deacl_sweep_data(cfg)
+    return [deacl_data(cfg.deacl)]
 
 
 def _throughput(value: str | None) -> float | None:

@@ -376,10 +376,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    text = Path(path).read_text()
-    data = yaml.safe_load(text) or {}
+    """A YAML file's top-level mapping, read once; ConfigError naming the file (and the line of a
+    syntax error) when it cannot be read, does not parse, is empty or is not a mapping."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        context = (f" ({err.context} opened at line {err.context_mark.line + 1})"
+                   if err.context and err.context_mark and err.problem else "")
+        raise ConfigError(f"{where}: invalid YAML: {err.problem or err.context}{context}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(err).split())}") from err
+    if data is None:
+        raise ConfigError(f"{path} is empty")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
 
 
@@ -430,11 +446,15 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
         raise ConfigError(format_errors(err, source, model)) from err
 
 
-def read_config(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
-    """A YAML file's mapping with ``key=value`` overrides applied; ConfigError if it cannot be read."""
+def read_config(path: str | Path, overrides: list[str] = (), command: str | None = None) -> dict[str, Any]:
+    """A YAML file's mapping, read once, with ``key=value`` overrides applied; with ``command``, a
+    config of another command's kind is refused naming the right one (``check_config_kind``)."""
+    data = load_yaml(path)
+    if command is not None:
+        check_config_kind(data, command, path)
     try:
-        return apply_overrides(load_yaml(path), list(overrides))
-    except (OSError, yaml.YAMLError, ValueError) as err:
+        return apply_overrides(data, list(overrides))
+    except ValueError as err:
         raise ConfigError(f"{path}: {err}") from err
 
 
@@ -458,6 +478,6 @@ def check_config_kind(data: dict[str, Any], command: str, path: str | Path) -> N
                           f"{command} config; run it with `ssl-robust {kind} {path}`")
 
 
-def load_config(model: type[M], path: str | Path, overrides: list[str] = ()) -> M:
+def load_config(model: type[M], path: str | Path, overrides: list[str] = (), command: str | None = None) -> M:
     """Read a YAML file, apply ``key=value`` overrides and validate it as ``model``."""
-    return validate(model, read_config(path, overrides), str(path))
+    return validate(model, read_config(path, overrides, command), str(path))

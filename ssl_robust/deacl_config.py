@@ -10,7 +10,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from ssl_robust.config import MAX_STEPS, Budget, DataCfg, Device, EncoderCfg, Norm, Precision, StrictModel
+from ssl_robust.config import (MAX_STEPS, Budget, ConfigError, DataCfg, Device, EncoderCfg, Norm, Precision,
+                               StrictModel)
+from ssl_robust.data.catalog import DATASETS
 
 
 def _augment_name(value: Any) -> Any:
@@ -102,3 +104,12 @@ class DeaclCfg(StrictModel):
         """Hash of ``identity()``."""
         blob = json.dumps(self.identity(), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def deacl_data(cfg: DeaclCfg) -> DataCfg:
+    """The data config a DeACL fine-tune reads; ConfigError if its linear probe has no classes."""
+    infos = DATASETS.get(cfg.data.name).infos
+    if "classification" not in infos:
+        raise ConfigError(f"data.name: DeACL's linear probe needs a classification task, but data set "
+                          f"{cfg.data.name!r} has only {sorted(infos)}")
+    return cfg.data.model_copy(update={"task": "classification"})

@@ -144,7 +144,7 @@ def parse_search(data: dict[str, Any], source: str = "<search>") -> SearchCfg:
 def load_search(path: str | Path, overrides: list[str] = ()) -> SearchCfg:
     """Read and validate a search YAML; the name defaults to the file stem and a data root is
     made absolute (trials run in their own working directories)."""
-    data = read_config(path, overrides)
+    data = read_config(path, overrides, "search")
     data.setdefault("name", Path(path).stem)
     section = data.get("deacl", {}).get("data") if isinstance(data.get("deacl"), dict) else None
     if isinstance(section, dict) and isinstance(section.get("root"), str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
@@ -17,7 +18,7 @@ from ssl_robust.attacks import ATTACKS, attacks_for
 from ssl_robust.config import (AttackCfg, Budget, CellCfg, CellFields, ConfigError, DataCfg, EncoderCfg, HeadCfg,
                                StrictModel, read_config, validate)
 from ssl_robust.data.catalog import task_names
-from ssl_robust.deacl_config import DeaclCfg
+from ssl_robust.deacl_config import DeaclCfg, deacl_data
 
 
 def _known_task(name: str) -> str:
@@ -220,7 +221,7 @@ def parse_sweep(data: dict[str, Any], source: str = "<sweep>") -> SweepCfg:
 
 def read_sweep(path: str | Path, overrides: list[str] = ()) -> SweepCfg:
     """Read and validate a sweep YAML; the experiment name defaults to the file stem."""
-    data = read_config(path, overrides)
+    data = read_config(path, overrides, "sweep")
     data.setdefault("name", Path(path).stem)
     return parse_sweep(data, str(path))
 
@@ -301,3 +302,35 @@ def benchmark_sweep(sweep: DeaclSweepCfg, runs: list[str]) -> SweepCfg:
                         "encoders": [{"deacl": {"runs": runs, "epochs": sweep.benchmark.epochs}}],
                         "resources": sweep.resources.model_dump(), "max_failures": sweep.max_failures,
                         "max_concurrent": sweep.max_concurrent}, f"{sweep.name}: benchmark")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A validated sweep and the cells of its plain encoder entries, expanded once. The cells of
+    ``deacl:`` entries (students found in the tracking store) are expanded when the sweep runs."""
+
+    sweep: SweepCfg
+    cells: list[CellCfg]
+
+    @property
+    def has_students(self) -> bool:
+        return any(entry.deacl is not None for entry in self.sweep.encoders)
+
+
+def plan_grid(sweep: SweepCfg) -> Grid:
+    """The sweep with its plain entries' cells (every cell validated: ConfigError names a bad one)."""
+    return Grid(sweep, expand(sweep.model_copy(update={"encoders": [e for e in sweep.encoders if e.deacl is None]})))
+
+
+def grid_data(grid: Grid) -> list[DataCfg]:
+    """The data configs a sweep reads: its cells', or with student entries only, those of the
+    grid under the defaults' encoder (no tracking store needed)."""
+    cells = grid.cells if grid.cells else expand(grid.sweep.model_copy(update={"encoders": [EncoderEntry()]}))
+    return [cell.data for cell in cells]
+
+
+def deacl_sweep_data(sweep: DeaclSweepCfg) -> list[DataCfg]:
+    """The data configs of a DeACL sweep: its fine-tunes' and its benchmark grid's."""
+    bench = benchmark_sweep(sweep, ["preflight"])
+    return [deacl_data(cfg) for cfg in deacl_configs(sweep)] + [cell.data for cell in expand(
+        bench.model_copy(update={"encoders": [EncoderEntry()]}))]

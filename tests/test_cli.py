@@ -238,3 +238,30 @@ def test_the_override_example_of_each_commands_help_is_a_valid_override(command:
     if command not in CONFIG_OF:
         args.overrides = [str(REPO_ROOT / args.default_config), *args.overrides]
     assert load_configs(args) is not None  # validated with the override applied
+
+
+def count_reads(monkeypatch: pytest.MonkeyPatch, path: str) -> list[Path]:
+    """Every read of the file ``path`` (by any reader: the config loader, the data preflight...)."""
+    reads: list[Path] = []
+    original = Path.read_text
+
+    def read_text(self: Path, *args, **kwargs) -> str:
+        if self.resolve() == (REPO_ROOT / path).resolve():
+            reads.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    return reads
+
+
+@pytest.mark.parametrize("argv", [
+    ["sweep", "sweeps/quickstart.yaml", "--dry-run"],
+    ["deacl-sweep", "sweeps/deacl_quickstart.yaml", "--dry-run"],
+    ["search", "sweeps/deacl_search_quickstart.yaml", "--dry-run"],
+    ["run", "configs/tiny.yaml", *FAST],
+], ids=["sweep", "deacl-sweep", "search", "run"])
+def test_a_command_reads_its_config_file_once(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    reads = count_reads(monkeypatch, argv[1])
+    assert main(argv) == 0
+    assert len(reads) == 1

@@ -4,19 +4,18 @@ fails once, with the loader's one-line message, instead of inside every trial (w
 ``check_available(data_cfgs)`` builds the train and test splits of each distinct data config the
 way a trial will (file lists, headers and label files; CIFAR's pickles are parsed and checked), and
 keeps nothing. With ``data.download: true`` the download happens here, once, instead of in many
-trials at the same time. The ``*_data`` helpers list the data configs of each kind of grid.
+trials at the same time. Which data configs a grid reads is the grid's to say
+(``sweep_config.grid_data``).
 """
 from __future__ import annotations
 
 from typing import Iterable
 
-from ssl_robust.config import CellCfg, ConfigError, DataCfg
-from ssl_robust.deacl_config import DeaclCfg
+from ssl_robust.config import DataCfg
 from ssl_robust.data.base import DatasetNotFoundError
 from ssl_robust.data.catalog import DATASETS
 from ssl_robust.data.load import load_split
 from ssl_robust.data.safe_pickle import DataFileError
-from ssl_robust.sweep_config import DeaclSweepCfg, EncoderEntry, SweepCfg, benchmark_sweep, deacl_configs, expand
 
 PREFLIGHT_IMAGE_SIZE = 32  # the image size does not change which files a split reads
 
@@ -47,29 +46,3 @@ def check_available(data_cfgs: Iterable[DataCfg]) -> int:
         lines = "\n".join(f"  {problem}" for problem in problems)
         raise type(problems[0])(f"{len(problems)} data sets cannot be read:\n{lines}")
     return len(checked)
-
-
-def cell_data(cells: Iterable[CellCfg]) -> list[DataCfg]:
-    """The data configs of a list of cells."""
-    return [cell.data for cell in cells]
-
-
-def sweep_data(sweep: SweepCfg) -> list[DataCfg]:
-    """The data configs of a sweep's cells, without resolving its encoders (no MLflow needed):
-    the grid is expanded with one encoder, the sweep's defaults."""
-    return cell_data(expand(sweep.model_copy(update={"encoders": [EncoderEntry()]})))
-
-
-def deacl_data(cfg: DeaclCfg) -> DataCfg:
-    """The data config a DeACL fine-tune reads; ConfigError if its linear probe has no classes."""
-    infos = DATASETS.get(cfg.data.name).infos
-    if "classification" not in infos:
-        raise ConfigError(f"data.name: DeACL's linear probe needs a classification task, but data set "
-                          f"{cfg.data.name!r} has only {sorted(infos)}")
-    return cfg.data.model_copy(update={"task": "classification"})
-
-
-def deacl_sweep_data(sweep: DeaclSweepCfg) -> list[DataCfg]:
-    """The data configs of a DeACL sweep: its fine-tunes' and its benchmark grid's."""
-    bench = benchmark_sweep(sweep, ["preflight"])
-    return [deacl_data(cfg) for cfg in deacl_configs(sweep)] + sweep_data(bench)
