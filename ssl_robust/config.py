@@ -359,19 +359,29 @@ class CellCfg(CellFields):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set ``a.b.c`` in a nested dict, making the sections on the way; ValueError when one of them
+    is not a section."""
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"{key!r}: {part!r} is not a section")
+    node[leaf] = value
+    return data
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=value`` overrides (values parsed as YAML) to a nested dict."""
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {key!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            set_dotted(data, key, yaml.safe_load(raw))
+        except ValueError as err:
+            raise ValueError(f"override {err}") from err
     return data
 
 

@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
-from ssl_robust.config import ConfigError, StrictModel, format_errors, parse_budget, read_config, validate
+from ssl_robust.config import (ConfigError, StrictModel, format_errors, parse_budget, read_config, set_dotted,
+                               validate)
 from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.sweep_config import Resources
 from ssl_robust.uris import SQLITE, absolute_sqlite
@@ -78,13 +79,6 @@ class SearchCfg(StrictModel):
         return absolute_sqlite(self.storage or f"{SQLITE}{Path.cwd().resolve() / 'optuna.db'}")
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[leaf] = value
-
-
 def _get_dotted(cfg: DeaclCfg, key: str) -> Any:
     value: Any = cfg
     for part in key.split("."):
@@ -100,7 +94,7 @@ def trial_config(base: DeaclCfg, params: dict[str, Any]) -> DeaclCfg:
     """``base`` with the dotted ``params`` (``{"attack.eps": 0.03}``) set, validated."""
     data = base.model_dump(mode="json")
     for key, value in params.items():
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     return DeaclCfg.model_validate(data)
 
 

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from ssl_robust.attacks import ATTACKS, attacks_for
 from ssl_robust.config import (AttackCfg, Budget, CellCfg, CellFields, ConfigError, DataCfg, EncoderCfg, HeadCfg,
-                               StrictModel, read_config, validate)
+                               StrictModel, read_config, set_dotted, validate)
 from ssl_robust.data.catalog import task_names
 from ssl_robust.deacl_config import DeaclCfg, deacl_data
 
@@ -273,15 +273,6 @@ class DeaclSweepCfg(StrictModel):
         return self
 
 
-def _set(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
-    node = data
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
-    return data
-
-
 def deacl_configs(sweep: DeaclSweepCfg) -> list[DeaclCfg]:
     """The fine-tunes of the grid, each validated (ConfigError names the grid point and field)."""
     base = {**sweep.deacl.model_dump(mode="json", exclude_unset=True), "name": sweep.name}
@@ -290,7 +281,7 @@ def deacl_configs(sweep: DeaclSweepCfg) -> list[DeaclCfg]:
         point = dict(zip(sweep.grid, values))
         data = copy.deepcopy(base)
         for key, value in point.items():
-            _set(data, key, value)
+            set_dotted(data, key, value)
         configs.append(validate(DeaclCfg, data, f"grid point {point}"))
     return configs
 

@@ -232,3 +232,12 @@ def test_a_head_recipe_switch_changes_the_head_id_and_its_default_does_not(switc
     default = {key: HeadCfg.model_fields[key].default for key in switch}
     assert CellCfg.model_validate({**base, "head": default}).head_id == plain.head_id
     assert CellCfg.model_validate({**base, "head": switch}).head_id != plain.head_id
+
+
+def test_one_dotted_setter_makes_sections_and_refuses_to_descend_into_a_value() -> None:
+    from ssl_robust.config import set_dotted
+
+    assert set_dotted({"attack": {"eps": 1}}, "attack.norm", "l2") == {"attack": {"eps": 1, "norm": "l2"}}
+    assert set_dotted({}, "head.recipe.lr", 0.1) == {"head": {"recipe": {"lr": 0.1}}}
+    with pytest.raises(ValueError, match="'attack.eps.x': 'eps' is not a section"):
+        set_dotted({"attack": {"eps": 1}}, "attack.eps.x", 2)
