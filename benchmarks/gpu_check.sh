@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The prepared GPU check: one command, at most ~8 minutes on one GPU, for whenever a GPU machine is
+# The prepared GPU check: one command, at most ~10 minutes on one GPU, for whenever a GPU machine is
 # lent. It writes JSON and a Markdown table to OUT:
 #   env.json         torch, CUDA and the card (name, memory)
 #   cells.json       a PGD-type cell and the standard suite per task on the device and on the CPU
 #                    (benchmarks/device_cells.py): every tensor on the right device, the numbers agreeing
 #   throughput.json  PGD throughput against torchattacks, fp32 and bf16, with robust-accuracy agreement
 #                    (benchmarks/attack_throughput.py): ViT-S/14 and ViT-B/14 at 224 and 518 px, the tiny ViT
-#   gpu_check.md     the tables of the three
+#   compiled.json    PGD throughput of a cell's model eager and under compile: true
+#                    (benchmarks/compiled_cell.py): the tiny ViT and ViT-S/14 at 224 px (--quick: the tiny ViT)
+#   gpu_check.md     the tables of the four
 #
 #   benchmarks/gpu_check.sh [--device cuda|cuda:N|cpu] [--out DIR] [--quick]
 #
@@ -52,6 +54,8 @@ else
     --bf16 all --repeats 3 --json "$OUT/throughput.json"
 fi
 
+"$PYTHON" benchmarks/compiled_cell.py --device "$DEVICE" ${QUICK:+--quick} --json "$OUT/compiled.json"
+
 "$PYTHON" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
@@ -59,6 +63,7 @@ out = Path(sys.argv[1])
 env = json.loads((out / "env.json").read_text())
 cells = json.loads((out / "cells.json").read_text())["cells"]
 bench = json.loads((out / "throughput.json").read_text())
+compiled = json.loads((out / "compiled.json").read_text())
 lines = [f"# GPU check: {env['name']} ({env['device']}), torch {env['torch']}, CUDA {env['cuda']}", "",
          "## Cells on the device and on the CPU", "", "| task | attack | device | clean | attacked | checks | s |",
          "|---|---|---|---|---|---|---|"]
@@ -75,7 +80,9 @@ for name, model in bench["models"].items():
                      f"{r['achieved_gflops']:.0f} |")
     lines.append(f"| {name} | | bf16 robust samples differing from fp32 (worst round) | "
                  f"{model['bf16_sample_gap']} | | | | |")
+lines += ["", f"## compile: true against eager (PGD, {compiled['config']['steps']} steps, batch "
+          f"{compiled['config']['batch']})", "", *compiled["table"]]
 (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
-echo "gpu_check.sh: wrote $OUT/{env,cells,throughput}.json and $OUT/gpu_check.md"
+echo "gpu_check.sh: wrote $OUT/{env,cells,throughput,compiled}.json and $OUT/gpu_check.md"

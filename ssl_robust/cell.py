@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ssl_robust import checks, suite
 from ssl_robust.attacks import ATTACKS, suite_members
+from ssl_robust.compiled import compiled
 from ssl_robust.config import CellCfg
 from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.load import load_split, size_batches, slide_stride, task_info
@@ -58,14 +59,19 @@ def views(cfg: CellCfg, model: TaskModel, task: TaskSpec, out_size: tuple[int, i
     """Under ``slide`` every S x S window runs through the model (gradients reach every pixel), the
     averaged output (``data.slide_average``) is upsampled to the labels' native ``out_size``;
     EmbedAttack pushes the token grids of all windows. Under ``whole`` the native-size image runs in
-    one pass (``whole_views``). The representation is block ``attack.layer``'s (None = the last)."""
+    one pass (``whole_views``). The representation is block ``attack.layer``'s (None = the last).
+    Under ``compile`` both run under torch.compile, built once per model (``compiled``)."""
     part = 0 if task.embedding == "cls" else 1
     device = next(model.parameters()).device
-    scored = in_precision(model, cfg.precision, device)
 
     def represent(x: torch.Tensor) -> torch.Tensor:
         return model.encoder.features_at(x, cfg.attack.layer)[part]
 
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if cfg.compile:
+        forward = compiled(model, "scored", model, device)
+        represent = compiled(model, ("represent", cfg.attack.layer, part), represent, device)
+    scored = in_precision(forward, cfg.precision, device)
     represent = in_precision(represent, cfg.precision, device)
     mode = eval_mode(cfg.data)
     if mode == "resize":

@@ -314,7 +314,28 @@ class CellFields(StrictModel):
     batch_size: int = Field(default=16, gt=0)
     device: Device = "auto"
     precision: Precision = "fp32"  # of attacks and feature extraction
+    # the scored model and EmbedAttack's representation under torch.compile (ssl_robust/compiled.py);
+    # the same result up to float rounding, so not part of the cell's identity
+    compile: bool = False
     loader: LoaderCfg = Field(default_factory=LoaderCfg)
+
+
+# Where and how a cell runs, not what it computes: left out of ``cell_id`` (and of ``head_id``) and
+# of the report's configuration columns.
+LOCATIONS = ("device", "compile", "head.checkpoint", "head.features", "data.root", "data.download",
+             "loader.num_workers", "loader.pin_memory", "loader.persistent_workers")
+
+
+def _exclusion(dotted: tuple[str, ...]) -> dict[str, Any]:
+    """``model_dump``'s ``exclude`` of dotted field names: ``{"device": True, "head": {"checkpoint"}}``."""
+    out: dict[str, Any] = {}
+    for name in dotted:
+        section, _, field = name.partition(".")
+        if field:
+            out.setdefault(section, set()).add(field)
+        else:
+            out[section] = True
+    return out
 
 
 class CellCfg(CellFields):
@@ -334,11 +355,10 @@ class CellCfg(CellFields):
         return self
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define the result: no device, loader settings, head-checkpoint location
-        or feature storage; the precision, the optimiser and the target count only where they are not
-        their defaults (so cells of the attacks that existed before them keep their ids)."""
-        data = self.model_dump(mode="json", exclude={"device": True, "loader": True,
-                                                     "head": {"checkpoint", "features"}})
+        """The fields that define the result: none of ``LOCATIONS``; the precision, the optimiser and
+        the target count only where they are not their defaults (so cells of the attacks that
+        existed before them keep their ids)."""
+        data = self.model_dump(mode="json", exclude=_exclusion(LOCATIONS))
         if self.precision == "fp32":
             del data["precision"]
         for name, default in (("optimizer", None), ("targets", AttackCfg.model_fields["targets"].default)):

@@ -1,6 +1,8 @@
 """Cell config: strict validation with errors that name the field, budgets, overrides, cell ids."""
 from __future__ import annotations
 
+import copy
+
 import subprocess
 import sys
 from pathlib import Path
@@ -241,3 +243,23 @@ def test_one_dotted_setter_makes_sections_and_refuses_to_descend_into_a_value() 
     assert set_dotted({}, "head.recipe.lr", 0.1) == {"head": {"recipe": {"lr": 0.1}}}
     with pytest.raises(ValueError, match="'attack.eps.x': 'eps' is not a section"):
         set_dotted({"attack": {"eps": 1}}, "attack.eps.x", 2)
+
+
+LOCATION_VALUES = {"device": "cuda:1", "compile": True, "head.checkpoint": "elsewhere/head.safetensors",
+                   "head.features": "memory", "data.root": "/mnt/other/data", "data.download": True,
+                   "loader.num_workers": 3, "loader.pin_memory": True, "loader.persistent_workers": True}
+NEEDS = {"loader.persistent_workers": {"loader.num_workers": 1}}  # a location valid only with another
+
+
+@pytest.mark.parametrize("field", sorted(LOCATION_VALUES))
+def test_where_and_how_a_cell_runs_changes_neither_its_cell_id_nor_its_head_id(cell_data, field: str) -> None:
+    from ssl_robust.config import LOCATIONS, set_dotted
+
+    assert set(LOCATION_VALUES) == set(LOCATIONS)
+    base_data = cell_data()
+    for key, value in NEEDS.get(field, {}).items():
+        set_dotted(base_data, key, value)
+    base = CellCfg.model_validate(base_data)
+    moved = CellCfg.model_validate(set_dotted(copy.deepcopy(base_data), field, LOCATION_VALUES[field]))
+    assert moved.model_dump() != base.model_dump()
+    assert (moved.cell_id, moved.head_id) == (base.cell_id, base.head_id)

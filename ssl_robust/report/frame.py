@@ -6,11 +6,12 @@ metrics such as ``clean/acc``), so it needs no tracking server to test.
 
 No number is averaged with another. A run's *configuration* is every field of its flattened cell
 config except the tables' axes (``AXES``: the attack and its eps), the per-attack settings
-(``PER_ATTACK``: they belong to the attack's column) and the locations (``LOCATIONS``: where things
-are, not what is computed). Runs of one (task, data set, encoder) whose configurations differ get
-their own table rows and curves, labelled with the fields that vary in that group, e.g.
-``dinov2_vits14 [steps=20, encoder.image_size=518]``; an attack run with different per-attack
-settings gets its own column and curve, e.g. ``PGD [attack.restarts=5]``. Two runs with the same
+(``PER_ATTACK``: they belong to the attack's column) and the locations (``config.LOCATIONS``: where
+and how things run, not what is computed, the fields ``cell_id`` leaves out too). Runs of one
+(task, data set, encoder) whose configurations differ get their own table rows and curves,
+labelled with the fields that vary in that group, e.g. ``dinov2_vits14 [steps=20,
+encoder.image_size=518]``; an attack run with different per-attack settings gets its own column
+and curve, e.g. ``PGD [attack.restarts=5]``. Two runs with the same
 configuration, attack, per-attack settings and eps are duplicates: the oldest (``start_time``,
 else the first given) is kept and the others are listed on the page.
 """
@@ -24,14 +25,12 @@ import pandas as pd
 from pydantic import BaseModel
 
 from ssl_robust.attacks import ATTACKS
-from ssl_robust.config import AttackCfg, CellFields
+from ssl_robust.config import LOCATIONS, AttackCfg, CellFields
 from ssl_robust.deacl_names import STUDENT_URI
 from ssl_robust.report.labels import encoder_label, fine_tune_labels
 from ssl_robust.tasks import TASKS
 
 AXES = ("attack.name", "attack.eps")  # the tables' columns and the curves' x axis
-LOCATIONS = ("device", "head.checkpoint", "head.features", "data.root", "data.download", "loader.num_workers",
-             "loader.pin_memory", "loader.persistent_workers")  # do not change the number
 PER_ATTACK = tuple(f"attack.{name}" for name in AttackCfg.model_fields if name not in ("name", "eps", "steps"))
 MISSING = "(not logged)"
 _SECTIONS = {name for name, f in CellFields.model_fields.items()
