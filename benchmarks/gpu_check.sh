@@ -8,7 +8,9 @@
 #                    (benchmarks/attack_throughput.py): ViT-S/14 and ViT-B/14 at 224 and 518 px, the tiny ViT
 #   compiled.json    PGD throughput of a cell's model eager and under compile: true
 #                    (benchmarks/compiled_cell.py): the tiny ViT and ViT-S/14 at 224 px (--quick: the tiny ViT)
-#   gpu_check.md     the tables of the four
+#   memory.json      the measured peak of attack steps against the memory plan's estimate
+#                    (benchmarks/memory_plan.py): the poster's models, data sets and attacks (--quick: a few)
+#   gpu_check.md     the tables of the five
 #
 #   benchmarks/gpu_check.sh [--device cuda|cuda:N|cpu] [--out DIR] [--quick]
 #
@@ -56,6 +58,8 @@ fi
 
 "$PYTHON" benchmarks/compiled_cell.py --device "$DEVICE" ${QUICK:+--quick} --json "$OUT/compiled.json"
 
+"$PYTHON" benchmarks/memory_plan.py --device "$DEVICE" ${QUICK:+--quick} --json "$OUT/memory.json"
+
 "$PYTHON" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
@@ -64,6 +68,7 @@ env = json.loads((out / "env.json").read_text())
 cells = json.loads((out / "cells.json").read_text())["cells"]
 bench = json.loads((out / "throughput.json").read_text())
 compiled = json.loads((out / "compiled.json").read_text())
+memory = json.loads((out / "memory.json").read_text())["rows"]
 lines = [f"# GPU check: {env['name']} ({env['device']}), torch {env['torch']}, CUDA {env['cuda']}", "",
          "## Cells on the device and on the CPU", "", "| task | attack | device | clean | attacked | checks | s |",
          "|---|---|---|---|---|---|---|"]
@@ -82,7 +87,11 @@ for name, model in bench["models"].items():
                  f"{model['bf16_sample_gap']} | | | | |")
 lines += ["", f"## compile: true against eager (PGD, {compiled['config']['steps']} steps, batch "
           f"{compiled['config']['batch']})", "", *compiled["table"]]
+lines += ["", "## Peak memory of an attack step against the plan's estimate", "",
+          "| case | batch | estimate MiB | measured MiB | measured / estimate |", "|---|---|---|---|---|"]
+lines += [f"| {r['case']} | {r['batch']} | {r['estimate_bytes'] / 2**20:.1f} | {r['measured_bytes'] / 2**20:.1f} | "
+          f"{r['ratio']:.3f} |" for r in memory]
 (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
-echo "gpu_check.sh: wrote $OUT/{env,cells,throughput,compiled}.json and $OUT/gpu_check.md"
+echo "gpu_check.sh: wrote $OUT/{env,cells,throughput,compiled,memory}.json and $OUT/gpu_check.md"

@@ -34,6 +34,7 @@ def test_the_gpu_check_writes_its_json_and_tables_on_the_cpu(tmp_path: Path) -> 
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| vits14 | 56 | torchattacks.PGD |" in table and "| tiny | 56 | ssl_robust pgd (all steps, bf16) |" in table
     assert "| tiny | 56 | all steps | compiled |" in table  # compiled_cell.py --quick: the tiny ViT alone
+    assert "| tiny cls pgd | 8 |" in table  # memory_plan.py --quick: measured against the estimate
     assert json.loads((tmp_path / "env.json").read_text())["device"] == "cpu"
 
 
