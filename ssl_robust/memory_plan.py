@@ -44,7 +44,7 @@ head fitting (phase 1) is not estimated.
 A trial may allocate its share of the GPU (``resources.gpu``) less ``CUDA_CONTEXT`` (the context and
 its libraries, outside the allocator). Measured against ``benchmarks/memory_plan.py`` (the peak of
 real engine steps; docs/benchmarks.md, "Attack memory"), the measured peak lies within
-[0.90, 1.10] x the estimate (0.91 to 1.06 in the recorded CPU runs, ViT-S/14 and ViT-B/14 0.98 to
+[0.89, 1.10] x the estimate (0.90 to 1.07 in the recorded CPU run, ViT-S/14 and ViT-B/14 0.98 to
 1.01; CUDA not yet measured).
 """
 from __future__ import annotations
