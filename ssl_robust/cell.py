@@ -78,7 +78,7 @@ def views(cfg: CellCfg, model: TaskModel, task: TaskSpec, out_size: tuple[int, i
         return Views(scored, represent)
     if mode == "whole":
         return whole_views(model.encoder, scored, represent, out_size)
-    crop = input_size(cfg.encoder)
+    crop = model.encoder.image_size  # the encoder's own input contract, not recomputed per batch
     stride = slide_stride(cfg.data, crop)
     if cfg.data.slide_average == "probs":
         return Views(lambda x: log_probs(resize_to(slide(scored, x, crop, stride, average="probs"), out_size)),
