@@ -1,7 +1,8 @@
 """Shared fixtures: the tiny random-init encoder and tiny cell configs on synthetic data, fitted heads,
-and one real stack per session (S3 endpoint + MLflow server started by infra/local_stack.sh on free
-loopback ports) plus a real local Ray instance per module. Every test runs without the caller's
-MLflow/AWS variables and with its own cache folder."""
+a spy on the attack engine, SQLite tracking stores (one per test or one per module), and one real
+stack per session (S3 endpoint + MLflow server started by infra/local_stack.sh on free loopback
+ports) plus a real local Ray instance per module. Every test runs without the caller's MLflow/AWS
+variables and with its own cache folder."""
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,8 @@ from typing import Any, Callable, Iterator
 import pytest
 import torch
 
-from tests.helpers import (REPO_ROOT, TASK_ATTACKS, TINY_ENCODER, TINY_IMAGE_SIZE, free_port, install_chromium, merge,
-                           shared_scope)
+from tests.helpers import (REPO_ROOT, TASK_ATTACKS, TINY_BATCH, TINY_ENCODER, TINY_IMAGE_SIZE, TINY_N_SAMPLES,
+                           EngineSpy, free_port, install_chromium, merge, shared_scope, spy_engine, sqlite_uri)
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 # Tiny models: one intra-op thread is as fast as two, and far faster when several test
@@ -40,11 +41,11 @@ def tiny_cell_cfg(tiny_encoder_cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         "encoder": copy.deepcopy(tiny_encoder_cfg),
         "data": {"name": "synthetic", "task": "classification", "n_train": 128, "n_val": 32,
-                 "n_samples": 16},
+                 "n_samples": TINY_N_SAMPLES},
         "head": {"epochs": 15, "lr": 0.05, "batch_size": 64},
         "attack": {"name": "pgd", "eps": "8/255", "steps": 5, "norm": "linf"},
         "seed": 0,
-        "batch_size": 8,
+        "batch_size": TINY_BATCH,
         "device": "cpu",
     }
 
@@ -118,6 +119,38 @@ def fitted_classifier(make_cell_cfg: Callable[..., Any], fitted_head: Callable[[
     dataset, _ = load_split(cfg.data, "test", TINY_IMAGE_SIZE, seed=cfg.seed)
     images, labels = zip(*[dataset[i] for i in range(len(dataset))])
     return model, torch.stack(images), torch.tensor(labels)
+
+
+@pytest.fixture()
+def default_device_elsewhere() -> Iterator[None]:
+    """torch's default device is `meta` for the test (make inputs on the CPU explicitly): a tensor the
+    code under test made on the default device instead of its input's has no data, and mixing it with
+    a CPU tensor or reading it is an error."""
+    torch.set_default_device("meta")
+    try:
+        yield
+    finally:
+        torch.set_default_device(None)
+
+
+@pytest.fixture()
+def engine_spy(monkeypatch: pytest.MonkeyPatch) -> EngineSpy:
+    """An ``EngineSpy`` standing in for the engine every cell of this test calls."""
+    return spy_engine(monkeypatch)
+
+
+@pytest.fixture()
+def tracking_uri(tmp_path: Path) -> str:
+    """A fresh SQLite tracking store of this test's own, ``tmp_path / "mlflow.db"`` (created when MLflow
+    first opens it)."""
+    return sqlite_uri(tmp_path / "mlflow.db")
+
+
+@pytest.fixture(scope="module")
+def module_tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite tracking store shared by the tests of one module (a fresh store's migrations take
+    seconds); each test keeps to experiments of its own."""
+    return sqlite_uri(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
 
 
 # Variables that point a test at somebody's tracking store, bucket or credentials.

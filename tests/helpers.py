@@ -1,5 +1,6 @@
-"""Plain helpers shared by tests: the repository root, deep merge, tiny sweep configs, free ports,
-dead pids, a spy that stands in for the attack engine a cell calls, and a linear model on small images."""
+"""Plain helpers shared by tests: the repository root, deep merge, tiny sweep and DeACL configs, SQLite
+tracking URIs, free ports, dead pids, a spy that stands in for the attack engine a cell calls, and
+seeded small images, labels and linear models for the engine tests."""
 from __future__ import annotations
 
 import copy
@@ -23,6 +24,7 @@ DIM = 3 * 4 * 4
 TINY_ENCODER = "tiny_dinov2"  # the random-init test encoder of configs/tiny.yaml (ssl_robust/aliases.py)
 TINY_IMAGE_SIZE = 28
 TASK_ATTACKS = {"classification": "pgd", "segmentation": "segpgd", "depth": "depthpgd"}
+TINY_N_SAMPLES, TINY_BATCH = 16, 8  # conftest's tiny cell: 16 test images in batches of 8
 
 
 def shared_scope(scope: str):
@@ -66,6 +68,38 @@ def tiny_sweep(name: str, **fields: Any) -> dict[str, Any]:
 def write_sweep(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def sqlite_uri(path: Path) -> str:
+    """The URI of a SQLite database in the file ``path`` (an MLflow tracking store or an Optuna storage;
+    nothing is created until it is opened). Tests get their tracking store from conftest's
+    ``tracking_uri`` (a fresh store per test) or ``module_tracking_uri`` (one store per module); this
+    builds the URI where a test must choose the file."""
+    return f"sqlite:///{path}"
+
+
+def experiment_name(request: Any) -> str:
+    """The experiment tests/tracking/conftest.py's ``store`` fixture makes for the test of ``request``."""
+    return f"tracking-{request.node.name}"
+
+
+# A few seconds on one CPU thread: 2 batches per epoch, 32-image probe.
+DEACL_FAST: dict[str, Any] = {
+    "encoder": {"name": TINY_ENCODER},
+    "data": {"name": "synthetic", "task": "classification", "n_train": 64},
+    "epochs": 2, "batch_size": 32, "optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.0,
+    "warmup_epochs": 0.5, "gamma": 2.0, "checkpoint_every": 1,
+    "attack": {"eps": "16/255", "step_size": "4/255", "steps": 2},
+    "probe": {"n_train": 32, "n_samples": 32, "epochs": 5},
+    "device": "cpu",
+}
+
+
+def deacl_cfg(**updates: Any):
+    """The validated DeaclCfg of ``DEACL_FAST`` with ``updates`` deep-merged in."""
+    from ssl_robust.deacl_config import DeaclCfg
+
+    return DeaclCfg.model_validate(merge(DEACL_FAST, updates))
 
 
 def free_port() -> int:
@@ -113,6 +147,21 @@ class EngineSpy:
         return [c for c in self.calls if c["eps"] > 0]
 
 
+def spy_engine(monkeypatch: Any, edit: Callable[[AttackResult, dict[str, Any]], None] | None = None) -> EngineSpy:
+    """An ``EngineSpy`` in place of the engine's ``pgd`` for this test (conftest's ``engine_spy`` is one
+    without ``edit``)."""
+    from ssl_robust import engine as engine_module
+
+    spy = EngineSpy(edit)
+    monkeypatch.setattr(engine_module, "pgd", spy)
+    return spy
+
+
+def head_cfg(make_cell_cfg: Callable[..., Any], fitted_head: Callable[[str], Path], task: str, **updates: Any):
+    """``make_cell_cfg(task, **updates)`` that loads the session's fitted head of ``task`` instead of fitting one."""
+    return make_cell_cfg(task, head={"checkpoint": str(fitted_head(task))}, **updates)
+
+
 class LinearModel(nn.Module):
     """Logits W x + b on the flattened image; its parameters require grad on purpose."""
 
@@ -129,6 +178,36 @@ def linear_model(num_classes: int, seed: int = 0) -> LinearModel:
     """A seeded random ``LinearModel`` on ``SHAPE`` images."""
     gen = torch.Generator().manual_seed(seed)
     return LinearModel(torch.randn(num_classes, DIM, generator=gen), 0.1 * torch.randn(num_classes, generator=gen))
+
+
+def linear_forward(num_classes: int = 3, seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Logits W x on the flattened ``SHAPE`` image, no bias and no parameters: a plain function (W is
+    ``linear_model``'s weight of the same seed; made on the CPU whatever torch's default device)."""
+    weight = torch.randn(num_classes, DIM, generator=torch.Generator().manual_seed(seed), device="cpu")
+    return lambda x: x.flatten(1) @ weight.T
+
+
+def images(n: int, low: float = 0.0, high: float = 1.0, seed: int = 1) -> torch.Tensor:
+    """``n`` seeded ``SHAPE`` images, uniform in [low, high) (on the CPU whatever torch's default device)."""
+    x = torch.rand(n, *SHAPE, generator=torch.Generator().manual_seed(seed), device="cpu")
+    return x if (low, high) == (0.0, 1.0) else low + (high - low) * x
+
+
+def boundary_images(n: int) -> torch.Tensor:
+    """Images whose pixels are exactly 0 or exactly 1 (plus one all-0 and one all-1 image)."""
+    x = (images(n) > 0.5).float()
+    x[0], x[1] = 0.0, 1.0
+    return x
+
+
+def labels(n: int, num_classes: int, seed: int = 2) -> torch.Tensor:
+    """``n`` seeded labels in [0, num_classes)."""
+    return torch.randint(num_classes, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def misclassified(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The engine's success function of classification: the top logit is not the label."""
+    return output.argmax(1) != target
 
 
 def require_torchattacks() -> Any:

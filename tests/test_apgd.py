@@ -3,7 +3,6 @@ models, the step-size schedule and momentum, best-iterate scoring, and the stron
 PGD at equal steps, torchattacks' APGD)."""
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -15,8 +14,7 @@ import ssl_robust.pgd as pgd_module
 from ssl_robust.apgd import apgd
 from ssl_robust.objectives import cross_entropy, dlr
 from ssl_robust.pgd import RandomStarts, pgd
-from tests.helpers import DIM, SHAPE, linear_model
-
+from tests.helpers import DIM, SHAPE, boundary_images, images, labels, linear_model, misclassified
 
 
 class Centred(nn.Module):
@@ -37,26 +35,6 @@ def small_classifier() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     with torch.no_grad():
         y = model(x).argmax(1)
     return model, x, y
-
-
-def images(n: int, low: float = 0.0, high: float = 1.0, seed: int = 1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return low + (high - low) * torch.rand(n, *SHAPE, generator=gen)
-
-
-def boundary_images(n: int) -> torch.Tensor:
-    """Images whose pixels are exactly 0 or exactly 1 (plus one all-0 and one all-1 image)."""
-    x = (images(n) > 0.5).float()
-    x[0], x[1] = 0.0, 1.0
-    return x
-
-
-def labels(n: int, num_classes: int, seed: int = 2) -> torch.Tensor:
-    return torch.randint(num_classes, (n,), generator=torch.Generator().manual_seed(seed))
-
-
-def misclassified(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return logits.argmax(1) != y
 
 
 class Recorder:
@@ -599,17 +577,6 @@ def test_grad_zero_marks_samples_in_a_dead_relu_region() -> None:
 
 
 # ----------------------------------------------------------------------------- devices
-
-
-@pytest.fixture()
-def default_device_elsewhere() -> Iterator[None]:
-    """torch's default device is `meta` for the test (inputs are made on the CPU first): a tensor
-    APGD made on the default device instead of the input's would have no data."""
-    torch.set_default_device("meta")
-    try:
-        yield
-    finally:
-        torch.set_default_device(None)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"success_fn": misclassified},

@@ -7,13 +7,14 @@ import torch
 from ssl_robust.checks import ZERO_GRAD_LIMIT, all_passed, gradient_checks, perturbation_checks, score_checks
 
 
-def images(n: int = 4) -> torch.Tensor:
+def interior_images(n: int = 4) -> torch.Tensor:
+    """``n`` seeded 3x5x5 images inside [0.2, 0.8]: a budget of up to 0.2 keeps them in the unit box."""
     return 0.2 + 0.6 * torch.rand(n, 3, 5, 5, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
 def test_perturbation_inside_the_ball_passes(norm: str, eps: float) -> None:
-    x = images()
+    x = interior_images()
     delta = torch.randn_like(x)
     delta = eps * (delta.sign() if norm == "linf" else delta / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
     checks = perturbation_checks(x, x + delta, eps, norm)
@@ -23,20 +24,20 @@ def test_perturbation_inside_the_ball_passes(norm: str, eps: float) -> None:
 
 @pytest.mark.parametrize("norm, eps", [("linf", 8 / 255), ("l2", 0.5)])
 def test_perturbation_outside_the_ball_of_one_sample_fails(norm: str, eps: float) -> None:
-    x = images()
+    x = interior_images()
     x_adv = x.clone()
     x_adv[2, 0, 0, 0] += 1.5 * eps  # one pixel of one sample: outside both balls
     assert perturbation_checks(x, x_adv, eps, norm)["check/delta_in_ball"] == 0.0
 
 
 def test_l2_check_is_per_sample_not_per_batch() -> None:
-    x = images()
+    x = interior_images()
     x_adv = x + 0.4 / (3 * 5 * 5) ** 0.5  # every sample at L2 distance 0.4, the batch at 0.8
     assert perturbation_checks(x, x_adv, 0.5, "l2")["check/delta_in_ball"] == 1.0
 
 
 def test_adversarial_image_outside_the_unit_box_fails() -> None:
-    x = images()
+    x = interior_images()
     x[0, 0, 0, 0] = 1.0
     x_adv = x.clone()
     x_adv[0, 0, 0, 0] = 1.01

@@ -263,3 +263,22 @@ def test_where_and_how_a_cell_runs_changes_neither_its_cell_id_nor_its_head_id(c
     moved = CellCfg.model_validate(set_dotted(copy.deepcopy(base_data), field, LOCATION_VALUES[field]))
     assert moved.model_dump() != base.model_dump()
     assert (moved.cell_id, moved.head_id) == (base.cell_id, base.head_id)
+
+
+def test_the_depth_range_is_not_a_head_setting(make_cell_cfg) -> None:
+    """One home: the loader, the head and the metrics all read the data set's range."""
+    with pytest.raises(ValueError, match="max_depth"):
+        make_cell_cfg("depth", head={"max_depth": 20.0})
+
+
+def test_persistent_workers_without_workers_is_a_config_error() -> None:
+    from ssl_robust.config import ConfigError, LoaderCfg, validate
+
+    with pytest.raises(ConfigError, match="num_workers"):
+        validate(LoaderCfg, {"persistent_workers": True}, "loader")
+
+
+def test_precision_other_than_fp32_changes_the_cell_id_and_fp32_is_left_out_of_it(make_cell_cfg) -> None:
+    plain = make_cell_cfg()
+    assert make_cell_cfg(precision="bf16").cell_id != plain.cell_id
+    assert "precision" not in plain.identity()  # fp32 ids are those of cells logged before the field existed

@@ -1,10 +1,10 @@
-"""DeACL fine-tuning: the loss formula, the attacked model, robustness gain, exact resume, checkpoints,
-the seed's switches and preset, bad configs."""
+"""DeACL fine-tuning (``ssl_robust.deacl``): the learning-rate schedules, the attacked model,
+robustness gain, exact resume, checkpoints, the seed's switches (momentum, warm-up, fp16, no held-out
+part) and its recipe end to end. The loss and the augmentations are in test_deacl_loss.py, the
+config in test_deacl_config.py."""
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,33 +12,15 @@ from typing import Any
 
 import pytest
 import torch
-from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from ssl_robust import deacl
-from ssl_robust.config import EncoderCfg, load_config
-from ssl_robust.deacl_config import NEW_FIELDS, DeaclCfg
+from ssl_robust.config import EncoderCfg
 from ssl_robust.deacl import RESUME_FILE, DeaclHooks, _load_data, _optimization, fine_tune, lr_factor
-from ssl_robust.deacl_loss import augment_batch, deacl_loss, pad_crop_flip, seed_padding
+from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.encoders import create_encoder
-from ssl_robust.sweep_config import DeaclSweepCfg, deacl_configs
 from tests.data.fixtures import write_imagenet
-from tests.helpers import REPO_ROOT, TINY_ENCODER, merge
-
-# A few seconds on one CPU thread: 2 batches per epoch, 32-image probe.
-FAST: dict[str, Any] = {
-    "encoder": {"name": TINY_ENCODER},
-    "data": {"name": "synthetic", "task": "classification", "n_train": 64},
-    "epochs": 2, "batch_size": 32, "optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.0,
-    "warmup_epochs": 0.5, "gamma": 2.0, "checkpoint_every": 1,
-    "attack": {"eps": "16/255", "step_size": "4/255", "steps": 2},
-    "probe": {"n_train": 32, "n_samples": 32, "epochs": 5},
-    "device": "cpu",
-}
-
-
-def make_cfg(**updates: Any) -> DeaclCfg:
-    return DeaclCfg.model_validate(merge(FAST, updates))
+from tests.helpers import TINY_ENCODER, deacl_cfg
 
 
 class Recorder(DeaclHooks):
@@ -61,51 +43,7 @@ class Recorder(DeaclHooks):
         return self.resume
 
 
-# ----------------------------------------------------------------------------- the loss
-
-# Hand-made embeddings, B = 2, D = 2, a 1x2 token grid.
-S_CLS = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-T_CLS = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # cos with S_CLS: 1, 1/sqrt(2)
-A_CLS = torch.tensor([[0.0, 1.0], [0.0, 2.0]])  # cos with S_CLS: 0, 1
-S_TOK = torch.tensor([[[[1.0, 1.0]], [[0.0, 0.0]]], [[[1.0, 0.0]], [[0.0, 1.0]]]])  # [2, 2, 1, 2]
-T_TOK = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]], [[[1.0, 0.0]], [[0.0, 1.0]]]])  # cos: (1, 0), (1, 1)
-A_TOK = torch.tensor([[[[-1.0, 1.0]], [[0.0, 0.0]]], [[[0.0, 1.0]], [[1.0, 0.0]]]])  # cos: (-1, 1), (0, 0)
-CLEAN_CLS = -(1 + 1 / math.sqrt(2)) / 2
-ADV_CLS = -(0 + 1) / 2
-CLEAN_TOK = -((1 + 0) / 2 + (1 + 1) / 2) / 2  # per-sample token means 0.5 and 1
-ADV_TOK = -((-1 + 1) / 2 + (0 + 0) / 2) / 2
-
-
-def test_loss_matches_formula_on_cls() -> None:
-    parts = deacl_loss((S_CLS, S_TOK), (T_CLS, T_TOK), (A_CLS, A_TOK), gamma=2.0)
-    assert parts["clean"].item() == pytest.approx(CLEAN_CLS)
-    assert parts["adv"].item() == pytest.approx(ADV_CLS)
-    assert parts["total"].item() == pytest.approx(CLEAN_CLS + 2.0 * ADV_CLS)
-
-
-def test_loss_matches_formula_with_dense_term() -> None:
-    parts = deacl_loss((S_CLS, S_TOK), (T_CLS, T_TOK), (A_CLS, A_TOK), gamma=2.0, dense_weight=0.5)
-    assert parts["clean"].item() == pytest.approx(CLEAN_CLS + 0.5 * CLEAN_TOK)
-    assert parts["adv"].item() == pytest.approx(ADV_CLS + 0.5 * ADV_TOK)
-    assert parts["total"].item() == pytest.approx(CLEAN_CLS + 0.5 * CLEAN_TOK + 2.0 * (ADV_CLS + 0.5 * ADV_TOK))
-
-
-def test_gamma_and_dense_weight_zero_leave_only_the_clean_cls_term() -> None:
-    adv_cls, adv_tok = A_CLS.clone().requires_grad_(True), A_TOK.clone().requires_grad_(True)
-    parts = deacl_loss((S_CLS, S_TOK), (T_CLS, T_TOK), (adv_cls, adv_tok), gamma=0.0, dense_weight=0.0)
-    assert parts["total"].item() == pytest.approx(CLEAN_CLS)
-    parts["total"].backward()
-    assert not adv_cls.grad.any() and adv_tok.grad is None
-
-
-def test_adversarial_term_pulls_on_the_clean_student_embedding() -> None:
-    """As in the original DeACL code, f_R(x) is not detached in the adversarial term."""
-    s_cls = S_CLS.clone().requires_grad_(True)
-    deacl_loss((s_cls, S_TOK), (T_CLS, T_TOK), (A_CLS, A_TOK), gamma=1.0)["adv"].backward()
-    assert s_cls.grad.abs().sum() > 0
-
-
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- the learning rate
 
 
 def test_learning_rate_warms_up_linearly_then_decays_to_zero() -> None:
@@ -115,13 +53,21 @@ def test_learning_rate_warms_up_linearly_then_decays_to_zero() -> None:
     assert factors[8] == pytest.approx(0.5) and factors[12] == 0.0
 
 
+def test_warmup_start_lr_per_step_ramps_from_it_to_lr() -> None:
+    factors = [lr_factor(step, warmup_steps=4, total_steps=12, start=0.1) for step in range(5)]
+    assert factors == pytest.approx([0.1, 0.4, 0.7, 1.0, 1.0])
+
+
+# ----------------------------------------------------------------------------- training
+
+
 @pytest.mark.slow
 def test_deacl_raises_embed_attack_accuracy_and_keeps_clean_accuracy(tmp_path: Path) -> None:
     """Measured over seeds 0-9 with these settings (3 epochs of 4 batches, 256 test images): EmbedAttack
     accuracy rose by +0.12 to +0.48 over the teacher's, clean accuracy changed by -0.004 to +0.07.
     The bounds below (+0.05 gained, at most 0.05 lost, i.e. ~2.5 binomial standard errors of a
     256-image score) therefore hold with room for any seed."""
-    cfg = make_cfg(data={"n_train": 128}, epochs=3, warmup_epochs=0, checkpoint_every=3,
+    cfg = deacl_cfg(data={"n_train": 128}, epochs=3, warmup_epochs=0, checkpoint_every=3,
                    attack={"steps": 3}, probe={"n_train": 128, "n_samples": 256, "epochs": 20})
     hooks = Recorder()
     fine_tune(cfg, tmp_path, hooks)
@@ -135,7 +81,7 @@ def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recorder, Path
     """An uninterrupted 2-epoch run with a checkpoint after each epoch."""
     work_dir = tmp_path_factory.mktemp("uninterrupted")
     hooks = Recorder()
-    fine_tune(make_cfg(), work_dir, hooks)
+    fine_tune(deacl_cfg(), work_dir, hooks)
     return hooks, work_dir
 
 
@@ -151,10 +97,10 @@ def test_resumed_run_ends_with_identical_weights(two_epochs: tuple[Recorder, Pat
     full, _ = two_epochs
     killed = Recorder(die_after_checkpoint=True)
     with pytest.raises(KeyboardInterrupt):
-        fine_tune(make_cfg(), tmp_path, killed)
+        fine_tune(deacl_cfg(), tmp_path, killed)
     assert sorted(killed.checkpoints) == [1]
     resumed = Recorder(resume=tmp_path / RESUME_FILE)
-    fine_tune(make_cfg(), tmp_path, resumed)
+    fine_tune(deacl_cfg(), tmp_path, resumed)
     assert sorted(resumed.metrics) == [2]
     expected, got = load_file(full.checkpoints[2][0]), load_file(resumed.checkpoints[2][0])
     assert expected.keys() == got.keys()
@@ -182,29 +128,8 @@ def test_checkpoint_loads_through_create_encoder(two_epochs: tuple[Recorder, Pat
             assert not torch.equal(got, before)
 
 
-# ----------------------------------------------------------------------------- bad configs
-
-
-@pytest.mark.parametrize("updates, field", [
-    ({"gamma": -1.0}, "gamma"),
-    ({"data": {"name": "imagenet_typo"}}, "data.name"),
-    ({"attack": {"eps": "abc"}}, "attack.eps"),
-    ({"augment": "crop"}, "augment"),
-    ({"warmup_unit": "epochs"}, "warmup_unit"),
-    ({"warmup_start_lr": -0.1}, "warmup_start_lr"),
-    ({"val_fraction": 1.0}, "val_fraction"),
-    ({"momentum": 1.0}, "momentum"),
-    ({"precision": "fp8"}, "precision"),
-])
-def test_bad_config_fails_naming_the_field(updates: dict[str, Any], field: str) -> None:
-    with pytest.raises(ValidationError) as info:
-        make_cfg(**updates)
-    assert field in {".".join(str(p) for p in e["loc"]) for e in info.value.errors()}
-    assert field in str(info.value)
-
-
 def test_data_set_without_classification_fails_before_training(tmp_path: Path) -> None:
-    cfg = make_cfg(data={"name": "nyuv2", "task": None})
+    cfg = deacl_cfg(data={"name": "nyuv2", "task": None})
     with pytest.raises(ValueError, match="data.name.*classification"):
         fine_tune(cfg, tmp_path, Recorder())
     assert not any(tmp_path.iterdir())
@@ -212,19 +137,8 @@ def test_data_set_without_classification_fails_before_training(tmp_path: Path) -
 
 def test_the_probe_attack_can_be_fixed_apart_from_the_training_attack(tmp_path: Path) -> None:
     """A zero-budget probe attack scores the embedding attack like the clean probe."""
-    metrics = fine_tune(make_cfg(epochs=1, probe={"eps": 0, "steps": 0}), tmp_path)
+    metrics = fine_tune(deacl_cfg(epochs=1, probe={"eps": 0, "steps": 0}), tmp_path)
     assert metrics["probe/embed_acc"] == metrics["probe/clean_acc"]
-
-
-
-@pytest.mark.parametrize("updates, allowed", [
-    ({"augment": "crop"}, "'rrc', 'seed' or 'none'"),
-    ({"warmup_unit": "epochs"}, "'step' or 'epoch'"),
-    ({"precision": "fp8"}, "'fp32', 'bf16' or 'fp16'"),
-])
-def test_a_bad_switch_lists_the_allowed_values(updates: dict[str, Any], allowed: str) -> None:
-    with pytest.raises(ValidationError, match=allowed):
-        make_cfg(**updates)
 
 
 # ----------------------------------------------------------------------------- the attacked model
@@ -272,7 +186,7 @@ def test_inner_attack_runs_on_the_student_not_the_teacher(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(deacl, "_build", build)
     monkeypatch.setattr(deacl, "embed_attack", spy)
-    fine_tune(make_cfg(epochs=1), tmp_path)
+    fine_tune(deacl_cfg(epochs=1), tmp_path)
     assert len(seen) == 2  # one attack per batch
     assert all(s == {"student": True, "teacher": False, "student_grad": True} for s in seen)
     x = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(3))
@@ -292,7 +206,7 @@ def _linear_run(cfg: DeaclCfg, steps_per_epoch: int = 4) -> tuple[torch.nn.Linea
 def _step_against_plain_sgd(momentum: float) -> list[bool]:
     """Two optimizer steps with given gradients; per step, whether it equals p - lr * g by hand."""
     torch.manual_seed(0)
-    model, optimizer, scheduler = _linear_run(make_cfg(optimizer="sgd", lr=0.05, momentum=momentum, weight_decay=0.0))
+    model, optimizer, scheduler = _linear_run(deacl_cfg(optimizer="sgd", lr=0.05, momentum=momentum, weight_decay=0.0))
     generator, matches = torch.Generator().manual_seed(1), []
     for _ in range(2):
         before = [p.detach().clone() for p in model.parameters()]
@@ -312,37 +226,6 @@ def test_momentum_zero_makes_plain_sgd_steps() -> None:
     assert _step_against_plain_sgd(0.9) == [True, False]
 
 
-def _pad_crop_positions(image: torch.Tensor, out: torch.Tensor, padding: int) -> list[tuple[int, int, bool]]:
-    """Every (top, left, flipped) at which ``out`` is a crop of the zero-padded ``image``."""
-    padded = torch.nn.functional.pad(image, (padding,) * 4)
-    size, found = image.shape[-1], []
-    for top in range(2 * padding + 1):
-        for left in range(2 * padding + 1):
-            crop = padded[:, top:top + size, left:left + size]
-            found += [(top, left, flip) for flip in (False, True) if torch.equal(out, crop.flip(-1) if flip else crop)]
-    return found
-
-
-def test_seed_augment_is_a_zero_padded_random_crop_and_a_flip() -> None:
-    """``augment: seed`` = RandomCrop(S, padding=S/8) + RandomHorizontalFlip on each image."""
-    assert seed_padding(224) == 28 and seed_padding(32) == 4
-    x = torch.rand(1, 3, 32, 32).add(0.01).expand(48, -1, -1, -1).contiguous()  # no zero pixel inside
-    out = augment_batch(x, "seed", (0.5, 1.0), torch.Generator().manual_seed(0))
-    assert out.shape == x.shape
-    positions = [_pad_crop_positions(x[0], o, 4) for o in out]
-    assert all(len(p) == 1 for p in positions)  # each is exactly one padded crop, maybe flipped
-    tops, lefts, flips = zip(*(p[0] for p in positions))
-    assert {0, 8} <= set(tops) and {0, 8} <= set(lefts) and set(flips) == {False, True}
-    again = pad_crop_flip(x, 4, torch.Generator().manual_seed(0))
-    assert torch.equal(out, again)  # a seed fixes the batch (exact resume)
-
-
-def test_augment_reads_the_old_boolean_switch() -> None:
-    assert make_cfg(augment=True).augment == "rrc" and make_cfg(augment=False).augment == "none"
-    x = torch.rand(2, 3, 8, 8)
-    assert augment_batch(x, "none", (0.5, 1.0), torch.Generator()) is x
-
-
 def _pl_bolts_lr(epoch: int, base: float, start: float, warmup: int, epochs: int) -> float:
     """The seed's LinearWarmupCosineAnnealingLR (pl_bolts, eta_min 0) in closed form at ``epoch``."""
     if epoch < warmup:
@@ -353,7 +236,7 @@ def _pl_bolts_lr(epoch: int, base: float, start: float, warmup: int, epochs: int
 def test_epoch_warmup_starts_at_warmup_start_lr_and_follows_the_seed() -> None:
     """Per epoch from 0.003: epoch 0 at 0.003, epoch 1 at 0.003 + 0.047 / 9, constant within an
     epoch, and every epoch's lr as the seed's scheduler stepped once per epoch by Lightning."""
-    cfg = make_cfg(optimizer="sgd", lr=0.05, momentum=0.0, warmup_start_lr=0.003, warmup_unit="epoch",
+    cfg = deacl_cfg(optimizer="sgd", lr=0.05, momentum=0.0, warmup_start_lr=0.003, warmup_unit="epoch",
                    warmup_epochs=10, epochs=101)
     _, optimizer, scheduler = _linear_run(cfg, steps_per_epoch=3)
     lrs = []
@@ -366,16 +249,11 @@ def test_epoch_warmup_starts_at_warmup_start_lr_and_follows_the_seed() -> None:
     assert lrs[::3] == pytest.approx([_pl_bolts_lr(e, 0.05, 0.003, 10, 101) for e in range(101)])
 
 
-def test_warmup_start_lr_per_step_ramps_from_it_to_lr() -> None:
-    factors = [lr_factor(step, warmup_steps=4, total_steps=12, start=0.1) for step in range(5)]
-    assert factors == pytest.approx([0.1, 0.4, 0.7, 1.0, 1.0])
-
-
 def test_fp16_on_the_cpu_trains_in_fp32_without_a_gradient_scaler() -> None:
-    _, _, scaler = _optimization(make_cfg(precision="fp16"), SimpleNamespace(model=torch.nn.Linear(2, 2)),
+    _, _, scaler = _optimization(deacl_cfg(precision="fp16"), SimpleNamespace(model=torch.nn.Linear(2, 2)),
                                  torch.device("cpu"), 1)
     assert not scaler.is_enabled()
-    run = SimpleNamespace(cfg=make_cfg(precision="fp16"), device=torch.device("cpu"))
+    run = SimpleNamespace(cfg=deacl_cfg(precision="fp16"), device=torch.device("cpu"))
     with deacl._autocast(run):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
@@ -384,28 +262,16 @@ def test_val_fraction_zero_trains_on_the_whole_train_split(tmp_path: Path) -> No
     """No held-out part: DeACL sees all train images, and the probe fits on some of them."""
     write_imagenet(tmp_path)  # 9 train images
     data = {"name": "imagenet", "root": str(tmp_path), "n_train": None}
-    held_out, _, _ = _load_data(make_cfg(data=data))
-    train, (fit, test), num_classes = _load_data(make_cfg(data=data, val_fraction=0, probe={"n_train": 4}))
+    held_out, _, _ = _load_data(deacl_cfg(data=data))
+    train, (fit, test), num_classes = _load_data(deacl_cfg(data=data, val_fraction=0, probe={"n_train": 4}))
     assert (len(held_out), len(train), len(fit), len(test), num_classes) == (8, 9, 4, 6, 1000)
     train_images = {tuple(train[i][0].flatten()[:8].tolist()) for i in range(len(train))}
     assert all(tuple(fit[i][0].flatten()[:8].tolist()) in train_images for i in range(len(fit)))
 
 
-def test_configs_without_the_new_switches_keep_their_deacl_id() -> None:
-    """The id of such a config is the hash of exactly the fields that existed before them."""
-    for cfg in (DeaclCfg(), make_cfg(), make_cfg(augment=False)):
-        old = cfg.model_dump(mode="json", exclude={"device", "name", *NEW_FIELDS})
-        old["augment"] = cfg.augment == "rrc"
-        blob = json.dumps(old, sort_keys=True)
-        assert cfg.deacl_id == hashlib.sha256(blob.encode()).hexdigest()[:16]
-    ids = {make_cfg(**u).deacl_id for u in ({}, {"augment": "seed"}, {"warmup_unit": "epoch"},
-                                             {"warmup_start_lr": 0.003}, {"val_fraction": 0})}
-    assert len(ids) == 5
-
-
 def test_the_seed_recipe_runs_end_to_end(tmp_path: Path) -> None:
     """Every switch of the poster preset together, on the tiny encoder (fp16 runs as fp32 on the CPU)."""
-    cfg = make_cfg(epochs=2, optimizer="sgd", lr=0.05, momentum=0.0, weight_decay=0.0, augment="seed",
+    cfg = deacl_cfg(epochs=2, optimizer="sgd", lr=0.05, momentum=0.0, weight_decay=0.0, augment="seed",
                    warmup_start_lr=0.003, warmup_unit="epoch", warmup_epochs=1, precision="fp16",
                    val_fraction=0, batch_size=16, grad_accum=2)
     hooks = Recorder()
@@ -413,17 +279,3 @@ def test_the_seed_recipe_runs_end_to_end(tmp_path: Path) -> None:
     assert sorted(hooks.checkpoints) == [1, 2] and math.isfinite(metrics["loss/total"])
     state = torch.load(tmp_path / RESUME_FILE, map_location="cpu", weights_only=True)
     assert state["step"] == 4  # 64 images in micro-batches of 16, two per optimizer step
-
-
-def test_the_poster_preset_is_the_seeds_recipe() -> None:
-    """sweeps/deacl_poster.yaml: DINO ViT-B/16 on ImageNet as the seed's DeACL run (4 devices x 128
-    on one device: 128 x 4 accumulated micro-batches, the same lr)."""
-    sweep = load_config(DeaclSweepCfg, REPO_ROOT / "sweeps" / "deacl_poster.yaml")
-    (cfg,) = deacl_configs(sweep)
-    assert (cfg.encoder.name, cfg.data.name, cfg.val_fraction) == ("dino_vitb16", "imagenet", 0)
-    a = cfg.attack
-    assert (a.eps, a.step_size, a.steps, a.norm, a.random_start) == (4 / 255, 2 / 255, 5, "linf", True)
-    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.gamma) == ("sgd", 0.05, 0.0, 0.0, 2.0)
-    assert (cfg.warmup_epochs, cfg.warmup_start_lr, cfg.warmup_unit, cfg.epochs) == (10, 0.003, "epoch", 101)
-    assert (cfg.batch_size * cfg.grad_accum, cfg.precision, cfg.augment) == (512, "fp16", "seed")
-    assert max(sweep.benchmark.epochs) == cfg.epochs

@@ -162,6 +162,12 @@ def test_unknown_encoder_name_suggests_near_names() -> None:
     check_encoder_name("vit_small_patch16_224")
 
 
+def test_encoder_checks_image_size_against_the_models_patch_size() -> None:
+    cfg = EncoderCfg.model_construct(**{**EncoderCfg().model_dump(), "name": "tiny_dinov2", "image_size": 30})
+    with pytest.raises(ValueError, match=r"encoder\.image_size=30 is not a multiple of the patch size 14"):
+        create_encoder(cfg)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

@@ -11,25 +11,9 @@ from ssl_robust.apgd import apgd
 from ssl_robust.engine import OPTIMIZERS, AttackSettings, run_attack
 from ssl_robust.objectives import cross_entropy
 from ssl_robust.pgd import AttackResult, pgd
+from tests.helpers import images, labels, linear_forward, misclassified
 
-SHAPE = (3, 4, 4)
-
-
-def linear_forward(num_classes: int = 4, seed: int = 0):
-    weight = torch.randn(num_classes, 48, generator=torch.Generator().manual_seed(seed))
-    return lambda x: x.flatten(1) @ weight.T
-
-
-def images(n: int, seed: int = 1) -> torch.Tensor:
-    return torch.rand(n, *SHAPE, generator=torch.Generator().manual_seed(seed))
-
-
-def labels(n: int, num_classes: int = 4, seed: int = 2) -> torch.Tensor:
-    return torch.randint(num_classes, (n,), generator=torch.Generator().manual_seed(seed))
-
-
-def misclassified(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return output.argmax(1) != target
+CLASSES = 4  # of the linear model and of the labels
 
 
 def damage(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -77,7 +61,7 @@ def _direct(optimizer: str, settings: AttackSettings, forward, x, y, callbacks) 
 @pytest.mark.parametrize("optimizer", ["pgd", "apgd"])
 def test_run_attack_gives_the_result_of_calling_the_named_optimiser_directly(optimizer: str, variant: str,
                                                                              callbacks: str) -> None:
-    forward, x, y = linear_forward(), images(8), labels(8)
+    forward, x, y = linear_forward(CLASSES), images(8), labels(8, CLASSES)
     settings = AttackSettings(optimizer=optimizer, **VARIANTS[variant])
     result = run_attack(forward, cross_entropy, x, y, settings, **CALLBACKS[callbacks])
     assert_same_result(result, _direct(optimizer, settings, forward, x, y, CALLBACKS[callbacks]))
@@ -86,7 +70,7 @@ def test_run_attack_gives_the_result_of_calling_the_named_optimiser_directly(opt
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_two_optimisers_give_different_results(variant: str) -> None:
     """What makes the dispatch test above able to fail: a swapped dispatch would not match."""
-    forward, x, y = linear_forward(), images(8), labels(8)
+    forward, x, y = linear_forward(CLASSES), images(8), labels(8, CLASSES)
     settings = AttackSettings(**VARIANTS[variant])
     by_pgd = run_attack(forward, cross_entropy, x, y, dataclasses.replace(settings, optimizer="pgd"))
     by_apgd = run_attack(forward, cross_entropy, x, y, dataclasses.replace(settings, optimizer="apgd"))
@@ -108,8 +92,8 @@ def test_run_attack_passes_every_setting_and_callback_to_the_optimiser(optimizer
     monkeypatch.setattr(engine, "apgd", spy("apgd"))
     settings = AttackSettings(eps=0.25, steps=7, optimizer=optimizer, step_size=0.125, norm="l2",
                               random_start=False, restarts=3, seed=9, stop_when_fooled=True)
-    out = run_attack(linear_forward(), cross_entropy, images(2), labels(2), settings, misclassified, damage,
-                     sample_ids=[4, 7])
+    out = run_attack(linear_forward(CLASSES), cross_entropy, images(2), labels(2, CLASSES), settings, misclassified,
+                     damage, sample_ids=[4, 7])
     expected = dict(eps=0.25, steps=7, norm="l2", random_start=False, restarts=3, seed=9, success_fn=misclassified,
                     stop_when_fooled=True, damage_fn=damage, sample_ids=[4, 7])
     if optimizer == "pgd":
@@ -120,7 +104,7 @@ def test_run_attack_passes_every_setting_and_callback_to_the_optimiser(optimizer
 
 def test_apgd_ignores_the_fixed_step_size() -> None:
     """APGD adapts its own step from 2 eps: PGD's step_size setting does not reach it."""
-    forward, x, y = linear_forward(), images(6), labels(6)
+    forward, x, y = linear_forward(CLASSES), images(6), labels(6, CLASSES)
     base = AttackSettings(eps=8 / 255, steps=5, optimizer="apgd")
     assert_same_result(run_attack(forward, cross_entropy, x, y, base),
                        run_attack(forward, cross_entropy, x, y, dataclasses.replace(base, step_size=1 / 255)))
@@ -137,7 +121,7 @@ def test_an_unknown_optimizer_is_rejected_with_an_error_naming_the_allowed_ones(
     monkeypatch.setattr(engine, "apgd", lambda *a, **k: ran.append("apgd"))
     settings = AttackSettings(eps=8 / 255, steps=2, optimizer="fgsm")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"optimizer must be one of \('pgd', 'apgd'\), got 'fgsm'"):
-        run_attack(linear_forward(), cross_entropy, images(2), labels(2), settings)
+        run_attack(linear_forward(CLASSES), cross_entropy, images(2), labels(2, CLASSES), settings)
     assert ran == []
     assert OPTIMIZERS == ("pgd", "apgd")
 
@@ -177,13 +161,14 @@ def test_cost_is_samples_times_steps_times_restarts_plus_a_last_forward_per_rest
 @pytest.mark.parametrize("optimizer", ["pgd", "apgd"])
 def test_cost_is_what_either_optimiser_spends_without_the_cascade(optimizer: str, restarts: int) -> None:
     settings = AttackSettings(eps=8 / 255, steps=5, optimizer=optimizer, restarts=restarts)
-    result = run_attack(linear_forward(), cross_entropy, images(6), labels(6), settings, misclassified)
+    result = run_attack(linear_forward(CLASSES), cross_entropy, images(6), labels(6, CLASSES), settings,
+                        misclassified)
     assert (result.grad_steps, result.forward_passes) == settings.cost(6)
 
 
 @pytest.mark.parametrize("optimizer", ["pgd", "apgd"])
 def test_cost_bounds_what_the_cascade_spends(optimizer: str) -> None:
-    forward, x = linear_forward(), images(8)
+    forward, x = linear_forward(CLASSES), images(8)
     y = forward(x).argmin(1)  # every sample misclassified at the first look: the cascade stops at once
     settings = AttackSettings(eps=8 / 255, steps=5, optimizer=optimizer, restarts=2, stop_when_fooled=True)
     result = run_attack(forward, cross_entropy, x, y, settings, misclassified)

@@ -17,13 +17,10 @@ import yaml
 from botocore.exceptions import ClientError
 from mlflow import MlflowClient
 
-from ssl_robust import cli, commands
-from ssl_robust.command_line import build_parser
-from ssl_robust.config import EncoderCfg
-from ssl_robust.encoders import create_encoder
+from ssl_robust import cli
 from ssl_robust.tracking import artifacts
 
-from tests.helpers import REPO_ROOT, tiny_sweep, write_sweep
+from tests.helpers import REPO_ROOT, sqlite_uri, tiny_sweep, write_sweep
 
 TINY = str(REPO_ROOT / "configs" / "tiny.yaml")
 DEACL_TINY = str(REPO_ROOT / "configs" / "deacl_tiny.yaml")
@@ -65,7 +62,7 @@ def _file(name: str, text: str) -> Callable[[Path], str]:
 
 def _store(tmp: Path) -> str:
     """An existing (empty) SQLite tracking store."""
-    uri = f"sqlite:///{tmp / 'store.db'}"
+    uri = sqlite_uri(tmp / "store.db")
     MlflowClient(uri).search_experiments()
     return uri
 
@@ -105,13 +102,13 @@ CASES: list[tuple[str, Callable[[Path], list[str]], list[str], Callable[..., Non
                               f"data.root={t}/nowhere"], ["'nyuv2'", "nyu_depth_v2_labeled.mat"], None),
     ("sweep data root", lambda t: [
         "sweep", _sweep(t, datasets=[{"name": "cifar10", "root": str(t / "nowhere")}], attacks=["pgd"]),
-        "--tracking-uri", f"sqlite:///{t}/sweep.db"], ["'cifar10'", "nowhere"], None),
-    ("deacl-sweep data root", lambda t: ["deacl-sweep", _deacl_sweep(t), "--tracking-uri", f"sqlite:///{t}/d.db"],
+        "--tracking-uri", sqlite_uri(t / "sweep.db")], ["'cifar10'", "nowhere"], None),
+    ("deacl-sweep data root", lambda t: ["deacl-sweep", _deacl_sweep(t), "--tracking-uri", sqlite_uri(t / "d.db")],
      ["'cifar10'", "nowhere"], None),
-    ("search data root", lambda t: ["search", _search(t), "--tracking-uri", f"sqlite:///{t}/s.db"],
+    ("search data root", lambda t: ["search", _search(t), "--tracking-uri", sqlite_uri(t / "s.db")],
      ["'cifar100'", "nowhere"], None),
     ("deacl data root", lambda t: ["deacl", DEACL_TINY, "data.name=stl10", f"data.root={t}/nowhere",
-                                   "--tracking-uri", f"sqlite:///{t}/deacl.db"], ["'stl10'", "nowhere"], None),
+                                   "--tracking-uri", sqlite_uri(t / "deacl.db")], ["'stl10'", "nowhere"], None),
     ("deacl without classes", lambda t: ["deacl", DEACL_TINY, "data={name: nyuv2}"], ["data.name", "nyuv2"], None),
     ("missing checkpoint", lambda t: ["run", TINY, f"encoder.checkpoint={t}/missing.pth"], ["missing.pth"], None),
     ("corrupt checkpoint", lambda t: ["run", TINY, f"encoder.checkpoint={_file('bad.pth', 'garbage')(t)}"],
@@ -190,23 +187,6 @@ def test_bad_input_is_one_line_exit_two_and_writes_nothing(workdir: Path, build:
     assert not any((workdir / "cwd").iterdir()), "wrote into the working directory"
     written = [p for p in set(workdir.rglob("*")) - before if p.is_file() and "cache" in p.parts]
     assert not written and not (workdir / "marker").exists()
-
-
-def test_encoder_checks_image_size_against_the_models_patch_size() -> None:
-    cfg = EncoderCfg.model_construct(**{**EncoderCfg().model_dump(), "name": "tiny_dinov2", "image_size": 30})
-    with pytest.raises(ValueError, match=r"encoder\.image_size=30 is not a multiple of the patch size 14"):
-        create_encoder(cfg)
-
-
-def test_relative_storage_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    sweep = _sweep(tmp_path)
-    args = build_parser().parse_args(["sweep", sweep, "--storage-path", "results", "--dry-run"])
-    commands.prepare(args, cli.load_configs(args))
-    assert args.storage_path == str(tmp_path / "results")
-    args = build_parser().parse_args(["sweep", sweep, "--storage-path", "s3://bucket/ray", "--dry-run"])
-    commands.prepare(args, cli.load_configs(args))
-    assert args.storage_path == "s3://bucket/ray"
 
 
 @pytest.mark.slow

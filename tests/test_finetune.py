@@ -40,8 +40,8 @@ def die_at(epoch: int):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+def store(module_tracking_uri: str) -> str:
+    return module_tracking_uri
 
 
 @pytest.fixture(scope="module")

@@ -166,7 +166,7 @@ def test_the_local_cluster_shares_every_section_but_provider_auth_and_nodes_with
     assert "infra/cluster-local.yaml sweeps/full_benchmark.py" in json.dumps(local["setup_commands"])
 
 
-@pytest.mark.slow
+@pytest.mark.services
 def test_the_local_stack_fails_when_another_server_holds_its_mlflow_port(tmp_path: Path) -> None:
     """A `mlflow ui` already answering on the port must not pass for the stack's own server."""
     import http.server

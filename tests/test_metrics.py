@@ -1,4 +1,5 @@
-"""Task metrics agree with independent computations (scikit-learn, numpy) on random inputs."""
+"""Task metrics (``ssl_robust.metrics``) agree with independent computations (scikit-learn, numpy) on
+random inputs, and count on their input's device."""
 from __future__ import annotations
 
 import math
@@ -313,3 +314,13 @@ def test_an_image_with_no_class_present_has_per_image_miou_one() -> None:
 
     inter, union = torch.tensor([[0, 0], [1, 0]]), torch.tensor([[0, 0], [2, 0]])
     torch.testing.assert_close(miou_of_counts(inter, union), torch.tensor([1.0, 0.5], dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def test_per_image_iou_counts_on_the_predictions_device(default_device_elsewhere) -> None:
+    pred = torch.tensor([[[0, 1], [1, 1]], [[2, 2], [0, 255]]], device="cpu")
+    inter, union = per_image_iou(pred, pred.clone(), num_classes=3)
+    assert inter.device.type == "cpu"
+    assert inter.tolist() == union.tolist() == [[1, 3, 0], [1, 0, 2]]

@@ -1,5 +1,6 @@
-"""``sweeps/poster.yaml`` against the poster's seed code (layer6ai-labs/ssl-robustness), and the data
-switches it uses: window averaging, per-window strides, VOC without background, whole-image depth."""
+"""``sweeps/poster.yaml`` and ``sweeps/deacl_poster.yaml`` against the poster's seed code
+(layer6ai-labs/ssl-robustness), and the data switches they use: window averaging, per-window strides,
+VOC without background, whole-image depth."""
 from __future__ import annotations
 
 import math
@@ -18,7 +19,7 @@ from ssl_robust.data.depth import EIGEN_FRAME, clean_depth, eigen_crop_mask
 from ssl_robust.data.load import load_split, slide_stride, task_info
 from ssl_robust.encoders import create_encoder
 from ssl_robust.heads import TaskModel
-from ssl_robust.sweep_config import DeaclSweepCfg, load_sweep
+from ssl_robust.sweep_config import DeaclSweepCfg, deacl_configs, load_sweep
 from ssl_robust.tasks import TASKS, eval_mode
 from tests.data.fixtures import write_nyuv2
 from tests.helpers import REPO_ROOT
@@ -149,6 +150,20 @@ def test_the_deacl_rows_are_the_poster_recipes_students_at_their_last_epoch(post
     assert [(d.experiment, d.epochs) for d in deacl] == [(preset.name, [preset.deacl.epochs])]
     released = "dinov1_vitb16_imagenet_lr0-05_eps4_nodecay-ep=100.ckpt, checkpoint_key: backbone.encoder."
     assert released in (REPO_ROOT / "sweeps" / "poster.yaml").read_text()  # the commented alternative
+
+
+def test_the_poster_preset_is_the_seeds_recipe() -> None:
+    """sweeps/deacl_poster.yaml: DINO ViT-B/16 on ImageNet as the seed's DeACL run (4 devices x 128
+    on one device: 128 x 4 accumulated micro-batches, the same lr)."""
+    sweep = load_config(DeaclSweepCfg, REPO_ROOT / "sweeps" / "deacl_poster.yaml")
+    (cfg,) = deacl_configs(sweep)
+    assert (cfg.encoder.name, cfg.data.name, cfg.val_fraction) == ("dino_vitb16", "imagenet", 0)
+    a = cfg.attack
+    assert (a.eps, a.step_size, a.steps, a.norm, a.random_start) == (4 / 255, 2 / 255, 5, "linf", True)
+    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.gamma) == ("sgd", 0.05, 0.0, 0.0, 2.0)
+    assert (cfg.warmup_epochs, cfg.warmup_start_lr, cfg.warmup_unit, cfg.epochs) == (10, 0.003, "epoch", 101)
+    assert (cfg.batch_size * cfg.grad_accum, cfg.precision, cfg.augment) == (512, "fp16", "seed")
+    assert max(sweep.benchmark.epochs) == cfg.epochs
 
 
 # ----------------------------------------------------------------------------- the switches' configs

@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 from ssl_robust import engine, suite
-from ssl_robust.attacks import engine_runs, target_ranks
+from ssl_robust.attacks import target_ranks
 from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.engine import AttackSettings
 from ssl_robust.metrics import SegmentationScores
 from ssl_robust.tasks import TASKS
+from tests.helpers import images
 
 SETTINGS = AttackSettings(eps=8 / 255, steps=5, optimizer="apgd", stop_when_fooled=True)
 CLS, SEG, DEPTH = (TASKS.get(t) for t in ("classification", "segmentation", "depth"))
@@ -26,10 +27,6 @@ def linear_classifier(classes: int = 10, scale: float = 1.0) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def images(n: int = 32) -> torch.Tensor:
-    return torch.rand(n, 3, 4, 4, generator=torch.Generator().manual_seed(1))
-
-
 def test_the_classification_suite_is_apgd_ce_then_apgd_t_on_the_top_nine_other_classes() -> None:
     plan = suite.members("standard", CLS, TaskInfo("classification", num_classes=100), SETTINGS, targets=9)
     assert [m.name for m in plan] == ["apgd_ce", "apgd_t"]
@@ -41,12 +38,6 @@ def test_apgd_t_has_at_most_one_target_per_other_class_and_none_below_four_class
     assert target_ranks(3, 9) == ()
     plan = suite.members("standard", CLS, TaskInfo("classification", num_classes=3), SETTINGS, targets=9)
     assert [m.name for m in plan] == ["apgd_ce"]
-
-
-def test_engine_runs_count_apgd_t_once_per_target() -> None:
-    assert engine_runs("standard", "classification", 10, 9) == 1 + 9
-    assert engine_runs("standard", "segmentation", 21, 9) == 4
-    assert engine_runs("pgd", "classification", 10, 9) == 1
 
 
 def test_the_dense_suites_are_the_sea_losses_and_the_depth_losses() -> None:
@@ -75,7 +66,7 @@ def test_the_cascade_attacks_only_the_samples_no_earlier_attack_fooled(monkeypat
 
     spy.fooled = []
     monkeypatch.setattr(suite, "run_attack", spy)
-    model, x = linear_classifier(), images()
+    model, x = linear_classifier(), images(32)
     y = model(x).argmax(1)
     plan = suite.members("standard", CLS, TaskInfo("classification", num_classes=10),
                          AttackSettings(eps=0.5 / 255, steps=5, optimizer="apgd"), targets=3)
@@ -87,7 +78,7 @@ def test_the_cascade_attacks_only_the_samples_no_earlier_attack_fooled(monkeypat
 
 
 def test_cumulative_cascade_results_only_add_fooled_samples() -> None:
-    model, x = linear_classifier(), images()
+    model, x = linear_classifier(), images(32)
     y = model(x).argmax(1)
     plan = suite.members("standard", CLS, TaskInfo("classification", num_classes=10),
                          AttackSettings(eps=0.5 / 255, steps=5, optimizer="apgd"), targets=3)

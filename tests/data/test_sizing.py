@@ -16,8 +16,8 @@ from ssl_robust.tasks import eval_mode, eval_sizing
 from ssl_robust.data.transforms import depth_to_tensor, image_to_tensor, mask_to_tensor, short_side_size
 
 from .fixtures import _blocks, _rng, _write_image, _write_mask, write_ade20k, write_cityscapes, write_voc
-from .test_depth_data import _expected_depth
-from .test_segmentation_data import EXPECTED
+from .test_depth import _expected_depth
+from .test_segmentation import EXPECTED
 
 S = 28
 SEGMENTATION = [  # name, writer, official test key, image path of the first test item (relative to root)

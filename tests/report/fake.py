@@ -1,5 +1,6 @@
 """Hand-made cell runs with the engine's artifacts (``results/per_sample.csv``, ``per_image_iou.npz``,
-``loss_curve.csv``) whose logged metrics are exactly the aggregates of their per-sample data."""
+``loss_curve.csv``) whose logged metrics are exactly the aggregates of their per-sample data; and bare
+result rows without artifacts (``result_row``, ``cell_row``) for the report's frame and tables."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -103,3 +104,46 @@ def sweep(root: Path, n: int = 60, special: dict[tuple, dict[str, Any]] | None =
                     args = {"adv_q": adv, "n": n, **special.get((encoder, task, attack, round(eps * 255)), {})}
                     cells.add(encoder, dataset, task, attack, eps, clean, **args)
     return cells
+
+
+def result_row(encoder, dataset, task, attack, eps, clean, adv, checkpoint="", passed=1.0):
+    """A finished cell's row with only what the tables read: names, clean and attacked scores, checks."""
+    key = {"classification": "acc", "segmentation": "miou", "depth": "rmse"}[task]
+    return {"encoder": encoder, "encoder.checkpoint": checkpoint, "dataset": dataset, "task": task,
+            "attack": attack, "eps": str(eps), f"clean/{key}": clean, f"adv/{key}": adv,
+            "check/delta_in_ball": passed, "check/all_passed": passed}
+
+
+def cell_row(attack, eps, clean, adv, run_id, steps=10, image_size=224, **params):
+    """A row as ``tracking.run_results`` gives it: flattened cell config, short names, metrics, ids."""
+    row = result_row("dinov2_vits14", "cifar10", "classification", attack, eps, clean, adv)
+    row.update({"encoder.name": "dinov2_vits14", "encoder.image_size": str(image_size), "encoder.layer": "",
+                "data.name": "cifar10", "data.n_samples": "64", "data.root": "/data/cifar10",
+                "head.epochs": "10", "head.checkpoint": f"runs:/head-{run_id}/head/head.safetensors",
+                "attack.name": attack, "attack.eps": f"{eps:.6g}", "attack.steps": str(steps),
+                "attack.step_size": "", "attack.restarts": "1", "attack.stop_when_fooled": "True",
+                "seed": "0", "batch_size": "16", "device": "cuda", "steps": str(steps), "eps_255": f"{eps * 255:.4g}",
+                "run_id": run_id, "cell_id": f"cell-{run_id}"})
+    row.update({k: str(v) for k, v in params.items()})
+    return row
+
+
+RUN_A, RUN_B = "3f9c2a71d0b44e5e9d1c", "a81be04c9d2f4f11b7e0"
+
+
+def deacl_cells(root: Path):
+    """The sweep plus students of dino_vitb16 at epochs 1 and 2 of two DeACL runs (teacher: the sweep's)."""
+    cells = sweep(root, n=30)
+    for run, gain in ((RUN_A, 0.15), (RUN_B, 0.03)):
+        for epoch in (1, 2):
+            checkpoint = f"runs:/{run}/checkpoints/epoch_{epoch:03d}.safetensors"
+            for attack, strength in (("embed", 0.5), ("pgd", 0.8)):
+                cells.add("dino_vitb16", "cifar10", "classification", attack, 8 / 255, 0.8 - 0.03 * epoch,
+                          0.8 * (1 - strength) + gain * epoch, n=30, checkpoint=checkpoint)
+    return cells
+
+
+def deacl_runs() -> list[dict[str, str]]:
+    """The params of ``deacl_cells``' two DeACL runs: gamma 2, and gamma 0 with a dense term."""
+    return [{"run_id": RUN_A, "gamma": "2.0", "dense_weight": "0.0"}, {"run_id": RUN_B, "gamma": "0.0",
+                                                                        "dense_weight": "0.5"}]

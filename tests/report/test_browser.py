@@ -16,7 +16,7 @@ from ssl_robust.report import write_report
 from tests.helpers import CHROMIUM_FLAGS as FLAGS
 from tests.report.fake import sweep
 
-pytestmark = pytest.mark.slow  # a browser or a tracking store per test: seconds each
+pytestmark = [pytest.mark.services, pytest.mark.slow]  # Chromium on a whole report: seconds each
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -1,5 +1,6 @@
-"""Checks across cells: a cell made non-monotone on purpose, a gradient attack weaker than noise, a loss
-curve still rising and a clean score that disagrees are flagged (in red on the page), others are not."""
+"""Checks across cells (``ssl_robust.report.checks``): a cell made non-monotone on purpose, a gradient
+attack weaker than noise, a loss curve still rising and a clean score that disagrees are flagged (in
+red on the page), others are not; the failed-checks list names each cell, its check and configuration."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ssl_robust.report import CellArtifacts, results_frame, write_report
+from ssl_robust.report import CellArtifacts, failed_checks, results_frame, write_report
 from ssl_robust.report.checks import cross_checks, failures, loss_levelled
-from tests.report.fake import sweep
-
-pytestmark = pytest.mark.slow  # each renders a whole report: seconds
+from tests.report.fake import result_row, sweep
 
 SPECIAL = {("dinov2_vits14", "classification", "pgd", 8): {"adv_q": 0.95},  # better than at 4/255 and noise
            ("dino_vitb16", "depth", "depthpgd", 4): {"adv_q": 0.45},  # RMSE below noise's and the clean one
@@ -35,6 +34,7 @@ def _failed(frame: pd.DataFrame, cross: pd.DataFrame) -> dict[tuple, list[str]]:
             sorted(c.split(" ")[0] for c in checks) for i, checks in failures(frame, cross).items()}
 
 
+@pytest.mark.slow  # ``flagged`` renders a whole report
 def test_exactly_the_broken_cells_are_flagged(flagged: tuple[pd.DataFrame, pd.DataFrame, Path]) -> None:
     frame, cross, _ = flagged
     assert _failed(frame, cross) == {
@@ -47,6 +47,7 @@ def test_exactly_the_broken_cells_are_flagged(flagged: tuple[pd.DataFrame, pd.Da
     assert evaluated["cross/loss_levelled"] == 2 * 3 * 2 * 2 - 2 * 2  # every gradient attack cell at eps > 0 but SegPGD's
 
 
+@pytest.mark.slow  # ``flagged`` renders a whole report
 def test_flagged_cells_are_red_in_the_page_and_marked_in_the_files(flagged) -> None:
     _, _, out = flagged
     table = pd.read_csv(out / "table_classification.csv", keep_default_na=False).set_index("Encoder")
@@ -99,6 +100,7 @@ def test_a_short_attack_that_has_not_levelled_off_says_so(tmp_path: Path) -> Non
     assert "too short" not in loss_levelled(long_rising)[1]
 
 
+@pytest.mark.slow  # renders two reports
 def test_a_page_whose_only_loss_failures_are_short_attacks_explains_them(tmp_path: Path) -> None:
     three_steps = {(enc, task, attack, eps): {"loss": [0.1, 0.5, 0.9], "attack.steps": "3"}
                    for enc in ("dinov2_vits14", "dino_vitb16")
@@ -110,3 +112,19 @@ def test_a_page_whose_only_loss_failures_are_short_attacks_explains_them(tmp_pat
         ("dino_vitb16", "depth", "depthpgd", 8)]})
     assert "Every failure of cross/loss_levelled" not in write_report(
         plain.rows, tmp_path / "report2", artifacts=plain.artifacts).read_text()
+
+
+# ----------------------------------------------------------------------------- the failed-checks list
+
+
+def test_failed_checks_lists_the_cell_and_the_check(rows):
+    rows.append(result_row("dinov2_vits14", "cifar10", "classification", "pgd", 16 / 255, 0.9, 0.0, passed=0.0))
+    bad = failed_checks(results_frame(rows))
+    assert len(bad) == 1 and "check/delta_in_ball" in bad.iloc[0]["failed"]
+
+
+def test_failed_checks_name_the_configuration(two_configs):
+    two_configs[5]["check/delta_in_ball"] = 0.0
+    bad = failed_checks(results_frame(two_configs))
+    assert bad[["configuration", "attack", "run_id"]].values.tolist() == [
+        ["dinov2_vits14 [steps=20, encoder.image_size=518]", "PGD", "b2"]]

@@ -14,7 +14,7 @@ from ssl_robust.cli import main
 from ssl_robust.report.fetch import referenced_deacl_runs
 from tests.report.fake import Cells, sweep
 
-pytestmark = pytest.mark.slow  # a browser or a tracking store per test: seconds each
+pytestmark = pytest.mark.slow  # a SQLite tracking store and a whole report per test: seconds each
 
 
 def _log(client: MlflowClient, exp: str, tags: dict, params: dict, metrics: dict, step: int = 0) -> str:
@@ -25,9 +25,9 @@ def _log(client: MlflowClient, exp: str, tags: dict, params: dict, metrics: dict
 
 
 @pytest.fixture()
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+def store(tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     name = "report-e2e"
     client, exp = MlflowClient(uri), tracking.ensure_experiment(name, uri)
     parent = _log(client, exp, {"phase": "search", "search": name}, {}, {})
@@ -68,15 +68,15 @@ def test_report_fetches_artifacts_deacl_runs_and_the_search(store: tuple[str, st
     assert f"MLflow experiment &#x27;{name}&#x27; at sqlite:///" in page and "DeACL search" in page
 
 
-def test_report_of_an_empty_experiment_says_so(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_report_of_an_empty_experiment_says_so(tmp_path: Path, tracking_uri: str) -> None:
+    uri = tracking_uri
     tracking.ensure_experiment("empty", uri)
     assert main(["report", "empty", "--out", str(tmp_path / "out"), "--tracking-uri", uri]) == 2
 
 
-def test_a_report_of_a_misspelt_experiment_suggests_the_near_names(tmp_path: Path,
+def test_a_report_of_a_misspelt_experiment_suggests_the_near_names(tmp_path: Path, tracking_uri: str,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     for name in ("quickstart", "deacl_quickstart", "poster"):
         tracking.ensure_experiment(name, uri)
     assert main(["report", "quickstartt", "--out", str(tmp_path / "out"), "--tracking-uri", uri]) == 2
@@ -84,9 +84,10 @@ def test_a_report_of_a_misspelt_experiment_suggests_the_near_names(tmp_path: Pat
     assert "did you mean 'quickstart'" in err and "experiments here: deacl_quickstart, poster, quickstart" in err
 
 
-def test_cells_without_results_still_render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cells_without_results_still_render(tmp_path: Path, tracking_uri: str,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = tracking_uri
     client, exp = MlflowClient(uri), tracking.ensure_experiment("old", uri)
     cells = Cells(tmp_path / "made")
     row = cells.add("dinov2_vits14", "cifar10", "classification", "pgd", 8 / 255, 0.9, 0.1, n=10)
@@ -97,8 +98,8 @@ def test_cells_without_results_still_render(tmp_path: Path, monkeypatch: pytest.
     assert pd.read_csv(tmp_path / "out" / "table_classification.csv")["PGD Accuracy"].tolist() == [row["adv/acc"]]
 
 
-def test_the_deacl_runs_of_students_from_another_experiment_are_fetched(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_the_deacl_runs_of_students_from_another_experiment_are_fetched(tracking_uri: str) -> None:
+    uri = tracking_uri
     client = MlflowClient(uri)
     fine_tunes = tracking.ensure_experiment("deacl_poster", uri)
     run = _log(client, fine_tunes, {"phase": "deacl"}, {"data.name": "imagenet", "gamma": 2.0, "epochs": 101}, {})

@@ -1,11 +1,13 @@
-"""The report's figures carry information: bars at a single ε, attack lines drawn over the worst case,
-integer step ticks on loss curves."""
+"""The report's figures carry information (``ssl_robust.report.plots``): bars at a single ε, attack
+lines drawn over the worst case, integer step ticks on loss curves, one colour per encoder and one
+line style per attack."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from matplotlib.container import BarContainer, ErrorbarContainer
 
+from ssl_robust.attacks import ATTACKS
 from ssl_robust.report import CellArtifacts, results_frame
 from ssl_robust.report.intervals import run_intervals
 from ssl_robust.report.plots import Style, curve_figure, loss_figure
@@ -52,3 +54,11 @@ def test_loss_curves_have_integer_step_ticks(tmp_path: Path) -> None:
     ax.set_xlim(1, 3)
     ticks = ax.xaxis.get_major_locator()()
     assert len(ticks) and all(float(t).is_integer() for t in ticks)
+
+
+def test_one_colour_per_encoder_and_one_line_style_per_attack() -> None:
+    style = Style(["b", "a", "c", "a"])
+    assert len(set(style.colours.values())) == 3 and style.colour("a") == Style(["a", "c", "b"]).colour("a")
+    series = ["clean", "worst", *ATTACKS.names()]
+    looks = {(str(style.line(s)), style.width(s)) for s in series}
+    assert len(looks) == len(series)

@@ -1,5 +1,6 @@
-"""The poster comparison: only runs in the poster's configuration sit beside its numbers, the rest
-are counted out, and DeACL rows say which DeACL model they are."""
+"""The poster comparison (``ssl_robust.report.poster``): the reference holds every row of the poster's
+three tables, only runs in the poster's configuration sit beside its numbers, the rest are counted
+out, and DeACL rows say which DeACL model they are."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,6 +40,17 @@ def tables(tmp_path: Path):
              **POSTER)
     frame = results_frame(cells.rows)
     return compare(frame, load_reference(REFERENCE), run_intervals(frame, {}), DEACL_RUNS), cells
+
+
+def test_the_poster_reference_holds_every_row_of_its_three_tables() -> None:
+    reference = load_reference(REFERENCE)
+    assert len(reference) == 28
+    assert reference.groupby("task").size().to_dict() == {"classification": 12, "segmentation": 12, "depth": 4}
+    assert set(reference["eps"]) == {"8/255"} and set(reference["encoder_type"]) == {"Standard", "DeACL"}
+    assert set(reference["encoder"]) == {"dinov2_vits14", "dinov2_vitb14", "dino_vitb16"}
+    assert reference[["clean", "embed", "task_attack"]].notna().all().all()
+    deacl_stl10 = reference[(reference["dataset"] == "stl10") & (reference["encoder_type"] == "DeACL")].iloc[0]
+    assert deacl_stl10[["clean", "embed", "task_attack"]].tolist() == [0.97, 0.83, 0.23]
 
 
 def test_the_reference_names_the_posters_input_size_steps_and_step_size() -> None:

@@ -28,7 +28,7 @@ import yaml
 
 from tests.helpers import REPO_ROOT, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.services, pytest.mark.slow]  # Ray's cluster launcher over SSH: minutes
 SSHD = "/usr/sbin/sshd"
 RELAY = """import os, selectors, socket, sys
 sock = socket.create_connection((sys.argv[1], int(sys.argv[2])))

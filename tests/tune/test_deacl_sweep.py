@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from ssl_robust.cli import main
 from tests.helpers import REPO_ROOT, write_sweep
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.services, pytest.mark.slow]  # a DeACL sweep on Ray, MLflow server and S3
 
 
 def tiny_deacl_sweep(name: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from ssl_robust.cli import main
 from ssl_robust.sweep_config import load_sweep
 from tests.helpers import tiny_sweep, write_sweep
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.services  # a local Ray, the stack's MLflow server and S3 endpoint
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -84,6 +84,7 @@ class CellKiller(threading.Thread):
         self.join(timeout=10)
 
 
+@pytest.mark.slow
 def test_grid_tracks_one_finished_run_per_cell_on_s3(stack: dict[str, str], ray_local: None, s3: Any,
                                                      tmp_path: Path) -> None:
     config = write_sweep(tmp_path / "grid.yaml", tiny_sweep("e2e-grid"))
@@ -131,6 +132,7 @@ def test_grid_tracks_one_finished_run_per_cell_on_s3(stack: dict[str, str], ray_
     assert len(all_runs(uri, "e2e-grid")) == len(runs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_killed_cells_are_rerun_to_exactly_one_finished_run(store: str, stack: dict[str, str], ray_local: None,
                                                             tmp_path: Path, request: pytest.FixtureRequest) -> None:

@@ -23,9 +23,9 @@ from mlflow import MlflowClient
 
 from ssl_robust.cli import main
 from ssl_robust.sweep_config import Resources, load_sweep
-from tests.helpers import REPO_ROOT, free_port, tiny_sweep, write_sweep
+from tests.helpers import REPO_ROOT, free_port, sqlite_uri, tiny_sweep, write_sweep
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.services, pytest.mark.slow]  # sweeps on real Ray clusters: half a minute each
 FAST_CLAIMS = {"SSL_ROBUST_CLAIM_SETTLE_S": "0.5"}
 
 
@@ -135,7 +135,7 @@ def ray_start(*args: str) -> None:
 
 
 def test_a_sweep_joins_a_zero_cpu_head_and_waits_for_a_worker(stack: dict[str, str], tmp_path: Path,
-                                                              short_tmp: Path) -> None:
+                                                              tracking_uri: str, short_tmp: Path) -> None:
     import ray
 
     from ssl_robust.tune.cluster import ClusterError, ray_session
@@ -149,7 +149,7 @@ def test_a_sweep_joins_a_zero_cpu_head_and_waits_for_a_worker(stack: dict[str, s
         ray.init(address=address)
         try:  # the cluster must scale up: a file store is refused, and the wait has a deadline
             with pytest.raises(ClusterError, match="MLFLOW_TRACKING_URI"), \
-                    ray_session(Resources(cpu=1), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"):
+                    ray_session(Resources(cpu=1), tracking_uri=tracking_uri):
                 pass
             with pytest.raises(ClusterError, match="after 1 s"), \
                     ray_session(Resources(cpu=1), tracking_uri=stack["tracking_uri"], resource_timeout=1):
@@ -176,7 +176,7 @@ def test_a_sweep_joins_a_zero_cpu_head_and_waits_for_a_worker(stack: dict[str, s
 def test_a_signal_stops_the_sweep_honestly(signum: int, code: int, tmp_path: Path) -> None:
     name = f"e2e-{signal.Signals(signum).name.lower()}"
     database = tmp_path / "mlflow.db"
-    uri = f"sqlite:///{database}"
+    uri = sqlite_uri(database)
     config = write_sweep(tmp_path / "sig.yaml", small_sweep(name, eps=["1/255", "2/255", "4/255", "8/255", "16/255"],
                                                             steps=10))
     sweep = Cli(sweep_args(config, uri, tmp_path, "--address", "local", "--num-cpus", "1"), tmp_path / "sig.log")
@@ -238,8 +238,9 @@ def test_no_aws_secret_in_ray_files_or_the_tracking_store(stack: dict[str, str],
     assert files_with(stack["secret"].encode(), ray_tmp.folder, Path(stack["state"]), tmp_path) == []
 
 
-def test_a_head_whose_artifact_is_gone_is_fitted_again(ray_tmp: RayInstance, tmp_path: Path) -> None:
-    name, uri = "e2e-lost-head", f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_a_head_whose_artifact_is_gone_is_fitted_again(ray_tmp: RayInstance, tmp_path: Path,
+                                                       tracking_uri: str) -> None:
+    name, uri = "e2e-lost-head", tracking_uri
     first = write_sweep(tmp_path / "first.yaml", small_sweep(name, eps=["4/255"]))
     assert main(sweep_args(first, uri, tmp_path)) == 0
     (head,) = [r for r in runs(uri, name) if r.data.tags["phase"] == "head"]
@@ -258,11 +259,11 @@ def test_a_head_whose_artifact_is_gone_is_fitted_again(ray_tmp: RayInstance, tmp
 
 @pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 def test_two_concurrent_sweeps_run_each_cell_and_head_once(store: str, ray_tmp: RayInstance, tmp_path: Path,
-                                                           request: pytest.FixtureRequest) -> None:
+                                                           tracking_uri: str, request: pytest.FixtureRequest) -> None:
     """On a fresh SQLite file (neither process finds a schema) and on an `mlflow server` backed by
     PostgreSQL, the production tracking database."""
     name = f"e2e-twice-{store}"
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}" if store == "sqlite" else \
+    uri = tracking_uri if store == "sqlite" else \
         request.getfixturevalue("postgres_stack_servers")["tracking_uri"]
     config = write_sweep(tmp_path / "twice.yaml", small_sweep(name))
     sweeps = [Cli(sweep_args(config, uri, tmp_path / f"s{i}", "--address", ray_tmp.address), tmp_path / f"s{i}.log")
@@ -321,7 +322,7 @@ def test_a_worker_node_lost_mid_sweep_leaves_every_cell_finished_once(tmp_path: 
                   f"--metrics-export-port={free_port()}")
         config = write_sweep(tmp_path / "lost.yaml", {
             **small_sweep(name, eps=["1/255", "2/255", "4/255", "8/255", "16/255"], steps=40), "max_failures": 3})
-        sweep = Cli(sweep_args(config, f"sqlite:///{database}", tmp_path), tmp_path / "lost.log",
+        sweep = Cli(sweep_args(config, sqlite_uri(database), tmp_path), tmp_path / "lost.log",
                     {"RAY_ADDRESS": address})
         raylet = _raylet_with("node_a")
         assert raylet is not None
@@ -338,7 +339,7 @@ def test_a_worker_node_lost_mid_sweep_leaves_every_cell_finished_once(tmp_path: 
         kill_ray_under(short_tmp)
     assert sweep.proc.returncode == 0, out
     assert "5 cells, 5 FINISHED" in out and "0 not finished" in out, out
-    uri = f"sqlite:///{database}"
+    uri = sqlite_uri(database)
     finished = Counter(r.data.tags["cell_id"] for r in runs(uri, name)
                        if r.data.tags["phase"] == "attack" and r.info.status == "FINISHED")
     assert len(finished) == 5 and set(finished.values()) == {1}, finished
@@ -352,7 +353,7 @@ def _quiet_run(tmp_path: Path, *extra: str) -> str:
     """A two-cell sweep's whole output, run as a user runs it: progress bars on, Ray's own auth mode."""
     config = write_sweep(tmp_path / "quiet.yaml", small_sweep("e2e-quiet", eps=["4/255", "8/255"]))
     env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "RAY_AUTH_MODE")}
-    done = subprocess.run([sys.executable, "-m", "ssl_robust.cli", *sweep_args(config, f"sqlite:///{tmp_path / 'm.db'}",
+    done = subprocess.run([sys.executable, "-m", "ssl_robust.cli", *sweep_args(config, sqlite_uri(tmp_path / "m.db"),
                                                                                tmp_path, "--address", "local"), *extra],
                           cwd=REPO_ROOT, env={**env, **FAST_CLAIMS}, capture_output=True, text=True, timeout=300)
     out = done.stdout + done.stderr

@@ -14,9 +14,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from ssl_robust.cli import main
-from tests.helpers import REPO_ROOT
-
-pytestmark = pytest.mark.slow
+from tests.helpers import REPO_ROOT, sqlite_uri
 NAME = "e2e-search"
 
 
@@ -35,16 +33,16 @@ def ray_2cpus() -> Iterator[None]:
 
 
 @pytest.fixture()
-def search_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def search_file(tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The quickstart search with 3 trials of 2 epochs, storing everything under tmp_path."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = yaml.safe_load((REPO_ROOT / "sweeps" / "deacl_search_quickstart.yaml").read_text())
-    data.update(name=NAME, n_trials=3, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    data.update(name=NAME, n_trials=3, storage=sqlite_uri(tmp_path / "optuna.db"))
     data["deacl"].update(epochs=2, probe={"n_train": 64, "n_samples": 64, "epochs": 10})
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(data))
-    return {"config": str(path), "storage": data["storage"], "tracking": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    return {"config": str(path), "storage": data["storage"], "tracking": tracking_uri,
             "ray": str(tmp_path / "ray_results")}
 
 
@@ -62,6 +60,8 @@ def runs_by_phase(uri: str) -> dict[str, list[Any]]:
     return runs
 
 
+@pytest.mark.services
+@pytest.mark.slow
 def test_search_stores_its_study_and_logs_the_pareto_front(ray_2cpus: None, search_file: dict[str, str],
                                                            tmp_path: Path) -> None:
     assert search(search_file) == 0

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import pytest
 
 from ssl_robust.tracking import PreflightError, fail_fast_env, preflight
-from tests.helpers import free_port
+from tests.helpers import free_port, sqlite_uri
 
 FAST = 10.0  # seconds: the issue's bound for an unreachable tracking URI
 SECRET = "preflight-secret-0123456789"
@@ -159,16 +159,16 @@ def test_an_mlflow_like_server_passes(isolated: None, fake_server: Callable[...,
     preflight(fake_server(200, '{"experiments": []}'))
 
 
-def test_closed_s3_endpoint_fails_fast(isolated: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_closed_s3_endpoint_fails_fast(isolated: None, tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-    message, took = failure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    message, took = failure(tracking_uri)
     assert took < FAST and f"S3 endpoint {endpoint}: unreachable (connection refused)" in message
     assert "tracking" not in message
 
 
 @pytest.mark.slow
-def test_blackholed_s3_endpoint_fails_within_the_timeout(isolated: None, tmp_path: Path,
+def test_blackholed_s3_endpoint_fails_within_the_timeout(isolated: None, tracking_uri: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as listener, socket.socket() as filler:
         listener.bind(("127.0.0.1", 0))
@@ -176,20 +176,20 @@ def test_blackholed_s3_endpoint_fails_within_the_timeout(isolated: None, tmp_pat
         filler.connect(listener.getsockname())
         endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-        message, took = failure(f"sqlite:///{tmp_path / 'mlflow.db'}", timeout_s=2.0)
+        message, took = failure(tracking_uri, timeout_s=2.0)
     assert took < 2.0 + 2.0 and f"S3 endpoint {endpoint}: unreachable (no answer within 2 s)" in message
 
 
-def test_a_malformed_s3_endpoint_is_named(isolated: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_malformed_s3_endpoint_is_named(isolated: None, tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "not a url")
-    message, _ = failure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    message, _ = failure(tracking_uri)
     assert "S3 endpoint not a url: Invalid endpoint: not a url" in message
 
 
-def test_s3_is_checked_only_when_needed(isolated: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_is_checked_only_when_needed(isolated: None, tracking_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-    preflight(f"sqlite:///{tmp_path / 'mlflow.db'}", need_s3=False)
-    message, _ = failure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    preflight(tracking_uri, need_s3=False)
+    message, _ = failure(tracking_uri)
     assert "S3 endpoint" in message
 
 
@@ -200,51 +200,51 @@ def test_both_failures_share_one_line(isolated: None, monkeypatch: pytest.Monkey
     assert took < FAST and f"tracking server {uri}" in message and f"S3 endpoint {endpoint}" in message
 
 
-def test_missing_aws_credentials_are_named(isolated: None, fake_server: Callable[..., str], tmp_path: Path,
+def test_missing_aws_credentials_are_named(isolated: None, fake_server: Callable[..., str], tracking_uri: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", fake_server(200, "", "application/xml"))
-    message, _ = failure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    message, _ = failure(tracking_uri)
     assert "no AWS credentials" in message and "AWS_ACCESS_KEY_ID" in message and "instance profile" in message
 
 
 @pytest.mark.parametrize("code", ["InvalidAccessKeyId", "SignatureDoesNotMatch"])
-def test_refused_aws_credentials_fail(isolated: None, fake_server: Callable[..., str], tmp_path: Path,
+def test_refused_aws_credentials_fail(isolated: None, fake_server: Callable[..., str], tracking_uri: str,
                                       monkeypatch: pytest.MonkeyPatch, code: str) -> None:
     endpoint = fake_server(403, S3_ERROR.format(code=code), "application/xml")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
-    message, _ = failure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    message, _ = failure(tracking_uri)
     assert f"S3 endpoint {endpoint}: credentials refused (HTTP 403 {code})" in message
 
 
-def test_access_denied_to_list_buckets_passes(isolated: None, fake_server: Callable[..., str], tmp_path: Path,
+def test_access_denied_to_list_buckets_passes(isolated: None, fake_server: Callable[..., str], tracking_uri: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Valid credentials of a role without s3:ListAllMyBuckets are fine."""
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", fake_server(403, S3_ERROR.format(code="AccessDenied"),
                                                           "application/xml"))
-    preflight(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    preflight(tracking_uri)
 
 
 def test_sqlite_in_a_missing_folder_fails(isolated: None, tmp_path: Path) -> None:
     missing = tmp_path / "nope"
-    message, took = failure(f"sqlite:///{missing / 'mlflow.db'}")
+    message, took = failure(sqlite_uri(missing / "mlflow.db"))
     assert took < FAST and f"folder {missing} does not exist" in message and "sqlite:///" in message
     assert not missing.exists()
 
 
-def test_fine_sqlite_passes_without_creating_the_database(isolated: None, tmp_path: Path,
+def test_fine_sqlite_passes_without_creating_the_database(isolated: None, tmp_path: Path, tracking_uri: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    preflight(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    preflight(tracking_uri)
     monkeypatch.chdir(tmp_path)
     preflight(None)
     preflight("sqlite:///relative.db")
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_file_that_is_not_sqlite_fails(isolated: None, tmp_path: Path) -> None:
+def test_a_file_that_is_not_sqlite_fails(isolated: None, tmp_path: Path, tracking_uri: str) -> None:
     (tmp_path / "mlflow.db").write_text("not a database")
-    message, _ = failure(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    message, _ = failure(tracking_uri)
     assert "is not a SQLite database" in message
 
 
@@ -261,6 +261,7 @@ def test_fail_fast_env_names_mlflow_variables_and_keeps_a_short_outage() -> None
     assert 20 < sleeps <= 60
 
 
+@pytest.mark.services
 @pytest.mark.slow
 def test_the_local_stack_passes(stack: dict[str, str]) -> None:
     start = time.monotonic()

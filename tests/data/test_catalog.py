@@ -1,4 +1,5 @@
-"""The real data sets are registered with the task metadata heads and metrics rely on."""
+"""The data-set catalog (``ssl_robust.data.catalog``): the real data sets are declared with the task
+metadata heads and metrics rely on, each with a loader, and no loader is undeclared."""
 from __future__ import annotations
 
 import pytest

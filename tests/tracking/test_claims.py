@@ -91,12 +91,8 @@ def test_an_acquire_counts_as_in_time_up_to_a_third_of_the_settling_time() -> No
     assert claims.tagged_in_time(claims.SETTLE_S / 4 + 1e-6)
 
 
-# Claims on a real store: runs of one key ("cell_id" = "c") in an experiment of each test's own.
-
-@pytest.fixture(scope="module")
-def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
+# Claims on a real store (the module's ``uri``, tests/tracking/conftest.py): runs of one key
+# ("cell_id" = "c") in an experiment of each test's own.
 
 @pytest.fixture()
 def key(uri: str, request: pytest.FixtureRequest) -> tuple[MlflowClient, str, claims.Claim]:

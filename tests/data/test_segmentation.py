@@ -1,4 +1,5 @@
-"""VOC 2012, ADE20K and Cityscapes loaded from official-format fixtures through the registry."""
+"""VOC 2012, ADE20K and Cityscapes (``ssl_robust.data.segmentation``) loaded from official-format fixtures
+through the registry."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""NYU Depth v2 loaded from an HDF5 .mat + splits.mat fixture through the registry."""
+"""NYU Depth v2 (``ssl_robust.data.depth``) loaded from an HDF5 .mat + splits.mat fixture through the registry."""
 from __future__ import annotations
 
 import pickle

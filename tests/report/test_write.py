@@ -1,5 +1,6 @@
-"""What the report writes: every table as CSV and Markdown, PNG figures, one offline page; the poster's
-numbers side by side; the DeACL figure's points; one colour per encoder and one line style per attack."""
+"""What ``write_report`` writes (``ssl_robust.report.write``): the page, every table as CSV and
+Markdown, PNG figures, each configuration's numbers, the poster section, the example figures; the
+cells it is restricted to, and a clear error without any."""
 from __future__ import annotations
 
 import re
@@ -9,37 +10,57 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ssl_robust.attacks import ATTACKS
-from ssl_robust.report import results_frame, write_report
-from ssl_robust.report.deacl import deacl_points
-from ssl_robust.report.intervals import run_intervals
-from ssl_robust.report.plots import Style
-from ssl_robust.report.poster import REFERENCE, load_reference
-from tests.report.fake import sweep
-
-pytestmark = pytest.mark.slow  # each renders a whole report: seconds
-
-RUN_A, RUN_B = "3f9c2a71d0b44e5e9d1c", "a81be04c9d2f4f11b7e0"
+from ssl_robust.report import write_report
+from tests.report.fake import deacl_cells, deacl_runs, sweep
 
 
-def deacl_cells(root: Path):
-    """The sweep plus students of dino_vitb16 at epochs 1 and 2 of two DeACL runs (teacher: the sweep's)."""
-    cells = sweep(root, n=30)
-    for run, gain in ((RUN_A, 0.15), (RUN_B, 0.03)):
-        for epoch in (1, 2):
-            checkpoint = f"runs:/{run}/checkpoints/epoch_{epoch:03d}.safetensors"
-            for attack, strength in (("embed", 0.5), ("pgd", 0.8)):
-                cells.add("dino_vitb16", "cifar10", "classification", attack, 8 / 255, 0.8 - 0.03 * epoch,
-                          0.8 * (1 - strength) + gain * epoch, n=30, checkpoint=checkpoint)
-    return cells
+def test_write_report_writes_page_tables_and_one_plot_per_dataset(rows, tmp_path: Path):
+    page = write_report(rows, tmp_path)
+    assert page.exists() and "PGD Accuracy" in page.read_text()
+    assert (tmp_path / "table_classification.csv").exists() and (tmp_path / "table_depth.csv").exists()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["classification_cifar10.png", "depth_nyuv2.png"]
+    depth = pd.read_csv(tmp_path / "table_depth.csv")
+    assert depth[["Encoder", "Clean RMSE", "DepthPGD (SILog) RMSE"]].values.tolist() == [
+        ["dino_vitb16 (deacl)", 0.5, 2.6]]
+
+
+def test_written_tables_curves_and_page_hold_each_configuration_s_numbers(two_configs, tmp_path: Path):
+    page = write_report(two_configs, tmp_path, title="two configs").read_text()
+    table = pd.read_csv(tmp_path / "table_classification.csv")
+    assert table[["Encoder", "Clean Accuracy", "EmbedAttack Accuracy", "PGD Accuracy"]].values.tolist() == [
+        ["dinov2_vits14 [steps=10, encoder.image_size=224]", 0.9, 0.3, 0.1],
+        ["dinov2_vits14 [steps=20, encoder.image_size=518]", 0.8, 0.2, 0.0]]
+    points = pd.read_csv(tmp_path / "curves.csv")
+    assert len(points) == 8 and points.groupby(["configuration", "attack"]).size().tolist() == [2, 2, 2, 2]
+    assert ">0.10</td>" in page and ">0.00</td>" in page and ">0.05</td>" not in page
+    settings = pd.read_csv(tmp_path / "settings.csv").set_index("Section")["Settings"]
+    assert "n_samples=64" in settings["data"] and "None" not in " ".join(settings)
+    assert "device" not in " ".join(settings)  # a location, not a setting
+    assert "Varying" in page and "steps, encoder.image_size" in page
+
+
+def test_cell_ids_restrict_the_report(two_configs, tmp_path: Path):
+    write_report(two_configs, tmp_path, cell_ids={"cell-a1", "cell-a2"})
+    table = pd.read_csv(tmp_path / "table_classification.csv")
+    assert table[["Encoder", "EmbedAttack Accuracy", "PGD Accuracy"]].values.tolist() == [["dinov2_vits14", 0.3, 0.1]]
+    assert len(pd.read_csv(tmp_path / "cells.csv")) == 2
+    with pytest.raises(ValueError, match="no finished cells"):
+        write_report(two_configs, tmp_path / "none", cell_ids=["not-a-cell"])
+
+
+def test_no_rows_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ValueError, match="no finished cells"):
+        write_report([], tmp_path)
+
+
+# ----------------------------------------------------------------------------- a whole sweep's report
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("outputs")
     cells = deacl_cells(root / "runs")
-    runs = [{"run_id": RUN_A, "gamma": "2.0", "dense_weight": "0.0"}, {"run_id": RUN_B, "gamma": "0.0",
-                                                                        "dense_weight": "0.5"}]
+    runs = deacl_runs()
     trials = pd.DataFrame({"number": range(5), "state": ["COMPLETE"] * 4 + ["PRUNED"],
                            "probe/clean_acc": [0.9, 0.8, 0.7, 0.6, 0.95], "probe/embed_acc": [0.1, 0.4, 0.3, 0.5, 0.6],
                            "pareto": [True, True, False, True, False]})
@@ -48,6 +69,7 @@ def written(tmp_path_factory: pytest.TempPathFactory):
     return cells, runs, page
 
 
+@pytest.mark.slow  # ``written`` renders a whole sweep's report
 def test_every_table_is_written_as_csv_and_markdown_and_every_figure_as_png(written) -> None:
     _, _, page = written
     out = page.parent
@@ -62,6 +84,7 @@ def test_every_table_is_written_as_csv_and_markdown_and_every_figure_as_png(writ
     assert all((out / name).read_bytes()[:4] == b"\x89PNG" for name in pngs)
 
 
+@pytest.mark.slow  # ``written`` renders a whole sweep's report
 def test_the_page_is_self_contained_and_says_what_it_used(written) -> None:
     cells, _, page = written
     text = page.read_text()
@@ -74,17 +97,7 @@ def test_the_page_is_self_contained_and_says_what_it_used(written) -> None:
     assert "Clean Accuracy ↑" in text and "Clean RMSE ↓" in text  # the better direction in the headers
 
 
-def test_the_poster_reference_holds_every_row_of_its_three_tables() -> None:
-    reference = load_reference(REFERENCE)
-    assert len(reference) == 28
-    assert reference.groupby("task").size().to_dict() == {"classification": 12, "segmentation": 12, "depth": 4}
-    assert set(reference["eps"]) == {"8/255"} and set(reference["encoder_type"]) == {"Standard", "DeACL"}
-    assert set(reference["encoder"]) == {"dinov2_vits14", "dinov2_vitb14", "dino_vitb16"}
-    assert reference[["clean", "embed", "task_attack"]].notna().all().all()
-    deacl_stl10 = reference[(reference["dataset"] == "stl10") & (reference["encoder_type"] == "DeACL")].iloc[0]
-    assert deacl_stl10[["clean", "embed", "task_attack"]].tolist() == [0.97, 0.83, 0.23]
-
-
+@pytest.mark.slow  # ``written`` renders a whole sweep's report
 def test_the_poster_section_counts_the_runs_outside_the_posters_configuration(written) -> None:
     _, _, page = written
     table = pd.read_csv(page.parent / "poster_classification.csv")
@@ -94,33 +107,7 @@ def test_the_poster_section_counts_the_runs_outside_the_posters_configuration(wr
     assert "dino_vitb16 at 224 px" in text and "attack run(s) on its encoders and data sets have other settings" in text
 
 
-def test_deacl_points_run_from_the_teacher_at_epoch_0(written) -> None:
-    cells, runs, _ = written
-    frame = results_frame(cells.rows)
-    points = deacl_points(frame, runs, 8 / 255, run_intervals(frame, {}))
-    assert set(points["fine_tune"]) == {"DeACL γ=2", "DeACL γ=0, dense_weight=0.5"}
-    for tune, line in points.groupby("fine_tune"):
-        assert sorted(line["epoch"].unique()) == [0, 1, 2]
-        assert set(line["series"]) == {"clean", "embed", "pgd", "noise"} - ({"noise"} - set(line["series"]))
-    teacher = [r for r in cells.rows if r["encoder"] == "dino_vitb16" and r["task"] == "classification"
-               and not r["encoder.checkpoint"] and r["attack"] == "pgd"
-               and float(r["eps"]) == pytest.approx(8 / 255, abs=1e-6)][0]
-    at0 = points[(points["epoch"] == 0) & (points["series"] == "pgd")]
-    assert (at0["value"] == teacher["adv/acc"]).all() and len(at0) == 2
-    student = [r for r in cells.rows if r["encoder.checkpoint"].endswith(f"{RUN_B}/checkpoints/epoch_002.safetensors")
-               and r["attack"] == "embed"][0]
-    one = points[(points["deacl_run"] == RUN_B) & (points["epoch"] == 2) & (points["series"] == "embed")]
-    assert one["value"].item() == student["adv/acc"]
-
-
-def test_one_colour_per_encoder_and_one_line_style_per_attack() -> None:
-    style = Style(["b", "a", "c", "a"])
-    assert len(set(style.colours.values())) == 3 and style.colour("a") == Style(["a", "c", "b"]).colour("a")
-    series = ["clean", "worst", *ATTACKS.names()]
-    looks = {(str(style.line(s)), style.width(s)) for s in series}
-    assert len(looks) == len(series)
-
-
+@pytest.mark.slow  # renders a whole sweep's report
 def test_the_task_section_shows_the_example_figure_of_its_own_attack(tmp_path: Path) -> None:
     cells = sweep(tmp_path / "runs", n=10)
     for row in cells.rows:

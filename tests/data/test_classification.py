@@ -1,4 +1,5 @@
-"""CIFAR-10/100, STL-10 and ImageNet loaded from official-format fixtures through the registry."""
+"""CIFAR-10/100, STL-10 and ImageNet (``ssl_robust.data.classification``) loaded from official-format
+fixtures through the registry."""
 from __future__ import annotations
 
 import os
