@@ -18,7 +18,8 @@ import sys
 from typing import Any
 
 from ssl_robust.command_line import COMMANDS, UsageError, build_parser, config_path, sweep_file_and_overrides
-from ssl_robust.config import CellCfg, ConfigError, load_config
+from ssl_robust.config import CellCfg
+from ssl_robust.config_file import ConfigError, load_config
 from ssl_robust.data.safe_pickle import DataFileError
 from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.errors import ArtifactError, CheckpointError, PreflightError

@@ -9,7 +9,8 @@ import argparse
 import re
 from pathlib import Path
 
-from ssl_robust.config import ConfigError, parse_budget
+from ssl_robust.config import parse_budget
+from ssl_robust.config_file import ConfigError
 from ssl_robust.tune import RESOURCE_TIMEOUT_S
 
 DESCRIPTION = ("ssl-robust run | sweep | deacl | deacl-sweep | search | report | convert | list: one cell "

@@ -16,7 +16,8 @@ from typing import Any
 from ssl_robust import cost, memory_plan, plan_lines, tracking
 from ssl_robust.cell import run_cell
 from ssl_robust.command_line import UsageError
-from ssl_robust.config import CellCfg, ConfigError
+from ssl_robust.config import CellCfg
+from ssl_robust.config_file import ConfigError
 from ssl_robust.data import preflight
 from ssl_robust.devices import resolve_device
 from ssl_robust.encoders import check_encoder_name, convert_checkpoint

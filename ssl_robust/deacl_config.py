@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from ssl_robust.config import (MAX_STEPS, Budget, ConfigError, DataCfg, Device, EncoderCfg, Norm, Precision,
-                               StrictModel)
+from ssl_robust.config import MAX_STEPS, Budget, DataCfg, Device, EncoderCfg, Norm, Precision, StrictModel
+from ssl_robust.config_file import ConfigError
 from ssl_robust.data.catalog import DATASETS
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ssl_robust.config import ConfigError
+from ssl_robust.config_file import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:

@@ -21,7 +21,8 @@ from ssl_robust.aliases import ENCODERS, EncoderSpec
 from ssl_robust.checkpoints import (VIT_KEYS, CheckpointError, backbone_tensors, read_checkpoint, save_tensors,
                                     staged_safetensors)
 from ssl_robust.registry import UnknownNameError
-from ssl_robust.config import ConfigError, EncoderCfg, check_patch_multiple, patch_size_hint
+from ssl_robust.config import EncoderCfg, check_patch_multiple, patch_size_hint
+from ssl_robust.config_file import ConfigError
 
 
 def _alias(name: str) -> EncoderSpec | None:

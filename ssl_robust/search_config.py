@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
-from ssl_robust.config import (ConfigError, StrictModel, format_errors, parse_budget, read_config, set_dotted,
-                               validate)
+from ssl_robust.config import StrictModel, parse_budget
+from ssl_robust.config_file import ConfigError, format_errors, read_config, set_dotted, validate
 from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.sweep_config import Resources
 from ssl_robust.uris import SQLITE, absolute_sqlite

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Callable
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from ssl_robust.attacks import ATTACKS, attacks_for
-from ssl_robust.config import (AttackCfg, Budget, CellCfg, CellFields, ConfigError, DataCfg, EncoderCfg, HeadCfg,
-                               StrictModel, read_config, set_dotted, validate)
+from ssl_robust.config import AttackCfg, Budget, CellCfg, CellFields, DataCfg, EncoderCfg, HeadCfg, StrictModel
+from ssl_robust.config_file import ConfigError, read_config, set_dotted, validate
 from ssl_robust.data.catalog import task_names
 from ssl_robust.deacl_config import DeaclCfg, deacl_data
 

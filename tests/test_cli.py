@@ -12,7 +12,8 @@ from ssl_robust import names
 from ssl_robust.cli import load_configs, main
 from ssl_robust.command_line import LIST_KINDS, build_parser
 from ssl_robust.commands import _sweep_exit, resume_command, where_it_went
-from ssl_robust.config import CellCfg, load_config
+from ssl_robust.config import CellCfg
+from ssl_robust.config_file import load_config
 
 from tests.helpers import REPO_ROOT
 FAST = ["attack.steps=2", "data.n_train=64", "data.n_val=16", "data.n_samples=8", "head.epochs=3"]

@@ -1,8 +1,7 @@
-"""Cell config: strict validation with errors that name the field, budgets, overrides, cell ids."""
+"""Cell config: strict validation with errors that name the field, budgets, cell ids."""
 from __future__ import annotations
 
 import copy
-
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ssl_robust.config import CellCfg, HeadCfg, apply_overrides, load_config, parse_budget
+from ssl_robust.config import CellCfg, HeadCfg, parse_budget
+from ssl_robust.config_file import load_config
 from tests.helpers import REPO_ROOT
 
 TINY_YAML = REPO_ROOT / "configs" / "tiny.yaml"
@@ -57,26 +57,6 @@ def test_default_step_size_is_two_and_a_half_eps_over_steps(cell_data) -> None:
     assert cfg.attack.resolved_step_size == pytest.approx(2.5 * (10 / 255) / 5)
     zero_steps = CellCfg.model_validate(cell_data({"attack": {"eps": "10/255", "steps": 0}}))
     assert zero_steps.attack.resolved_step_size == pytest.approx(2.5 * 10 / 255)
-
-
-def test_overrides_apply_dotted_keys_with_yaml_values() -> None:
-    cfg = load_config(CellCfg, TINY_YAML, ["attack.eps=4/255", "attack.steps=3", "data.task=segmentation",
-                                    "attack.name=segpgd", "encoder.layer=0"])
-    assert cfg.attack.eps == 4 / 255
-    assert cfg.attack.steps == 3
-    assert cfg.data.resolved_task == "segmentation"
-    assert cfg.attack.name == "segpgd"
-    assert cfg.encoder.layer == 0
-
-
-def test_override_creates_missing_sections() -> None:
-    assert apply_overrides({}, ["head.epochs=2"]) == {"head": {"epochs": 2}}
-
-
-@pytest.mark.parametrize("override", ["attack.eps", "seed.value=1"])
-def test_malformed_override_raises_value_error(override: str) -> None:
-    with pytest.raises(ValueError):
-        apply_overrides({"seed": 0, "attack": {}}, [override])
 
 
 def test_config_is_immutable(cell_data) -> None:
@@ -203,7 +183,7 @@ def test_head_id_ignores_the_attack_but_not_the_head(cell_data) -> None:
 
 def test_validating_a_config_imports_no_heavy_library() -> None:
     """Configs validate shape and names from the light registries only."""
-    code = ("import sys; from ssl_robust.config import CellCfg, load_config; "
+    code = ("import sys; from ssl_robust.config import CellCfg; from ssl_robust.config_file import load_config; "
             "load_config(CellCfg, sys.argv[1]); "
             "print(sorted(m for m in ('torch', 'timm', 'mlflow', 'ray', 'h5py') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(TINY_YAML)], capture_output=True, text=True, check=True)
@@ -236,15 +216,6 @@ def test_a_head_recipe_switch_changes_the_head_id_and_its_default_does_not(switc
     assert CellCfg.model_validate({**base, "head": switch}).head_id != plain.head_id
 
 
-def test_one_dotted_setter_makes_sections_and_refuses_to_descend_into_a_value() -> None:
-    from ssl_robust.config import set_dotted
-
-    assert set_dotted({"attack": {"eps": 1}}, "attack.norm", "l2") == {"attack": {"eps": 1, "norm": "l2"}}
-    assert set_dotted({}, "head.recipe.lr", 0.1) == {"head": {"recipe": {"lr": 0.1}}}
-    with pytest.raises(ValueError, match="'attack.eps.x': 'eps' is not a section"):
-        set_dotted({"attack": {"eps": 1}}, "attack.eps.x", 2)
-
-
 LOCATION_VALUES = {"device": "cuda:1", "compile": True, "head.checkpoint": "elsewhere/head.safetensors",
                    "head.features": "memory", "data.root": "/mnt/other/data", "data.download": True,
                    "loader.num_workers": 3, "loader.pin_memory": True, "loader.persistent_workers": True}
@@ -253,7 +224,8 @@ NEEDS = {"loader.persistent_workers": {"loader.num_workers": 1}}  # a location v
 
 @pytest.mark.parametrize("field", sorted(LOCATION_VALUES))
 def test_where_and_how_a_cell_runs_changes_neither_its_cell_id_nor_its_head_id(cell_data, field: str) -> None:
-    from ssl_robust.config import LOCATIONS, set_dotted
+    from ssl_robust.config import LOCATIONS
+    from ssl_robust.config_file import set_dotted
 
     assert set(LOCATION_VALUES) == set(LOCATIONS)
     base_data = cell_data()
@@ -272,7 +244,8 @@ def test_the_depth_range_is_not_a_head_setting(make_cell_cfg) -> None:
 
 
 def test_persistent_workers_without_workers_is_a_config_error() -> None:
-    from ssl_robust.config import ConfigError, LoaderCfg, validate
+    from ssl_robust.config import LoaderCfg
+    from ssl_robust.config_file import ConfigError, validate
 
     with pytest.raises(ConfigError, match="num_workers"):
         validate(LoaderCfg, {"persistent_workers": True}, "loader")

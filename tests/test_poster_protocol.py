@@ -14,7 +14,8 @@ import torch
 from pydantic import ValidationError
 
 from ssl_robust.cell import run_cell, views
-from ssl_robust.config import CellCfg, DataCfg, EncoderCfg, HeadCfg, load_config
+from ssl_robust.config import CellCfg, DataCfg, EncoderCfg, HeadCfg
+from ssl_robust.config_file import load_config
 from ssl_robust.data.depth import EIGEN_FRAME, clean_depth, eigen_crop_mask
 from ssl_robust.data.load import load_split, slide_stride, task_info
 from ssl_robust.encoders import create_encoder

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ssl_robust.config import ConfigError
+from ssl_robust.config_file import ConfigError
 from ssl_robust.search_config import (SPACE_KEYS, describe_space, load_search, normalized, parse_search,
                                       trial_config)
 from tests.helpers import REPO_ROOT, merge

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ssl_robust.cli import main
-from ssl_robust.config import ConfigError, load_config, read_config, validate
+from ssl_robust.config_file import ConfigError, load_config, read_config, validate
 from ssl_robust.sweep_config import (DeaclSweepCfg, SweepCfg, benchmark_sweep, deacl_configs, expand, head_groups,
                                      load_sweep, parse_sweep, resolve_encoders)
 from tests.helpers import REPO_ROOT, tiny_sweep, write_sweep

@@ -20,7 +20,7 @@ import ray
 from ray._private import services
 from ray.autoscaler.sdk import request_resources
 
-from ssl_robust.config import ConfigError
+from ssl_robust.config_file import ConfigError
 from ssl_robust.sweep_config import Resources
 from ssl_robust.tracking.store import absolute_tracking_uri, is_local_store
 from ssl_robust.tune import RESOURCE_TIMEOUT_S
