@@ -1,7 +1,7 @@
 """Peak memory of one attack step, measured, beside ``ssl_robust.memory_plan``'s estimate.
 
 Each case is a cell config (random-init encoder: nothing is downloaded) whose step runs the cell's
-own code path: ``cell.views`` and ``cell.attack_setup`` on a ``TaskModel``, then ``run_attack`` with
+own code path: ``cell_views.views`` and ``cell.attack_setup`` on a ``TaskModel``, then ``run_attack`` with
 three gradient steps (from the third on, the engine holds all it holds at any later step), every
 image attacked at every step, on random images and labels of the sizes the estimate assumes (the
 clean output and EmbedAttack's target computed beforehand, as the cell holds them). The measured
@@ -32,7 +32,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from ssl_robust import memory_plan
-from ssl_robust.cell import attack_setup, settings, views
+from ssl_robust.cell import attack_setup, settings
+from ssl_robust.cell_views import views
 from ssl_robust.config import CellCfg
 from ssl_robust.data.load import task_info
 from ssl_robust.encoders import create_encoder

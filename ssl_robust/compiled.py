@@ -1,7 +1,7 @@
 """``compile: true``: a cell's scored model and EmbedAttack's representation under ``torch.compile``.
 
 Built once per model. ``compiled(owner, role, fn, device)`` keeps what it builds on the owner
-model itself (the memo ``owner._ssl_robust_compiled``, a dict keyed by role), so ``cell.views``,
+model itself (the memo ``owner._ssl_robust_compiled``, a dict keyed by role), so ``cell_views.views``,
 which runs per batch, gets the same compiled callable on every batch, and the memo goes with the
 model. Dynamo keeps compiled graphs and their recompile count per code object, and models of
 one class share theirs (``TaskModel.forward``). So each compiled callable traces from a function

@@ -82,9 +82,9 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor
         with torch.no_grad():
             clean_out = model(x)
         clean.add(clean_out, y)
-        ids = torch.arange(start, start + len(x))
+        ids = range(start, start + len(x))
         results = (suite.cascade(model, x, y, clean_out, plan, spec.fooled, ids) if spec.fooled is not None
-                   else suite.dense(model, x, y, plan, damage, ids.tolist()))
+                   else suite.dense(model, x, y, plan, damage, ids))
         for scores, result in zip(members, results):
             scores.add(result.output if result.output is not None else model(result.x_adv).detach(), y)
             bounds.append(checks.perturbation_checks(x, result.x_adv, eps, norm))

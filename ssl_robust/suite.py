@@ -77,11 +77,11 @@ def _copy(result: AttackResult) -> AttackResult:
 
 def cascade(forward: Forward, x: torch.Tensor, labels: torch.Tensor, clean_logits: torch.Tensor,
             plan: list[Member], fooled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-            ids: torch.Tensor | None = None) -> list[AttackResult]:
+            ids: Sequence[int] | None = None) -> list[AttackResult]:
     """Classification: each member on the samples still robust; one cumulative result per member.
     The combined loss and loss curve are the first member's (the losses of members differ in kind).
     ``ids``: the samples' ids that seed their random starts (default: their positions)."""
-    ids = torch.arange(len(x)) if ids is None else torch.as_tensor(ids)
+    ids = torch.arange(len(x)) if ids is None else torch.as_tensor(list(ids))
     results: list[AttackResult] = []
     combined: AttackResult | None = None
     for member in plan:

@@ -316,12 +316,15 @@ def plan_grid(sweep: SweepCfg) -> Grid:
 def grid_data(grid: Grid) -> list[DataCfg]:
     """The data configs a sweep reads: its cells', or with student entries only, those of the
     grid under the defaults' encoder (no tracking store needed)."""
-    cells = grid.cells if grid.cells else expand(grid.sweep.model_copy(update={"encoders": [EncoderEntry()]}))
-    return [cell.data for cell in cells]
+    return [cell.data for cell in grid.cells] if grid.cells else _default_encoder_data(grid.sweep)
 
 
 def deacl_sweep_data(sweep: DeaclSweepCfg) -> list[DataCfg]:
     """The data configs of a DeACL sweep: its fine-tunes' and its benchmark grid's."""
     bench = benchmark_sweep(sweep, ["preflight"])
-    return [deacl_data(cfg) for cfg in deacl_configs(sweep)] + [cell.data for cell in expand(
-        bench.model_copy(update={"encoders": [EncoderEntry()]}))]
+    return [deacl_data(cfg) for cfg in deacl_configs(sweep)] + _default_encoder_data(bench)
+
+
+def _default_encoder_data(sweep: SweepCfg) -> list[DataCfg]:
+    """The data configs of a grid expanded under the defaults' encoder (no tracking store needed)."""
+    return [cell.data for cell in expand(sweep.model_copy(update={"encoders": [EncoderEntry()]}))]

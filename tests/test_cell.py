@@ -310,7 +310,8 @@ def test_the_attack_shows_a_progress_bar_named_for_it_that_goes_when_done(make_c
 
 
 def _setup(make_cell_cfg, model, **updates):
-    from ssl_robust.cell import attack_setup, views
+    from ssl_robust.cell import attack_setup
+    from ssl_robust.cell_views import views
     from ssl_robust.data.load import task_info
     from ssl_robust.tasks import TASKS
 
@@ -341,7 +342,8 @@ def test_embed_attack_targets_the_last_block_unless_attack_layer_says_otherwise(
 def test_embed_attack_pushes_the_representation_the_task_head_reads(make_cell_cfg, tiny_encoder, task: str,
                                                                     part: int) -> None:
     """CLS [B, D] for classification, the patch-token grid [B, D, h, w] for dense tasks."""
-    from ssl_robust.cell import attack_setup, views
+    from ssl_robust.cell import attack_setup
+    from ssl_robust.cell_views import views
     from ssl_robust.data.load import task_info
     from ssl_robust.heads import TaskModel
     from ssl_robust.tasks import TASKS as REGISTRY
@@ -359,7 +361,8 @@ def test_embed_attack_pushes_the_representation_the_task_head_reads(make_cell_cf
 
 @pytest.mark.parametrize("task", ["segmentation", "depth"])
 def test_embed_attack_under_sliding_windows_pushes_token_grids(make_cell_cfg, tiny_encoder, task: str) -> None:
-    from ssl_robust.cell import attack_setup, views
+    from ssl_robust.cell import attack_setup
+    from ssl_robust.cell_views import views
     from ssl_robust.data.load import task_info
     from ssl_robust.heads import TaskModel
     from ssl_robust.tasks import TASKS as REGISTRY
@@ -541,7 +544,7 @@ def test_slide_scores_a_non_square_image_at_its_native_label_resolution(make_cel
 def test_slide_gradients_reach_every_pixel_of_the_whole_image(make_cell_cfg, fitted_head) -> None:
     import torch
 
-    from ssl_robust.cell import views
+    from ssl_robust.cell_views import views
     from ssl_robust.head_fit import load_head
     from ssl_robust.encoders import create_encoder
     from ssl_robust.heads import TaskModel

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from ssl_robust import compiled as compiled_module
-from ssl_robust.cell import run_cell, views
+from ssl_robust.cell import run_cell
+from ssl_robust.cell_views import views
 from ssl_robust.compiled import CompileUnavailable, compiled
 from ssl_robust.precision import in_precision
 from ssl_robust.sweep_config import expand, parse_sweep

@@ -13,7 +13,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from ssl_robust.cell import run_cell, views
+from ssl_robust.cell import run_cell
+from ssl_robust.cell_views import views
 from ssl_robust.config import CellCfg, DataCfg, EncoderCfg, HeadCfg
 from ssl_robust.config_file import load_config
 from ssl_robust.data.depth import EIGEN_FRAME, clean_depth, eigen_crop_mask
