@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch.utils.data import Dataset
 
-from ssl_robust.data import classification, depth, segmentation, synthetic  # noqa: F401  (register loaders)
+from ssl_robust.data import classification, depth, imagenet, segmentation, synthetic  # noqa: F401  (register loaders)
 from ssl_robust.data.base import (LOADERS, Split, deterministic_subset, native_size,  # noqa: F401  (re-export)
                                   size_batches)
 from ssl_robust.data.catalog import DATASETS, TaskInfo
