@@ -150,6 +150,8 @@ def encoder_features(encoder: nn.Module, x: torch.Tensor, tokens: TokenKeep, pre
         return cls, _keep(patches, tokens)
 
     parts = batch.map(run, x)
+    if len(parts) == 1:  # the batch fitted: no copy
+        return parts[0]
     return torch.cat([c for c, _ in parts]), torch.cat([p for _, p in parts])
 
 
