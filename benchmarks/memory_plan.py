@@ -36,7 +36,7 @@ from ssl_robust.cell import attack_setup, settings
 from ssl_robust.cell_views import views
 from ssl_robust.config import CellCfg
 from ssl_robust.data.load import task_info
-from ssl_robust.encoders import create_encoder
+from ssl_robust.encoders import create_encoder, resolve_encoder
 from ssl_robust.engine import run_attack
 from ssl_robust.heads import TaskModel
 from ssl_robust.tasks import TASKS
@@ -142,7 +142,7 @@ def step_peak(cell: CellCfg, batch: int, device: torch.device, fused_attn: bool 
             module.fused_attn = fused_attn
     model = TaskModel(encoder, task.build_head(info, encoder.embed_dim, cell.head)).eval().requires_grad_(False)
     model = model.to(device)
-    geo = memory_plan.geometry(cell, memory_plan.vit(cell.encoder))
+    geo = memory_plan.geometry(cell, memory_plan.vit(resolve_encoder(cell.encoder)))
     x = torch.rand(batch, 3, *geo.image, device=device)
     y = _labels(cell, batch, geo.labels, device)
     view = views(cell, model, task, geo.labels or tuple(x.shape[-2:]))
@@ -169,7 +169,7 @@ def step_peak(cell: CellCfg, batch: int, device: torch.device, fused_attn: bool 
 def run_case(case: Case, device: torch.device) -> dict[str, Any]:
     """One table row: the estimate and the measured peak at the case's batch."""
     cell = case.cell().model_copy(update={"device": device.type})
-    estimate = memory_plan.estimate(cell, fused_attn=case.fused_attn)
+    estimate = memory_plan.estimate(cell, resolve_encoder(cell.encoder), fused_attn=case.fused_attn)
     measured = step_peak(cell, case.batch, device, case.fused_attn)
     if device.type == "cuda":
         torch.cuda.empty_cache()

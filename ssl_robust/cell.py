@@ -21,7 +21,7 @@ from ssl_robust.config import CellCfg
 from ssl_robust.data.catalog import TaskInfo
 from ssl_robust.data.load import load_split, size_batches, task_info
 from ssl_robust.devices import resolve_device
-from ssl_robust.encoders import create_encoder, input_size
+from ssl_robust.encoders import ResolvedEncoder, create_encoder, resolve_encoder
 from ssl_robust.head_fit import Timed, fit_cell_head, fit_splits, load_head
 from ssl_robust.heads import TaskModel
 from ssl_robust.engine import AttackSettings, run_attack
@@ -33,11 +33,11 @@ from ssl_robust.results import EXAMPLES, CellArtifacts, iou_arrays, loss_curve_f
 from ssl_robust.tasks import TASKS, Scores, TaskSpec, eval_mode, eval_sizing
 
 
-def _test_loader(cfg: CellCfg) -> tuple[Timed, list[list[int]]]:
+def _test_loader(cfg: CellCfg, size: int) -> tuple[Timed, list[list[int]]]:
     """The test split, sized for the evaluation mode (short-side images batched by equal size),
     and the items' indices batch by batch: per-sample results name their item."""
     sizing = eval_sizing(cfg.data)
-    dataset, _ = load_split(cfg.data, "test", input_size(cfg.encoder), seed=cfg.seed, sizing=sizing)
+    dataset, _ = load_split(cfg.data, "test", size, seed=cfg.seed, sizing=sizing)
     n, size = len(dataset), cfg.batch_size
     batches = size_batches(dataset, size) if sizing == "short_side" else \
         [list(range(i, min(i + size, n))) for i in range(0, n, size)]
@@ -315,15 +315,17 @@ def _summary(cfg: CellCfg, task: TaskSpec, info: TaskInfo, tally: Tally) -> dict
     return metrics
 
 
-def run_cell(cfg: CellCfg, out_dir: Path | None = None) -> dict[str, float]:
+def run_cell(cfg: CellCfg, out_dir: Path | None = None, resolved: ResolvedEncoder | None = None) -> dict[str, float]:
     """Phase 2: clean and attacked scores on the cell's test images, with sanity checks; with
-    ``out_dir``, per-sample results, per-image IoU (segmentation), the loss curve and examples."""
+    ``out_dir``, per-sample results, per-image IoU (segmentation), the loss curve and examples.
+    ``resolved``: the cell's encoder as the command resolved it (None: resolved here)."""
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    loader, batches = _test_loader(cfg)  # fails before any work
-    splits = None if cfg.head.checkpoint else fit_splits(cfg)
-    encoder = create_encoder(cfg.encoder).to(device)
+    resolved = resolved or resolve_encoder(cfg.encoder)
+    loader, batches = _test_loader(cfg, resolved.image_size)  # fails before any work
+    splits = None if cfg.head.checkpoint else fit_splits(cfg, resolved.image_size)
+    encoder = create_encoder(cfg.encoder, resolved).to(device)
     metrics: dict[str, float] = {}
     if splits is None:
         head = load_head(cfg, encoder, cfg.head.checkpoint)

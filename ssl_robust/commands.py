@@ -16,11 +16,11 @@ from typing import Any
 from ssl_robust import cost, memory_plan, plan_lines, tracking
 from ssl_robust.cell import run_cell
 from ssl_robust.command_line import UsageError
-from ssl_robust.config import CellCfg
+from ssl_robust.config import CellCfg, EncoderCfg
 from ssl_robust.config_file import ConfigError
 from ssl_robust.data import preflight
 from ssl_robust.devices import resolve_device
-from ssl_robust.encoders import check_encoder_name, convert_checkpoint
+from ssl_robust.encoders import ResolvedEncoders, convert_checkpoint, resolve_encoder
 from ssl_robust.finetune import run_deacl
 from ssl_robust.report import write_report
 from ssl_robust.report.fetch import report_inputs
@@ -42,10 +42,10 @@ def print_table(metrics: dict[str, float]) -> None:
 
 
 def cmd_run(args: argparse.Namespace, cfg: Any) -> int:
-    check_encoder_name(cfg.encoder.name)
+    resolved = resolve_encoder(cfg.encoder)
     print(f"cell {cfg.cell_id}: {cfg.encoder.name} / {cfg.data.name} ({cfg.data.resolved_task}) / "
           f"{cfg.attack.name} eps={cfg.attack.eps:.5f} steps={cfg.attack.steps}")
-    print_table(run_cell(tracking.localize(cfg, args.tracking_uri), out_dir=args.out_dir))
+    print_table(run_cell(tracking.localize(cfg, args.tracking_uri), args.out_dir, resolved))
     return 0
 
 
@@ -81,24 +81,24 @@ def cmd_sweep(args: argparse.Namespace, planned: Grid) -> int:
     if planned.has_students:  # their checkpoints are found in the tracking store now
         cells = expand(resolve_encoders(sweep, lambda source: tracking.deacl_students(
             source.runs, source.experiment, source.epochs, args.tracking_uri)))
-    for name in sorted({c.encoder.name for c in cells}):
-        check_encoder_name(name)
+    encoders = ResolvedEncoders(c.encoder for c in cells)
     print(f"sweep {sweep.name}: {len(cells)} cells, {len(grid.head_groups(cells))} heads", file=sys.stderr)
     if args.dry_run:
         memory = None if args.gpu_memory is None else memory_plan.trial_memory(args.gpu_memory, sweep.resources.gpu)
         for cell in cells:
             print(cell.cell_id, cell.head_id, cell.encoder.name, cell.data.name, cell.data.resolved_task,
                   cell.attack.name, f"{cell.attack.eps * 255:.3g}/255", f"steps={cell.attack.steps}",
-                  plan_lines.attack_settings(cell), cost.describe(cost.cell_cost(cell)),
-                  *([] if memory is None else [plan_lines.memory_settings(cell, memory)]))
-        print("\n".join(plan_lines.head_line(cell) for cell in grid.head_groups(cells).values()))
-        print("\n".join(cost.summary(cells, _throughput(args.throughput))))
+                  plan_lines.attack_settings(cell), cost.describe(cost.cell_cost(cell, encoders.of(cell.encoder))),
+                  *([] if memory is None else [plan_lines.memory_settings(cell, encoders.of(cell.encoder), memory)]))
+        print("\n".join(plan_lines.head_line(cell, encoders.of(cell.encoder))
+                        for cell in grid.head_groups(cells).values()))
+        print("\n".join(cost.summary(cells, _throughput(args.throughput), encoders)))
         if memory is None:
             return 0
-        print("\n".join(memory_plan.summary(cells, args.gpu_memory, sweep.resources.gpu)))
-        return _check_memory(cells, memory, args.gpu_memory)
+        print("\n".join(memory_plan.summary(cells, args.gpu_memory, sweep.resources.gpu, encoders)))
+        return _check_memory(cells, memory, args.gpu_memory, encoders)
     report = grid.execute(sweep, cells, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
-                          args.resource_timeout, quiet=not args.verbose)
+                          args.resource_timeout, quiet=not args.verbose, encoders=encoders)
     summary = report.lines()
     print("\n".join(summary))
     out_dir = Path(args.report.format(name=sweep.name))
@@ -118,10 +118,10 @@ def cmd_sweep(args: argparse.Namespace, planned: Grid) -> int:
     return _sweep_exit(report.ok, report.interrupted)
 
 
-def _check_memory(cells: list[CellCfg], memory: int, gpu_memory: int) -> int:
+def _check_memory(cells: list[CellCfg], memory: int, gpu_memory: int, encoders: ResolvedEncoders) -> int:
     """0 when one image of every cell fits a trial's ``memory``; else 2, the first such cell named on
     stderr with its estimate for one image."""
-    unfit = memory_plan.unfit(cells, memory)
+    unfit = memory_plan.unfit(cells, memory, encoders)
     if not unfit:
         return 0
     cell, found = unfit[0]
@@ -192,8 +192,7 @@ def cmd_deacl(args: argparse.Namespace, cfg: Any) -> int:
 
 def cmd_deacl_sweep(args: argparse.Namespace, sweep: Any) -> int:
     configs = deacl_configs(sweep)
-    for name in sorted({c.encoder.name for c in configs}):
-        check_encoder_name(name)
+    encoders = ResolvedEncoders(c.encoder for c in configs)
     print(f"deacl sweep {sweep.name}: {len(configs)} fine-tunes x epochs {sweep.benchmark.epochs}", file=sys.stderr)
     if args.dry_run:
         for cfg in configs:
@@ -208,7 +207,7 @@ def cmd_deacl_sweep(args: argparse.Namespace, sweep: Any) -> int:
                   f"epochs={cfg.epochs}")
         return 0
     report = deacl_sweep.run_deacl_sweep(sweep, args.tracking_uri, args.address, args.num_cpus, args.storage_path,
-                                         args.resource_timeout, quiet=not args.verbose)
+                                         args.resource_timeout, quiet=not args.verbose, encoders=encoders)
     print("\n".join(report.lines()))
     out_dir, written = Path(args.report.format(name=sweep.name)), False
     if not args.no_report and report.benchmark is not None and not report.signum:
@@ -220,7 +219,7 @@ def cmd_deacl_sweep(args: argparse.Namespace, sweep: Any) -> int:
 
 
 def cmd_search(args: argparse.Namespace, search: Any) -> int:
-    check_encoder_name(search.deacl.encoder.name)
+    encoders = ResolvedEncoders([search.deacl.encoder])
     print(f"search {search.name}: {search.n_trials} trials of {search.deacl.epochs} epochs, "
           f"{search.deacl.encoder.name} on {search.deacl.data.name}; study {redact(search.storage_url)}",
           file=sys.stderr)
@@ -228,16 +227,15 @@ def cmd_search(args: argparse.Namespace, search: Any) -> int:
         print("\n".join(describe_space(search)))
         return 0
     report = run_search(search, args.tracking_uri, args.storage_path, args.address, args.num_cpus,
-                        quiet=not args.verbose)
+                        quiet=not args.verbose, encoders=encoders)
     print("\n".join(report.lines()))
     return 1 if report.failed or report.front.empty else 0
 
 
 def cmd_convert(args: argparse.Namespace, cfg: None = None) -> int:
-    if args.encoder:
-        check_encoder_name(args.encoder)
+    resolved = resolve_encoder(EncoderCfg.model_construct(name=args.encoder)) if args.encoder else None
     source = tracking.local_path(args.checkpoint, tracking_uri=args.tracking_uri)
-    prefix, count = convert_checkpoint(source, args.out, args.key, args.encoder)
+    prefix, count = convert_checkpoint(source, args.out, args.key, resolved)
     how = "given" if args.key is not None else "found"
     print(f"prefix {prefix!r} ({how}): {count} tensors written to {args.out}")
     print(f"checked: it loads into {args.encoder}" if args.encoder

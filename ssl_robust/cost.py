@@ -11,65 +11,43 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ssl_robust.aliases import ENCODERS
 from ssl_robust.attacks import ATTACKS, engine_runs
-from ssl_robust.config import CellCfg, DataCfg, EncoderCfg
+from ssl_robust.config import CellCfg, DataCfg
 from ssl_robust.data.catalog import DATASETS
 from ssl_robust.data.load import slide_stride, task_info
-from ssl_robust.encoders import input_size
+from ssl_robust.encoders import ResolvedEncoder, ResolvedEncoders
 from ssl_robust.engine import AttackSettings
 from ssl_robust.sliding import n_windows
 from ssl_robust.tasks import eval_mode
 
 FWD_GRAD_PER_FWD = 25.71 / 12.25  # forward + input gradient over forward, ViT-S/14 (benchmarks/attack_throughput.py)
-VIT_SIZES = {"tiny": (192, 12), "small": (384, 12), "base": (768, 12), "large": (1024, 24), "giant": (1536, 40)}
 BENCHMARK_MODEL, BENCHMARK_METHOD = "vits14", "ssl_robust pgd (all steps)"
 
 
 @dataclass(frozen=True)
 class Cost:
     """Sample-gradient-steps (forward + backward to the input), sample-forwards (all, the gradient
-    steps' included) and GFLOP (None for an encoder whose shape is unknown)."""
+    steps' included) and GFLOP."""
 
     grad_steps: int = 0
     forwards: int = 0
-    gflop: float | None = 0.0
+    gflop: float = 0.0
 
     def __add__(self, other: "Cost") -> "Cost":
-        gflop = None if self.gflop is None or other.gflop is None else self.gflop + other.gflop
-        return Cost(self.grad_steps + other.grad_steps, self.forwards + other.forwards, gflop)
+        return Cost(self.grad_steps + other.grad_steps, self.forwards + other.forwards, self.gflop + other.gflop)
 
 
-def vit_shape(encoder: EncoderCfg) -> tuple[int, int, int, int] | None:
-    """(width, depth, patch, prefix tokens) of a timm ViT name (and its ``model_kwargs``), or None."""
-    alias = ENCODERS.get(encoder.name) if encoder.name in ENCODERS else None
-    name = alias.timm_name if alias else encoder.name
-    kwargs = {**(alias.model_kwargs if alias else {}), **encoder.model_kwargs}
-    match = re.match(r"vit_(tiny|small|base|large|giant)_patch(\d+)", name)
-    if match is None:
-        return None
-    width, depth = VIT_SIZES[match.group(1)]
-    registers = re.search(r"reg(\d+)", name)
-    registers = int(registers.group(1)) if registers else 0
-    return (kwargs.get("embed_dim", width), kwargs.get("depth", depth), kwargs.get("patch_size", int(match.group(2))),
-            1 + kwargs.get("reg_tokens", registers))
-
-
-def forward_gflop(encoder: EncoderCfg, size: int, frame: tuple[int, int] | None = None) -> float | None:
-    """One S x S image (or an H x W ``frame``, padded to whole patches) through the encoder:
-    24·T·D² (qkv, projection, 4x MLP) + 4·T²·D (attention) per block, plus the patch embedding."""
-    shape = vit_shape(encoder)
-    if shape is None:
-        return None
-    width, depth, patch, prefix = shape
+def forward_gflop(encoder: ResolvedEncoder, frame: tuple[int, int] | None = None) -> float:
+    """One image at the encoder's input size (or an H x W ``frame``, padded to whole patches) through
+    it: (8 + 4·mlp)·T·D² (qkv, projection, MLP) + 4·T²·D (attention) per block, plus the patch embedding."""
+    width, patch, size = encoder.width, encoder.patch_size, encoder.image_size
     patches = (size // patch) ** 2 if frame is None else math.ceil(frame[0] / patch) * math.ceil(frame[1] / patch)
-    tokens = patches + prefix
-    per_block = 24 * tokens * width ** 2 + 4 * tokens ** 2 * width
-    return (depth * per_block + 2 * patches * 3 * patch ** 2 * width) / 1e9
+    tokens = patches + encoder.prefix_tokens
+    per_block = (8 + 4 * encoder.mlp_ratio) * tokens * width ** 2 + 4 * tokens ** 2 * width
+    return (encoder.depth * per_block + 2 * patches * 3 * patch ** 2 * width) / 1e9
 
 
 def split_images(data: DataCfg, split: str) -> int | None:
@@ -98,15 +76,12 @@ def windows_per_image(cell: CellCfg, size: int) -> int:
     return n_windows(size, long_side, size, slide_stride(cell.data, size))
 
 
-def _gflop(encoder: EncoderCfg, size: int, grad_steps: int, forwards: int, windows: int = 1,
-           frame: tuple[int, int] | None = None) -> float | None:
-    per_forward = forward_gflop(encoder, size, frame)
-    if per_forward is None:
-        return None
-    return windows * per_forward * (grad_steps * FWD_GRAD_PER_FWD + (forwards - grad_steps))
+def _gflop(encoder: ResolvedEncoder, grad_steps: int, forwards: int, windows: int = 1,
+           frame: tuple[int, int] | None = None) -> float:
+    return windows * forward_gflop(encoder, frame) * (grad_steps * FWD_GRAD_PER_FWD + (forwards - grad_steps))
 
 
-def cell_cost(cell: CellCfg) -> Cost | None:
+def cell_cost(cell: CellCfg, encoder: ResolvedEncoder) -> Cost | None:
     """The attack phase of a cell (None when the test split's size is unknown): the clean forward,
     the eps = 0 check and the attack (all steps of every restart of every engine run: a suite's
     members, APGD-T once per target class), rescoring, EmbedAttack's target."""
@@ -126,13 +101,12 @@ def cell_cost(cell: CellCfg) -> Cost | None:
         grad_steps = run_grads * runs + check_grads
         forwards += run_forwards * runs + check_forwards + first  # + the check's rescoring
         forwards += n if on_embedding else first  # rescoring: every batch (EmbedAttack) or the first
-    size = input_size(cell.encoder)
     frame = DATASETS.get(cell.data.name).native_size if eval_mode(cell.data) == "whole" else None
-    return Cost(grad_steps, forwards, _gflop(cell.encoder, size, grad_steps, forwards, windows_per_image(cell, size),
-                                             frame))
+    return Cost(grad_steps, forwards, _gflop(encoder, grad_steps, forwards,
+                                             windows_per_image(cell, encoder.image_size), frame))
 
 
-def head_cost(cell: CellCfg) -> Cost | None:
+def head_cost(cell: CellCfg, encoder: ResolvedEncoder) -> Cost | None:
     """Fitting the cell's head: one forward per val image and per train image, every epoch when the
     train images are augmented (``head.augment``), else once (None if their number is unknown)."""
     if cell.head.checkpoint:
@@ -141,17 +115,18 @@ def head_cost(cell: CellCfg) -> Cost | None:
     if train is None or val is None:
         return None
     forwards = train * (cell.head.epochs if cell.head.augment != "none" else 1) + val
-    return Cost(0, forwards, _gflop(cell.encoder, input_size(cell.encoder), 0, forwards))
+    return Cost(0, forwards, _gflop(encoder, 0, forwards))
 
 
-def grid_cost(cells: list[CellCfg]) -> tuple[Cost, Cost, int]:
+def grid_cost(cells: list[CellCfg], encoders: ResolvedEncoders) -> tuple[Cost, Cost, int]:
     """Total cost of the cells' attacks and of fitting their distinct heads; and how many cells or
     heads have an unknown size (left out of the totals)."""
     heads: dict[str, CellCfg] = {}
     for cell in cells:
         heads.setdefault(cell.head_id, cell)
     totals, unknown = [], 0
-    for costs in ([cell_cost(c) for c in cells], [head_cost(c) for c in heads.values()]):
+    for costs in ([cell_cost(c, encoders.of(c.encoder)) for c in cells],
+                  [head_cost(c, encoders.of(c.encoder)) for c in heads.values()]):
         total = Cost()
         for item in costs:
             if item is None:
@@ -185,27 +160,24 @@ def read_throughput(value: str) -> float:
 def describe(cost: Cost | None) -> str:
     if cost is None:
         return "cost unknown (no test split size)"
-    flop = "?" if cost.gflop is None else f"{cost.gflop / 1e3:,.1f}"
-    return f"grad_steps={cost.grad_steps} forwards={cost.forwards} TFLOP={flop}"
+    return f"grad_steps={cost.grad_steps} forwards={cost.forwards} TFLOP={cost.gflop / 1e3:,.1f}"
 
 
-def summary(cells: list[CellCfg], gflops: float | None) -> list[str]:
+def summary(cells: list[CellCfg], gflops: float | None, encoders: ResolvedEncoders) -> list[str]:
     """The dry run's totals: steps, forwards, FLOPs of the attacks and of the heads, and the hours
     at ``gflops`` (sustained GFLOP/s)."""
-    attacks, heads, unknown = grid_cost(cells)
+    attacks, heads, unknown = grid_cost(cells, encoders)
     total = attacks + heads
 
     def line(label: str, cost: Cost) -> str:
-        flop = "" if cost.gflop is None else f", {cost.gflop / 1e6:,.1f} PFLOP"
-        return f"{label}: {cost.grad_steps:,} sample-gradient-steps, {cost.forwards:,} sample-forwards{flop}"
+        return (f"{label}: {cost.grad_steps:,} sample-gradient-steps, {cost.forwards:,} sample-forwards, "
+                f"{cost.gflop / 1e6:,.1f} PFLOP")
 
     lines = [line("attacks", attacks), line("heads", heads),
              line("total", total) + " (upper bounds: the cascade stops attacking fooled samples)"]
     if unknown:
         lines.append(f"  {unknown} cells or heads have no known split size and are not counted")
-    if total.gflop is None:
-        lines.append("  some encoders are not timm ViTs: no FLOP count, no hours")
-    elif gflops is not None:
+    if gflops is not None:
         lines.append(f"  at {gflops:,.0f} GFLOP/s sustained: {total.gflop / gflops / 3600:,.2f} hours")
     else:
         lines.append("  pass --throughput GFLOP/s (or a benchmarks/attack_throughput.py --json file) for hours")

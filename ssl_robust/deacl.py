@@ -32,7 +32,7 @@ from ssl_robust.data.load import deterministic_subset, load_split
 from ssl_robust.deacl_names import student_file
 from ssl_robust.deacl_loss import augment_batch, deacl_loss, embed_attack, probe_attack
 from ssl_robust.devices import resolve_device
-from ssl_robust.encoders import Encoder, create_encoder, input_size
+from ssl_robust.encoders import Encoder, ResolvedEncoder, create_encoder, resolve_encoder
 from ssl_robust.precision import autocast
 from ssl_robust.seeds import derive_seed
 
@@ -109,7 +109,7 @@ def _whole_train(data: DataCfg, size: int, seed: int) -> Dataset:
     return deterministic_subset(ConcatDataset(parts), data.n_train, seed)
 
 
-def _load_data(cfg: DeaclCfg) -> tuple[Dataset, tuple[Dataset, Dataset], int]:
+def _load_data(cfg: DeaclCfg, size: int) -> tuple[Dataset, tuple[Dataset, Dataset], int]:
     """(train split, (probe fit split, probe test split), number of classes); fails before any model
     is built when the data set is missing or has no classification task for the probe.
 
@@ -120,7 +120,6 @@ def _load_data(cfg: DeaclCfg) -> tuple[Dataset, tuple[Dataset, Dataset], int]:
     if "classification" not in infos:
         raise ValueError(f"data.name: DeACL's linear probe needs a classification task, but data set "
                          f"{cfg.data.name!r} has only {sorted(infos)}")
-    size = input_size(cfg.encoder)
     update: dict[str, Any] = {"task": "classification", "n_val": cfg.probe.n_train, "n_samples": cfg.probe.n_samples}
     if cfg.val_fraction:
         update["val_fraction"] = cfg.val_fraction
@@ -148,12 +147,12 @@ def _optimization(cfg: DeaclCfg, student: Encoder, device: torch.device, steps_p
     return optimizer, scheduler, scaler
 
 
-def _build(cfg: DeaclCfg) -> _Run:
+def _build(cfg: DeaclCfg, resolved: ResolvedEncoder) -> _Run:
     """Load the data (fails first), then the teacher, its trainable copy and the optimizer."""
-    train, probe_sets, num_classes = _load_data(cfg)
+    train, probe_sets, num_classes = _load_data(cfg, resolved.image_size)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)  # random-init encoders: the same teacher in every (resumed) run
-    teacher = create_encoder(cfg.encoder).to(device)
+    teacher = create_encoder(cfg.encoder, resolved).to(device)
     student = copy.deepcopy(teacher)
     student.model.requires_grad_(True)
     n_batches = math.ceil(len(train) / cfg.batch_size)
@@ -307,11 +306,13 @@ def _load_resume(run: _Run, path: Path) -> tuple[int, dict[str, float]]:
     return int(state["epoch"]), dict(state["metrics"])
 
 
-def fine_tune(cfg: DeaclCfg, work_dir: Path, hooks: DeaclHooks | None = None) -> dict[str, float]:
+def fine_tune(cfg: DeaclCfg, work_dir: Path, hooks: DeaclHooks | None = None,
+              resolved: ResolvedEncoder | None = None) -> dict[str, float]:
     """Run DeACL for ``cfg.epochs`` epochs (or the rest, from ``hooks.resume_state()``); checkpoints
-    go to ``work_dir``. Returns the last epoch's metrics."""
+    go to ``work_dir``. Returns the last epoch's metrics. ``resolved``: the encoder as the command
+    resolved it (None: resolved here)."""
     hooks, work_dir = hooks or DeaclHooks(), Path(work_dir)
-    run = _build(cfg)
+    run = _build(cfg, resolved or resolve_encoder(cfg.encoder))
     resume = hooks.resume_state()
     if resume is not None:
         done, metrics = _load_resume(run, Path(resume))

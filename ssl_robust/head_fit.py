@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from ssl_robust.config import CellCfg
 from ssl_robust.data.load import load_split, task_info
 from ssl_robust.devices import resolve_device
-from ssl_robust.encoders import Encoder, create_encoder, input_size, local_file
+from ssl_robust.encoders import Encoder, ResolvedEncoder, create_encoder, local_file, resolve_encoder
 from ssl_robust.heads import AugmentedFeatures, TokenKeep, extract_features, fit_head
 from ssl_robust.tasks import TASKS, TaskSpec
 
@@ -44,10 +44,9 @@ class Timed:
             yield batch
 
 
-def fit_splits(cfg: CellCfg) -> tuple[Dataset, Dataset]:
+def fit_splits(cfg: CellCfg, size: int) -> tuple[Dataset, Dataset]:
     """The train and val splits a head is fitted on, square; a dense task's train images under
     ``head.augment: crop_flip`` keep their aspect ratio (short side S), for random S x S crops."""
-    size = input_size(cfg.encoder)
     crops = cfg.head.augment == "crop_flip" and TASKS.get(cfg.data.resolved_task).token_grid
     train, _ = load_split(cfg.data, "train", size, seed=cfg.seed, sizing="short_side" if crops else "square")
     val, _ = load_split(cfg.data, "val", size, seed=cfg.seed)
@@ -76,7 +75,7 @@ def fit_cell_head(cfg: CellCfg, encoder: Encoder, splits: tuple[Dataset, Dataset
     if cfg.head.augment == "none":
         train = extract(train_loader, desc="train features")
     else:
-        train = AugmentedFeatures(encoder, splits[0], device, augment=cfg.head.augment, size=input_size(cfg.encoder),
+        train = AugmentedFeatures(encoder, splits[0], device, augment=cfg.head.augment, size=encoder.image_size,
                                   tokens=tokens, precision=cfg.precision, loader_kwargs=loader)
     with train, extract(val_loader, desc="val features") as val:
         head, metrics = fit_head(head, train, val, loss_fn=task.loss(info, cfg.head),
@@ -92,12 +91,14 @@ def fit_cell_head(cfg: CellCfg, encoder: Encoder, splits: tuple[Dataset, Dataset
     return head, metrics
 
 
-def prepare_head(cfg: CellCfg, out_path: Path) -> dict[str, float]:
-    """Phase 1: fit the head for (encoder, data set, head config, seed) and save it (safetensors)."""
+def prepare_head(cfg: CellCfg, out_path: Path, resolved: ResolvedEncoder | None = None) -> dict[str, float]:
+    """Phase 1: fit the head for (encoder, data set, head config, seed) and save it (safetensors);
+    ``resolved``: the encoder as the command resolved it (None: resolved here)."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    splits = fit_splits(cfg)  # a missing data set fails here, before any model is built
-    encoder = create_encoder(cfg.encoder).to(device)
+    resolved = resolved or resolve_encoder(cfg.encoder)
+    splits = fit_splits(cfg, resolved.image_size)  # a missing data set fails here, before any model is built
+    encoder = create_encoder(cfg.encoder, resolved).to(device)
     head, metrics = fit_cell_head(cfg, encoder, splits, device)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -52,18 +52,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ssl_robust.aliases import ENCODERS
 from ssl_robust.attacks import ATTACKS, engine_runs, suite_members
-from ssl_robust.config import CellCfg, EncoderCfg
-from ssl_robust.cost import vit_shape, windows_per_image
+from ssl_robust.config import CellCfg
+from ssl_robust.cost import windows_per_image
 from ssl_robust.data.catalog import DATASETS
 from ssl_robust.data.load import task_info
-from ssl_robust.encoders import input_size
+from ssl_robust.encoders import ResolvedEncoder, ResolvedEncoders
 from ssl_robust.tasks import TASKS, eval_mode
 
 FLOAT = 4
 HALF = 2
-HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1536: 24}  # timm ViT widths -> attention heads
 UPSAMPLE = 4  # DINOv2DepthHead's upsampling of the token grid
 DEPTH_LOSS_MAPS = 4  # per-pixel float maps a depth objective keeps (clamp, log, difference, square)
 PGD_INPUTS, APGD_INPUTS = 4, 8  # image-sized tensors alive during a step (see the module docstring)
@@ -104,7 +102,8 @@ class Geometry:
 
 @dataclass(frozen=True)
 class VitShape:
-    """A timm ViT: width, blocks run, patch, prefix tokens, heads, MLP ratio."""
+    """A timm ViT: width, blocks run, patch, prefix tokens, heads, MLP ratio; all its blocks and its
+    square input size."""
 
     width: int
     depth: int
@@ -112,20 +111,15 @@ class VitShape:
     prefix: int
     heads: int
     mlp: float
+    blocks: int
+    image_size: int
 
 
-def vit(encoder: EncoderCfg, layer: int | None = None) -> VitShape | None:
-    """The encoder's shape (None: not a timm ViT), with only the blocks up to ``layer`` (None: all)."""
-    shape = vit_shape(encoder)
-    if shape is None:
-        return None
-    width, depth, patch, prefix = shape
-    alias = ENCODERS.get(encoder.name) if encoder.name in ENCODERS else None
-    kwargs = {**(alias.model_kwargs if alias else {}), **encoder.model_kwargs}
-    heads = kwargs.get("num_heads", HEADS.get(width, max(width // 64, 1)))
-    if layer is not None:
-        depth = (layer % depth) + 1
-    return VitShape(width, depth, patch, prefix, heads, float(kwargs.get("mlp_ratio", 4.0)))
+def vit(encoder: ResolvedEncoder, layer: int | None = None) -> VitShape:
+    """The encoder's shape, with only the blocks up to ``layer`` (None: all) run."""
+    depth = encoder.depth if layer is None else (layer % encoder.depth) + 1
+    return VitShape(encoder.width, depth, encoder.patch_size, encoder.prefix_tokens, encoder.heads,
+                    encoder.mlp_ratio, encoder.depth, encoder.image_size)
 
 
 def native_size(cell: CellCfg, size: int) -> tuple[int, int]:
@@ -139,7 +133,7 @@ def native_size(cell: CellCfg, size: int) -> tuple[int, int]:
 
 def geometry(cell: CellCfg, shape: VitShape) -> Geometry:
     """Image, passes, token grid and labels of the cell's evaluation mode (``tasks.eval_mode``)."""
-    size, patch = input_size(cell.encoder), shape.patch
+    size, patch = shape.image_size, shape.patch
     dense = TASKS.get(cell.data.resolved_task).default_eval == "slide"
     mode = eval_mode(cell.data)
     if mode == "resize":
@@ -158,8 +152,8 @@ def geometry(cell: CellCfg, shape: VitShape) -> Geometry:
 def weight_bytes(cell: CellCfg, shape: VitShape) -> int:
     """Parameters and buffers of encoder and head, float32 (autocast keeps them so)."""
     d, p, mlp = shape.width, shape.patch, shape.mlp
-    full = vit_shape(cell.encoder)[1]
-    grid = (input_size(cell.encoder) // p) ** 2
+    full = shape.blocks
+    grid = (shape.image_size // p) ** 2
     block = (4 + 2 * mlp) * d * d + (5 + mlp) * d + 4 * d + 2 * d  # linears, biases, 2 norms, LayerScale
     encoder = full * block + 3 * p * p * d + d + (grid + shape.prefix) * d + 2 * d
     task, info = cell.data.resolved_task, task_info(cell.data)
@@ -271,12 +265,10 @@ def representation_elements(cell: CellCfg, shape: VitShape, geo: Geometry) -> in
     return shape.width * (geo.grid[0] * geo.grid[1] * geo.passes if tokens else 1)
 
 
-def estimate(cell: CellCfg, fused_attn: bool = True) -> MemoryEstimate | None:
-    """The peak of one attack step of ``cell``, affine in its batch size (None: not a timm ViT)."""
+def estimate(cell: CellCfg, encoder: ResolvedEncoder, fused_attn: bool = True) -> MemoryEstimate:
+    """The peak of one attack step of ``cell`` (its encoder resolved as ``encoder``), affine in its batch size."""
     attack = ATTACKS.get(suite_members(cell.attack.name, cell.data.resolved_task)[0])
-    shape = vit(cell.encoder, cell.attack.layer if attack.on_embedding else cell.encoder.layer)
-    if shape is None:
-        return None
+    shape = vit(encoder, cell.attack.layer if attack.on_embedding else cell.encoder.layer)
     geo = geometry(cell, shape)
     pixels = (geo.grid[0] * shape.patch) * (geo.grid[1] * shape.patch)
     representation = representation_elements(cell, shape, geo)
@@ -316,30 +308,27 @@ def describe_bytes(value: int) -> str:
     return f"{value / 2 ** 10:.1f}KiB"
 
 
-def unfit(cells: list[CellCfg], memory: int) -> list[tuple[CellCfg, MemoryEstimate]]:
+def unfit(cells: list[CellCfg], memory: int, encoders: ResolvedEncoders) -> list[tuple[CellCfg, MemoryEstimate]]:
     """The cells of which not even one image fits into ``memory`` bytes, with their estimates."""
-    estimates = ((cell, estimate(cell)) for cell in cells)
-    return [(cell, found) for cell, found in estimates if found is not None and found.max_batch(memory) == 0]
+    estimates = ((cell, estimate(cell, encoders.of(cell.encoder))) for cell in cells)
+    return [(cell, found) for cell, found in estimates if found.max_batch(memory) == 0]
 
 
-def summary(cells: list[CellCfg], gpu_memory: int, gpu_share: float) -> list[str]:
+def summary(cells: list[CellCfg], gpu_memory: int, gpu_share: float, encoders: ResolvedEncoders) -> list[str]:
     """The dry run's memory totals: the memory of one trial, how many cells fit at their batch
     size, and the largest peak."""
     memory = trial_memory(gpu_memory, gpu_share)
     share = f" x {gpu_share:g} (resources.gpu)" if _fraction(gpu_share) < 1 else ", one GPU per trial,"
     lines = [(f"memory: {describe_bytes(gpu_memory)} per GPU{share} less {describe_bytes(CUDA_CONTEXT)} CUDA "
               f"context = {describe_bytes(memory)} per trial; peaks of one attack step, fused attention")]
-    estimates = [(cell, estimate(cell)) for cell in cells]
-    known = [(cell, found) for cell, found in estimates if found is not None]
-    over = [cell for cell, found in known if found.at(cell.batch_size) > memory]
-    line = f"  {len(known) - len(over)} of {len(cells)} cells fit at their batch_size"
+    estimates = [(cell, estimate(cell, encoders.of(cell.encoder))) for cell in cells]
+    over = [cell for cell, found in estimates if found.at(cell.batch_size) > memory]
+    line = f"  {len(cells) - len(over)} of {len(cells)} cells fit at their batch_size"
     if over:
         line += f"; {len(over)} do not (their lines give the largest batch that fits)"
     lines.append(line)
-    if len(known) < len(cells):
-        lines.append(f"  {len(cells) - len(known)} cells have an encoder that is not a timm ViT: no estimate")
-    if known:
-        cell, found = max(known, key=lambda item: item[1].at(item[0].batch_size))
+    if estimates:
+        cell, found = max(estimates, key=lambda item: item[1].at(item[0].batch_size))
         lines.append(f"  largest peak: {describe_bytes(found.at(cell.batch_size))} (cell {cell.cell_id}, "
                      f"batch_size={cell.batch_size})")
     return lines

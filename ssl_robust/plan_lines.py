@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ssl_robust.config import CellCfg
 from ssl_robust.data.load import slide_stride
-from ssl_robust.encoders import input_size
+from ssl_robust.encoders import ResolvedEncoder
 from ssl_robust.memory_plan import describe_bytes, estimate
 from ssl_robust.tasks import TASKS, eval_mode
 
@@ -14,8 +14,9 @@ def _budget(value: float) -> str:
     return f"{value * 255:.3g}/255"
 
 
-def head_line(cell: CellCfg) -> str:
-    """The head fitted for ``cell``'s head group: its recipe and the test protocol of its data set."""
+def head_line(cell: CellCfg, encoder: ResolvedEncoder) -> str:
+    """The head fitted for ``cell``'s head group (its encoder resolved as ``encoder``): its recipe and
+    the test protocol of its data set."""
     head, data, task = cell.head, cell.data, cell.data.resolved_task
     recipe = [f"{head.optimizer} lr={head.lr:g} weight_decay={head.weight_decay:g} {head.schedule}"
               + (f" (warm-up {head.warmup_steps} steps)" if head.warmup_steps else ""),
@@ -27,12 +28,12 @@ def head_line(cell: CellCfg) -> str:
     mode = eval_mode(data)
     protocol = [f"test={'all' if data.n_samples is None else data.n_samples} images", f"eval={mode}"]
     if mode == "slide":
-        protocol.append(f"stride={slide_stride(data, input_size(cell.encoder))} average={data.slide_average}")
+        protocol.append(f"stride={slide_stride(data, encoder.image_size)} average={data.slide_average}")
     if data.name == "voc2012":
         protocol.append(f"background={data.voc_background}")
     if task == "depth":
         protocol.append(f"train_frames={data.nyu_train} eigen_crop={data.eigen_crop}")
-    return (f"head {cell.head_id} {cell.encoder.name}@{input_size(cell.encoder)} {data.name} {task}: "
+    return (f"head {cell.head_id} {cell.encoder.name}@{encoder.image_size} {data.name} {task}: "
             f"{' '.join(recipe)} | {' '.join(protocol)}")
 
 
@@ -45,12 +46,10 @@ def attack_settings(cell: CellCfg) -> str:
             f"select={attack.select} ({rule})")
 
 
-def memory_settings(cell: CellCfg, memory: int) -> str:
+def memory_settings(cell: CellCfg, encoder: ResolvedEncoder, memory: int) -> str:
     """The cell's estimated peak at its batch size and the largest batch that fits into ``memory``
     bytes (one trial's); when its batch size does not fit, the batch size that would."""
-    found = estimate(cell)
-    if found is None:
-        return "peak=? (not a timm ViT)"
+    found = estimate(cell, encoder)
     fits = found.max_batch(memory)
     line = f"peak={describe_bytes(found.at(cell.batch_size))} max_batch={fits}"
     if fits == 0:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import timm
 import torch
 import yaml
 from torch import nn
@@ -155,6 +156,21 @@ def spy_engine(monkeypatch: Any, edit: Callable[[AttackResult, dict[str, Any]], 
     spy = EngineSpy(edit)
     monkeypatch.setattr(engine_module, "pgd", spy)
     return spy
+
+
+def count_resolutions(monkeypatch: Any) -> list[str]:
+    """The timm names an encoder is resolved for from now on in this process: resolving builds the
+    architecture on the meta device, and nothing else does."""
+    found: list[str] = []
+    create = timm.create_model
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        if torch.get_default_device().type == "meta":
+            found.append(name)
+        return create(name, *args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", counted)
+    return found
 
 
 def head_cfg(make_cell_cfg: Callable[..., Any], fitted_head: Callable[[str], Path], task: str, **updates: Any):

@@ -7,15 +7,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import ray
+import torch
 
 from ssl_robust import names
 from ssl_robust.cli import load_configs, main
 from ssl_robust.command_line import LIST_KINDS, build_parser
 from ssl_robust.commands import _sweep_exit, resume_command, where_it_went
-from ssl_robust.config import CellCfg
+from ssl_robust.config import CellCfg, EncoderCfg
 from ssl_robust.config_file import load_config
+from ssl_robust.encoders import create_encoder
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, count_resolutions, tiny_sweep, write_sweep
 FAST = ["attack.steps=2", "data.n_train=64", "data.n_val=16", "data.n_samples=8", "head.epochs=3"]
 
 
@@ -78,19 +81,15 @@ def test_missing_config_file_returns_two(tmp_path: Path, capsys: pytest.CaptureF
     assert "missing.yaml" in capsys.readouterr().err
 
 
-def test_sweep_with_a_missing_data_root_fails_before_ray_starts(tmp_path: Path,
+def test_sweep_with_a_missing_data_root_fails_before_ray_starts(tmp_path: Path, tracking_uri: str,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    import ray
-
-    from tests.helpers import tiny_sweep, write_sweep
-
     missing = tmp_path / "nowhere"
     sweep = write_sweep(tmp_path / "sweep.yaml", tiny_sweep("preflight", attacks=["pgd"], datasets=[
         "synthetic", {"name": "stl10", "root": str(missing)}]))
-    assert main(["sweep", str(sweep), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
+    assert main(["sweep", str(sweep), "--tracking-uri", tracking_uri]) == 2
     err = capsys.readouterr().err
     assert "'stl10'" in err and str(missing) in err and "Traceback" not in err
-    assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()
+    assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()  # the fixture's store
 
 
 def test_debug_flag_reraises(tmp_path: Path) -> None:
@@ -130,13 +129,6 @@ class _TrainingConfig:
 
 def test_convert_writes_the_encoder_of_a_lightning_checkpoint_as_safetensors(tmp_path: Path,
                                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
-
-    import torch
-
-    from ssl_robust.config import EncoderCfg
-    from ssl_robust.encoders import create_encoder
-
     torch.manual_seed(1)
     source = create_encoder(EncoderCfg(name="tiny_dino"))
     state = {f"backbone.encoder.{k}": v for k, v in source.model.state_dict().items()}
@@ -266,3 +258,21 @@ def test_a_command_reads_its_config_file_once(argv: list[str], monkeypatch: pyte
     reads = count_reads(monkeypatch, argv[1])
     assert main(argv) == 0
     assert len(reads) == 1
+
+
+TINY_DINOV2, TINY_DINO = "vit_small_patch14_dinov2", "vit_base_patch16_224"  # aliases.py's test encoders
+
+
+@pytest.mark.parametrize("argv, timm_names", [
+    (["sweep", "sweeps/quickstart.yaml", "--dry-run", "--gpu-memory", "80GiB"], [TINY_DINOV2, TINY_DINO]),
+    (["deacl-sweep", "sweeps/deacl_quickstart.yaml", "--dry-run"], [TINY_DINOV2]),
+    (["search", "sweeps/deacl_search_quickstart.yaml", "--dry-run"], [TINY_DINOV2]),
+    (["run", "configs/tiny.yaml", *FAST], [TINY_DINOV2]),
+], ids=["sweep", "deacl-sweep", "search", "run"])
+def test_a_command_resolves_each_encoder_once(argv: list[str], timm_names: list[str],
+                                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Checking the name, the plan's costs and memory, the data's input size and building the model
+    all read one resolution per distinct encoder."""
+    resolutions = count_resolutions(monkeypatch)
+    assert main(argv) == 0
+    assert resolutions == timm_names

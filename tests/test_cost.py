@@ -14,7 +14,7 @@ from ssl_robust import cost
 from ssl_robust.cell import run_cell
 from ssl_robust.cli import main
 from ssl_robust.config import CellCfg, EncoderCfg
-from ssl_robust.encoders import create_encoder
+from ssl_robust.encoders import ResolvedEncoders, create_encoder, resolve_encoder
 from ssl_robust.sweep_config import expand, read_sweep
 
 
@@ -25,15 +25,19 @@ def test_analytic_forward_flops_match_torchs_flop_counter(name: str, size: int) 
     encoder = create_encoder(cfg).eval()
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         encoder.features(torch.rand(1, 3, size, size))
-    assert cost.forward_gflop(cfg, size) == pytest.approx(counter.get_total_flops() / 1e9, rel=0.02)
+    assert cost.forward_gflop(resolve_encoder(cfg)) == pytest.approx(counter.get_total_flops() / 1e9, rel=0.02)
 
 
 def test_vit_s14_at_224_costs_the_benchmarks_measured_forward() -> None:
-    assert cost.forward_gflop(EncoderCfg(name="dinov2_vits14"), 224) == pytest.approx(12.25, rel=0.01)
+    assert cost.forward_gflop(resolve_encoder(EncoderCfg(name="dinov2_vits14", image_size=224))) == pytest.approx(
+        12.25, rel=0.01)
 
 
-def test_unknown_architecture_has_no_flop_count() -> None:
-    assert cost.forward_gflop(EncoderCfg(name="resnet50", mean=(0.5,) * 3, std=(0.5,) * 3), 224) is None
+def test_the_mlp_ratio_of_the_architecture_enters_the_count() -> None:
+    wide, narrow = (resolve_encoder(EncoderCfg(name="vit_small_patch16_224", model_kwargs={"mlp_ratio": ratio}))
+                    for ratio in (4.0, 2.0))
+    tokens, width = 14 * 14 + 1, 384
+    assert (cost.forward_gflop(wide) - cost.forward_gflop(narrow)) * 1e9 == pytest.approx(12 * 8 * tokens * width ** 2)
 
 
 @pytest.mark.parametrize("steps, restarts", [(3, 1), (2, 2)])
@@ -41,14 +45,15 @@ def test_estimated_grad_steps_are_those_a_cell_spends(make_cell_cfg, fitted_head
                                                       restarts: int) -> None:
     cfg = make_cell_cfg(attack={"steps": steps, "restarts": restarts, "stop_when_fooled": False},
                         head={"checkpoint": str(fitted_head("classification"))})
-    estimate = cost.cell_cost(cfg)
+    estimate = cost.cell_cost(cfg, resolve_encoder(cfg.encoder))
     metrics = run_cell(cfg)
     assert estimate.grad_steps == metrics["attack/grad_steps"]
     assert estimate.forwards >= metrics["attack/forward_passes"] + metrics["n_samples"]
 
 
 def test_eps0_cells_cost_no_gradient_step(make_cell_cfg) -> None:
-    assert cost.cell_cost(make_cell_cfg(attack={"eps": 0})).grad_steps == 0
+    cell = make_cell_cfg(attack={"eps": 0})
+    assert cost.cell_cost(cell, resolve_encoder(cell.encoder)).grad_steps == 0
 
 
 def test_sliding_windows_follow_the_data_sets_aspect_ratio() -> None:
@@ -87,7 +92,8 @@ def test_throughput_reads_a_number_or_the_benchmarks_json(tmp_path: Path) -> Non
 def test_dry_run_of_the_full_grid_prints_its_totals_and_hours(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sweep", "sweeps/full_benchmark.yaml", "--dry-run", "--throughput", "1000"]) == 0
     out = capsys.readouterr().out
-    attacks, heads, unknown = cost.grid_cost(expand(read_sweep(Path("sweeps/full_benchmark.yaml"), [])))
+    cells = expand(read_sweep(Path("sweeps/full_benchmark.yaml"), []))
+    attacks, heads, unknown = cost.grid_cost(cells, ResolvedEncoders(c.encoder for c in cells))
     total = attacks + heads
     assert unknown == 0 and heads.grad_steps == 0 and heads.forwards > 0
     assert f"total: {total.grad_steps:,} sample-gradient-steps, {total.forwards:,} sample-forwards" in out
@@ -101,8 +107,9 @@ def test_an_augmented_head_costs_a_train_forward_per_image_and_epoch() -> None:
     cached = CellCfg.model_validate({"data": data, "head": {"epochs": 5}, "attack": {"name": "pgd"}})
     augmented = CellCfg.model_validate({"data": data, "head": {"epochs": 5, "augment": "crop_flip"},
                                         "attack": {"name": "pgd"}})
-    assert cost.head_cost(cached).forwards == 1000 + 100
-    assert cost.head_cost(augmented).forwards == 5 * 1000 + 100
+    encoder = resolve_encoder(cached.encoder)
+    assert cost.head_cost(cached, encoder).forwards == 1000 + 100
+    assert cost.head_cost(augmented, encoder).forwards == 5 * 1000 + 100
 
 
 def test_a_whole_frame_cell_counts_the_tokens_of_its_native_frame() -> None:
@@ -112,9 +119,11 @@ def test_a_whole_frame_cell_counts_the_tokens_of_its_native_frame() -> None:
                     attack={"name": "depthpgd", "steps": 1})
     resized = CellCfg(encoder=encoder, data={"name": "nyuv2", "eval": "resize", "n_samples": 1},
                       attack={"name": "depthpgd", "steps": 1})
-    frame, square = cost.forward_gflop(encoder, 518, (480, 640)), cost.forward_gflop(encoder, 518)
-    assert cost.cell_cost(whole).forwards == cost.cell_cost(resized).forwards
-    assert cost.cell_cost(whole).gflop / cost.cell_cost(resized).gflop == pytest.approx(frame / square)
+    resolved = resolve_encoder(encoder)
+    frame, square = cost.forward_gflop(resolved, (480, 640)), cost.forward_gflop(resolved)
+    assert cost.cell_cost(whole, resolved).forwards == cost.cell_cost(resized, resolved).forwards
+    assert cost.cell_cost(whole, resolved).gflop / cost.cell_cost(resized, resolved).gflop == pytest.approx(
+        frame / square)
     per_block = lambda t: 24 * t * 384 ** 2 + 4 * t ** 2 * 384  # noqa: E731
-    assert cost.forward_gflop(encoder, 518, (480, 640)) * 1e9 == pytest.approx(
+    assert cost.forward_gflop(resolved, (480, 640)) * 1e9 == pytest.approx(
         12 * per_block(35 * 46 + 1) + 2 * 35 * 46 * 3 * 14 ** 2 * 384)

@@ -20,7 +20,7 @@ from ssl_robust.deacl import RESUME_FILE, DeaclHooks, _load_data, _optimization,
 from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.encoders import create_encoder
 from tests.data.fixtures import write_imagenet
-from tests.helpers import TINY_ENCODER, deacl_cfg
+from tests.helpers import TINY_ENCODER, TINY_IMAGE_SIZE, deacl_cfg
 
 
 class Recorder(DeaclHooks):
@@ -171,8 +171,8 @@ def test_inner_attack_runs_on_the_student_not_the_teacher(monkeypatch: pytest.Mo
     runs, seen = [], []
     real_build, real_attack = deacl._build, deacl.embed_attack
 
-    def build(cfg: DeaclCfg) -> Any:
-        run = real_build(cfg)
+    def build(cfg: DeaclCfg, resolved: Any) -> Any:
+        run = real_build(cfg, resolved)
         generator = torch.Generator().manual_seed(7)
         with torch.no_grad():
             for p in run.student.model.parameters():
@@ -262,8 +262,9 @@ def test_val_fraction_zero_trains_on_the_whole_train_split(tmp_path: Path) -> No
     """No held-out part: DeACL sees all train images, and the probe fits on some of them."""
     write_imagenet(tmp_path)  # 9 train images
     data = {"name": "imagenet", "root": str(tmp_path), "n_train": None}
-    held_out, _, _ = _load_data(deacl_cfg(data=data))
-    train, (fit, test), num_classes = _load_data(deacl_cfg(data=data, val_fraction=0, probe={"n_train": 4}))
+    held_out, _, _ = _load_data(deacl_cfg(data=data), TINY_IMAGE_SIZE)
+    train, (fit, test), num_classes = _load_data(deacl_cfg(data=data, val_fraction=0, probe={"n_train": 4}),
+                                                 TINY_IMAGE_SIZE)
     assert (len(held_out), len(train), len(fit), len(test), num_classes) == (8, 9, 4, 6, 1000)
     train_images = {tuple(train[i][0].flatten()[:8].tolist()) for i in range(len(train))}
     assert all(tuple(fit[i][0].flatten()[:8].tolist()) in train_images for i in range(len(fit)))

@@ -21,8 +21,10 @@ from safetensors.torch import load_file, save_file
 from ssl_robust.config import CellCfg, EncoderCfg
 from ssl_robust.aliases import ENCODERS
 from ssl_robust.deacl_config import DeaclCfg
-from ssl_robust.encoders import (CheckpointError, build_model, check_encoder_name, convert_checkpoint, create_encoder,
-                                 load_backbone_weights, timm_name)
+from ssl_robust.config_file import ConfigError
+from ssl_robust.encoders import (CheckpointError, ResolvedEncoders, build_model, convert_checkpoint, create_encoder,
+                                 load_backbone_weights, resolve_encoder)
+from ssl_robust.registry import UnknownNameError
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -136,8 +138,40 @@ def test_gradients_flow_to_the_input(tiny_encoder_cfg, output: str) -> None:
 
 def test_aliases_resolve_to_timm_models() -> None:
     for alias in ENCODERS.names():
-        assert timm.is_model(timm_name(alias)), alias
-    assert timm_name("vit_small_patch16_224") == "vit_small_patch16_224"
+        assert timm.is_model(resolve_encoder(EncoderCfg(name=alias)).timm_name), alias
+    assert resolve_encoder(EncoderCfg(name="vit_small_patch16_224")).timm_name == "vit_small_patch16_224"
+
+
+def test_resolution_reads_the_architecture_and_input_contract_from_timm() -> None:
+    found = resolve_encoder(EncoderCfg(name="dinov2_vitl14"))
+    assert (found.timm_name, found.image_size, found.patch_size) == ("vit_large_patch14_dinov2.lvd142m", 518, 14)
+    assert (found.width, found.depth, found.heads, found.mlp_ratio, found.prefix_tokens) == (1024, 24, 16, 4.0, 1)
+    registers = resolve_encoder(EncoderCfg(name="vit_small_patch14_reg4_dinov2.lvd142m"))
+    assert (registers.prefix_tokens, registers.image_size, registers.mean) == (5, 518, (0.485, 0.456, 0.406))
+
+
+def test_a_config_overrides_the_aliases_size_and_architecture(tiny_encoder_cfg) -> None:
+    found = resolve_encoder(EncoderCfg(**{**tiny_encoder_cfg, "image_size": 56, "model_kwargs": {"depth": 3}}))
+    assert (found.image_size, found.depth, found.model_kwargs["img_size"]) == (56, 3, 56)
+    assert create_encoder(EncoderCfg(**tiny_encoder_cfg), found).image_size == 56  # built as resolved
+
+
+def test_a_resolution_survives_a_trials_plain_config() -> None:
+    encoders = ResolvedEncoders([EncoderCfg(name="tiny_dinov2"), EncoderCfg(name="tiny_dino")])
+    assert ResolvedEncoders.from_dict(json.loads(json.dumps(encoders.as_dict()))).found == encoders.found
+
+
+def test_checkpoint_and_layer_do_not_change_a_resolution(tiny_encoder_cfg) -> None:
+    encoders = ResolvedEncoders([EncoderCfg(**tiny_encoder_cfg)])
+    other = EncoderCfg(**tiny_encoder_cfg, checkpoint="student.safetensors", layer=1)
+    assert encoders.of(other) is encoders.of(EncoderCfg(**tiny_encoder_cfg)) and len(encoders.found) == 1
+
+
+def test_an_encoder_that_is_not_a_vit_is_refused_when_resolved() -> None:
+    with pytest.raises(ConfigError, match="timm cannot build 'resnet18'"):  # it takes no img_size
+        resolve_encoder(EncoderCfg(name="resnet18"))
+    with pytest.raises(ConfigError, match="encoder.name: 'swin_tiny_patch4_window7_224' is not a timm ViT"):
+        resolve_encoder(EncoderCfg(name="swin_tiny_patch4_window7_224"))
 
 
 def test_mean_and_std_come_from_the_alias_unless_given(tiny_encoder_cfg) -> None:
@@ -156,16 +190,16 @@ def test_a_checkpoint_on_an_untagged_timm_name_needs_mean_and_std() -> None:
 
 
 def test_unknown_encoder_name_suggests_near_names() -> None:
-    with pytest.raises(ValueError, match="dinov2_vits14"):
-        check_encoder_name("dinov2_vits41")
-    check_encoder_name("dinov2_vits14")
-    check_encoder_name("vit_small_patch16_224")
+    with pytest.raises(UnknownNameError, match="dinov2_vits14"):
+        resolve_encoder(EncoderCfg.model_construct(name="dinov2_vits41"))
+    with pytest.raises(UnknownNameError, match="vit_small_patch16_224"):
+        resolve_encoder(EncoderCfg.model_construct(name="vit_small_patch16_225"))
 
 
 def test_encoder_checks_image_size_against_the_models_patch_size() -> None:
     cfg = EncoderCfg.model_construct(**{**EncoderCfg().model_dump(), "name": "tiny_dinov2", "image_size": 30})
-    with pytest.raises(ValueError, match=r"encoder\.image_size=30 is not a multiple of the patch size 14"):
-        create_encoder(cfg)
+    with pytest.raises(ConfigError, match=r"encoder\.image_size=30 is not a multiple of the patch size 14"):
+        resolve_encoder(cfg)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -375,7 +409,7 @@ def test_the_encoders_prefix_is_found(prefix: str, tmp_path: Path) -> None:
     if not prefix:  # a flat state dict holds one model
         checkpoint["state_dict"] = OrderedDict(student)
     torch.save(checkpoint, path)
-    model = build_model(EncoderCfg(**TINY_DINO), pretrained=False)
+    model = build_model(resolve_encoder(EncoderCfg(**TINY_DINO)), pretrained=False)
     assert load_backbone_weights(model, path) == prefix
     assert all(torch.equal(v, student[k]) for k, v in model.state_dict().items())
 
@@ -454,7 +488,8 @@ def test_a_malicious_lightning_checkpoint_runs_nothing(deacl_release, tmp_path: 
 def test_convert_writes_plain_timm_weights_with_identical_outputs(deacl_release, tmp_path: Path, key: str | None,
                                                                  encoder: str | None) -> None:
     out = tmp_path / "converted.safetensors"
-    prefix, count = convert_checkpoint(deacl_release["ckpt"], out, key=key, encoder=encoder)
+    resolved = resolve_encoder(EncoderCfg(name=encoder)) if encoder else None
+    prefix, count = convert_checkpoint(deacl_release["ckpt"], out, key=key, encoder=resolved)
     assert (prefix, count) == ("backbone.encoder.", len(deacl_release["student"]))
     assert set(load_file(str(out))) == set(deacl_release["student"])
     assert_identical_outputs(make_encoder(TINY_DINO, seed=2, checkpoint=str(out)),
@@ -466,7 +501,7 @@ def test_convert_checks_the_written_file_against_the_encoder_and_writes_nothing_
                                                                                          tmp_path: Path) -> None:
     out = tmp_path / "converted.safetensors"
     with pytest.raises(CheckpointError, match="does not fit"):
-        convert_checkpoint(deacl_release["ckpt"], out, encoder="tiny_dinov2")
+        convert_checkpoint(deacl_release["ckpt"], out, encoder=resolve_encoder(EncoderCfg(name="tiny_dinov2")))
     assert not out.exists() and list(tmp_path.glob(".*partial*")) == []
 
 

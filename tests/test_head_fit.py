@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from ssl_robust import heads as heads_module
 from ssl_robust.head_fit import fit_splits, prepare_head
 from tests.data.fixtures import write_ade20k
+from tests.helpers import TINY_IMAGE_SIZE
 
 
 def test_a_head_is_saved_into_a_folder_created_with_its_parents(make_cell_cfg, tmp_path: Path) -> None:
@@ -53,11 +54,11 @@ def _ade_head_cfg(make_cell_cfg, root: Path, augment: str):
 
 def test_dense_crop_flip_reads_train_images_short_side_and_val_images_square(make_cell_cfg, tmp_path: Path) -> None:
     write_ade20k(tmp_path, shape=(36, 48))
-    train, val = fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"))
+    train, val = fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"), TINY_IMAGE_SIZE)
     (image, mask), (val_image, val_mask) = train[0], val[0]
     assert image.shape == (3, 28, 37) and mask.shape == (36, 48)  # short side 28; the map at native size
     assert val_image.shape == (3, 28, 28) and val_mask.shape == (28, 28)
-    plain, _ = fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "none"))
+    plain, _ = fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "none"), TINY_IMAGE_SIZE)
     assert plain[0][0].shape == (3, 28, 28)
 
 
@@ -74,7 +75,7 @@ def test_an_augmented_head_sees_newly_augmented_batches_every_epoch(make_cell_cf
 
     monkeypatch.setattr(heads_module, "augment_pairs", spying)
     metrics = prepare_head(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"), tmp_path / "head.safetensors")
-    train = len(fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"))[0])
+    train = len(fit_splits(_ade_head_cfg(make_cell_cfg, tmp_path, "crop_flip"), TINY_IMAGE_SIZE)[0])
     per_epoch = -(-train // 4)
     assert len(calls) == 2 * per_epoch and {mode for mode, _, _ in calls} == {"crop_flip"}
     assert all(shape[1:] == (3, 28, 28) for _, shape, _ in calls)

@@ -16,6 +16,7 @@ from ssl_robust.cli import main
 from ssl_robust.command_line import build_parser
 from ssl_robust.config import CellCfg
 from ssl_robust.cost import windows_per_image
+from ssl_robust.encoders import resolve_encoder
 from ssl_robust.plan_lines import memory_settings
 from ssl_robust.sweep_config import expand, parse_sweep
 from tests.helpers import REPO_ROOT, tiny_sweep, write_sweep
@@ -30,6 +31,10 @@ def _cell(**fields: Any) -> CellCfg:
                                    "data": {"name": "cifar10"}, "attack": {"name": "pgd"}, **fields})
 
 
+def estimate(cell: CellCfg, fused_attn: bool = True) -> memory_plan.MemoryEstimate:
+    return memory_plan.estimate(cell, resolve_encoder(cell.encoder), fused_attn)
+
+
 def _benchmark() -> ModuleType:
     """benchmarks/memory_plan.py, whose measurement the calibration test shares."""
     spec = importlib.util.spec_from_file_location("memory_benchmark", REPO_ROOT / "benchmarks" / "memory_plan.py")
@@ -40,7 +45,7 @@ def _benchmark() -> ModuleType:
 
 
 def test_the_estimate_grows_affinely_with_the_batch() -> None:
-    found = memory_plan.estimate(_cell())
+    found = estimate(_cell())
     peaks = [found.at(batch) for batch in (1, 2, 3, 16)]
     assert peaks[1] - peaks[0] == peaks[2] - peaks[1] == found.per_sample > 0
     assert peaks[3] == found.fixed + 16 * found.per_sample
@@ -48,7 +53,7 @@ def test_the_estimate_grows_affinely_with_the_batch() -> None:
 
 
 def test_the_fitted_batch_is_the_largest_that_fits() -> None:
-    found = memory_plan.estimate(_cell())
+    found = estimate(_cell())
     memory = found.at(5) + found.per_sample // 2
     batch = found.max_batch(memory)
     assert batch == 5 and found.at(batch) <= memory < found.at(batch + 1)
@@ -61,13 +66,13 @@ def test_sliding_windows_multiply_the_activations() -> None:
     resize = CellCfg.model_validate({**ADE20K, "data": {**ADE20K["data"], "eval": "resize"}})
     windows = windows_per_image(slide, 224)
     assert windows == 2
-    assert memory_plan.estimate(slide).parts["activations"] == windows * memory_plan.estimate(resize).parts[
+    assert estimate(slide).parts["activations"] == windows * estimate(resize).parts[
         "activations"]
 
 
 def test_unfused_attention_keeps_the_attention_matrices() -> None:
     cell = _cell()
-    fused, unfused = memory_plan.estimate(cell), memory_plan.estimate(cell, fused_attn=False)
+    fused, unfused = estimate(cell), estimate(cell, fused_attn=False)
     width, depth, heads, tokens = 384, 12, 6, 257
     added = depth * (heads * tokens * tokens - tokens * width - heads * tokens) * 4
     assert unfused.parts["activations"] - fused.parts["activations"] == added
@@ -76,11 +81,11 @@ def test_unfused_attention_keeps_the_attention_matrices() -> None:
 def test_the_heads_cached_features_take_no_device_memory() -> None:
     few = _cell(data={"name": "cifar10", "n_train": 100}, head={"features": "memory"})
     many = _cell(data={"name": "cifar10", "n_train": 40_000}, head={"features": "memory"})
-    assert memory_plan.estimate(few) == memory_plan.estimate(many)
+    assert estimate(few) == estimate(many)
 
 
 def test_bf16_keeps_float32_weights_and_stores_half_activations() -> None:
-    fp32, bf16 = memory_plan.estimate(_cell()), memory_plan.estimate(_cell(precision="bf16"))
+    fp32, bf16 = estimate(_cell()), estimate(_cell(precision="bf16"))
     assert bf16.fixed > fp32.fixed  # the float32 weights and autocast's half copies
     assert bf16.parts["activations"] < 0.7 * fp32.parts["activations"]
 
@@ -124,8 +129,8 @@ def test_without_gpu_memory_the_dry_run_prints_no_memory(tmp_path: Path, capsys:
 
 def test_a_batch_that_does_not_fit_names_the_batch_that_would() -> None:
     cell = _cell(batch_size=16)
-    found = memory_plan.estimate(cell)
-    line = memory_settings(cell, found.at(9))
+    found = estimate(cell)
+    line = memory_settings(cell, resolve_encoder(cell.encoder), found.at(9))
     assert line.startswith(f"peak={memory_plan.describe_bytes(found.at(16))} max_batch=9 ")
     assert "batch_size=16 does not fit" in line and "batch_size=9 would" in line
 
@@ -136,7 +141,7 @@ def test_a_dry_run_fails_when_not_even_one_image_fits(tmp_path: Path, capsys: py
     assert main(["sweep", str(path), "--dry-run", "--gpu-memory", "600MiB"]) == 2
     captured = capsys.readouterr()
     cell, = expand(parse_sweep(sweep))
-    one = memory_plan.describe_bytes(memory_plan.estimate(cell).at(1))
+    one = memory_plan.describe_bytes(estimate(cell).at(1))
     assert f"cell {cell.cell_id} " in captured.err and f"needs {one} for one image" in captured.err
     assert "more than the 88MiB of one trial" in captured.err
     assert "max_batch=0 (one image needs" in captured.out

@@ -5,6 +5,7 @@ import pytest
 
 from ssl_robust.cli import main
 from ssl_robust.config import CellCfg
+from ssl_robust.encoders import resolve_encoder
 from ssl_robust.plan_lines import attack_settings, head_line
 from tests.helpers import REPO_ROOT
 
@@ -17,7 +18,7 @@ def test_a_head_line_names_its_recipe_and_the_test_protocol() -> None:
         "head": {"optimizer": "adamw", "lr": 0.001, "weight_decay": 1e-4, "schedule": "poly", "warmup_steps": 1500,
                  "epochs": 50, "batch_size": 16, "augment": "crop_flip"},
         "attack": {"name": "segpgd"}})
-    assert head_line(cell) == (
+    assert head_line(cell, resolve_encoder(cell.encoder)) == (
         f"head {cell.head_id} dinov2_vits14@518 voc2012 segmentation: adamw lr=0.001 weight_decay=0.0001 poly "
         f"(warm-up 1500 steps) epochs=50 batch=16 augment=crop_flip | test=all images eval=slide stride=341 "
         f"average=probs background=exclude")

@@ -17,6 +17,7 @@ from ray import tune
 
 from ssl_robust import tracking
 from ssl_robust.deacl_config import DeaclCfg
+from ssl_robust.encoders import ResolvedEncoders
 from ssl_robust.finetune import run_deacl
 from ssl_robust.sweep_config import (DeaclSweepCfg, SweepCfg, benchmark_sweep, deacl_configs, expand,
                                      resolve_encoders)
@@ -57,8 +58,9 @@ class DeaclSweepReport:
 def fine_tune_trial(config: dict[str, Any]) -> dict[str, Any]:
     """One Tune trial: one tracked, resumable fine-tune."""
     cfg = DeaclCfg.model_validate(config["deacl"])
+    resolved = ResolvedEncoders.from_dict(config["encoders"]).of(cfg.encoder)
     run_id, metrics = run_deacl(cfg, config["tracking_uri"],
-                                tags={"deacl_sweep": cfg.name, "sweep_session": config["session"]})
+                                tags={"deacl_sweep": cfg.name, "sweep_session": config["session"]}, resolved=resolved)
     return {**metrics, "run_id": run_id}
 
 
@@ -71,12 +73,12 @@ def _finished(sweep: DeaclSweepCfg, uri: str) -> dict[str, str]:
 
 
 def _fine_tune(sweep: DeaclSweepCfg, todo: list[DeaclCfg], uri: str, storage_path: str | None,
-               session: str, interrupt: Interrupt) -> None:
+               session: str, interrupt: Interrupt, encoders: ResolvedEncoders) -> None:
     resources = {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu}
     tuner = tune.Tuner(
         tune.with_resources(fine_tune_trial, resources),
         param_space={"deacl": tune.grid_search([c.model_dump(mode="json") for c in todo]), "tracking_uri": uri,
-                     "session": session},
+                     "session": session, "encoders": encoders.as_dict()},
         tune_config=tune.TuneConfig(max_concurrent_trials=sweep.max_concurrent,
                                     trial_dirname_creator=lambda trial: f"deacl_{trial.trial_id}"),
         run_config=tune.RunConfig(name=f"{sweep.name}-deacl-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -96,12 +98,16 @@ def benchmark_of(sweep: DeaclSweepCfg, runs: list[str], uri: str) -> tuple[Sweep
 
 def run_deacl_sweep(sweep: DeaclSweepCfg, tracking_uri: str | None = None, address: str | None = None,
                     num_cpus: int | None = None, storage_path: str | None = None,
-                    resource_timeout: float = RESOURCE_TIMEOUT_S, quiet: bool = True) -> DeaclSweepReport:
+                    resource_timeout: float = RESOURCE_TIMEOUT_S, quiet: bool = True,
+                    encoders: ResolvedEncoders | None = None) -> DeaclSweepReport:
     """Fine-tune what is missing, then benchmark every finished fine-tune's chosen epochs; a signal
-    during the fine-tunes marks their running runs KILLED (they resume) and skips the benchmark."""
+    during the fine-tunes marks their running runs KILLED (they resume) and skips the benchmark.
+    ``encoders``: the fine-tunes' encoders as the command resolved them (None: resolved here); the
+    students resolve as their teachers."""
     uri = tracking.absolute_tracking_uri(tracking_uri)
     tracking.ensure_experiment(sweep.name, uri)
     configs = deacl_configs(sweep)
+    encoders = encoders or ResolvedEncoders(c.encoder for c in configs)
     todo = [c for c in configs if c.deacl_id not in _finished(sweep, uri)]
     report, session = DeaclSweepReport(), uuid.uuid4().hex[:16]
     if todo:
@@ -109,7 +115,7 @@ def run_deacl_sweep(sweep: DeaclSweepCfg, tracking_uri: str | None = None, addre
             try:
                 with grid.ray_session(sweep.resources, address, num_cpus, uri, resource_timeout, quiet):
                     interrupt.arm()
-                    _fine_tune(sweep, todo, uri, storage_path, session, interrupt)
+                    _fine_tune(sweep, todo, uri, storage_path, session, interrupt, encoders)
             finally:
                 close_session_runs(sweep.name, session, "KILLED" if interrupt.signum else "FAILED", uri)
         report.interrupted = interrupt.signum
@@ -119,5 +125,6 @@ def run_deacl_sweep(sweep: DeaclSweepCfg, tracking_uri: str | None = None, addre
     if report.fine_tunes and not report.interrupted:
         bench, cells = benchmark_of(sweep, report.fine_tunes, uri)
         report.cell_ids = {c.cell_id for c in cells}
-        report.benchmark = grid.execute(bench, cells, uri, address, num_cpus, storage_path, resource_timeout, quiet)
+        report.benchmark = grid.execute(bench, cells, uri, address, num_cpus, storage_path, resource_timeout, quiet,
+                                        encoders)
     return report

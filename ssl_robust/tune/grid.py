@@ -33,6 +33,7 @@ from ssl_robust import tracking
 from ssl_robust.cell import run_cell
 from ssl_robust.head_fit import prepare_head
 from ssl_robust.config import CellCfg
+from ssl_robust.encoders import ResolvedEncoder, ResolvedEncoders
 from ssl_robust.report import summary_table
 from ssl_robust.report.fetch import referenced_deacl_runs
 from ssl_robust.sweep_config import SweepCfg, head_groups
@@ -87,14 +88,15 @@ class SweepReport:
         return out + [f"not finished: {cell_id}" for cell_id in self.failed]
 
 
-def _cell_work(cfg: CellCfg, run: tracking.CellRun, tmp: Path, tracking_uri: str) -> dict[str, float]:
+def _cell_work(cfg: CellCfg, resolved: ResolvedEncoder, run: tracking.CellRun, tmp: Path,
+               tracking_uri: str) -> dict[str, float]:
     local = tracking.localize(cfg, tracking_uri)
     if run.phase == "head":
         path = tmp / Path(tracking.HEAD_ARTIFACT).name
-        metrics = prepare_head(local, path)
+        metrics = prepare_head(local, path, resolved)
         run.log_file(path, str(Path(tracking.HEAD_ARTIFACT).parent))
         return metrics
-    metrics = run_cell(local, tmp / "results")
+    metrics = run_cell(local, tmp / "results", resolved)
     run.log_dir(tmp / "results", "results")
     return metrics
 
@@ -104,10 +106,11 @@ def trial(config: dict[str, Any]) -> dict[str, Any]:
     FINISHED run of the same key (from a retry, a rerun or a concurrent sweep) is reused."""
     destination, phase = config["destination"], config["phase"]
     cfg = CellCfg.model_validate(config["cell"])
+    resolved = ResolvedEncoders.from_dict(config["encoders"]).of(cfg.encoder)
     uri = destination["tracking_uri"]
     with tempfile.TemporaryDirectory() as tmp:
         run_id, metrics = run_claimed(cfg, phase, destination["experiment_id"], uri,
-                                      lambda run: _cell_work(cfg, run, Path(tmp), uri),
+                                      lambda run: _cell_work(cfg, resolved, run, Path(tmp), uri),
                                       sweep=destination["experiment"], session=destination["session"])
     return {"run_id": run_id, "reused": 1} if metrics is None else {**metrics, "run_id": run_id, "reused": 0}
 
@@ -167,9 +170,10 @@ class TwoPhaseSearcher(Searcher):
     """Suggests the missing heads first, then each cell as soon as its head has a FINISHED run."""
 
     def __init__(self, destination: dict[str, str], heads_todo: list[CellCfg], cells: list[CellCfg],
-                 heads_done: dict[str, str]) -> None:
+                 heads_done: dict[str, str], encoders: ResolvedEncoders) -> None:
         super().__init__()
         self.destination = destination
+        self.encoders = encoders.as_dict()
         self.live: dict[str, dict[str, Any]] = {}
         self.queue: deque[dict[str, Any]] = deque(self._config("head", c) for c in heads_todo)
         self.waiting: dict[str, list[CellCfg]] = {}
@@ -179,7 +183,8 @@ class TwoPhaseSearcher(Searcher):
             self._release(head_id, run_id)
 
     def _config(self, phase: str, cell: CellCfg) -> dict[str, Any]:
-        return {"phase": phase, "destination": self.destination, "cell": cell.model_dump(mode="json")}
+        return {"phase": phase, "destination": self.destination, "cell": cell.model_dump(mode="json"),
+                "encoders": self.encoders}
 
     def _release(self, head_id: str, run_id: str) -> None:
         uri = f"runs:/{run_id}/{tracking.HEAD_ARTIFACT}"
@@ -245,8 +250,9 @@ def legacy_tune_output() -> Iterator[None]:
 
 
 def run_sweep(sweep: SweepCfg, cells: list[CellCfg], report: SweepReport, destination: dict[str, str],
-              storage_path: str | None, interrupt: Interrupt) -> None:
-    """Fit the missing heads and run the cells not yet finished (Ray must be initialised)."""
+              storage_path: str | None, interrupt: Interrupt, encoders: ResolvedEncoders) -> None:
+    """Fit the missing heads and run the cells not yet finished (Ray must be initialised), their
+    encoders as ``encoders`` resolved them."""
     uri = destination["tracking_uri"]
     done = tracking.finished_cells(sweep.name, uri)
     todo = [c for c in cells if c.cell_id not in done]
@@ -256,7 +262,7 @@ def run_sweep(sweep: SweepCfg, cells: list[CellCfg], report: SweepReport, destin
     report.heads_reused = len(groups) - len(missing)
     if not todo:
         return
-    searcher = TwoPhaseSearcher(destination, missing, todo, {h: heads[h] for h in groups if h in heads})
+    searcher = TwoPhaseSearcher(destination, missing, todo, {h: heads[h] for h in groups if h in heads}, encoders)
     progress = Progress(len(cells), len(cells) - len(todo), len(missing))
     start = time.monotonic()
     try:
@@ -284,10 +290,12 @@ def _slots(sweep: SweepCfg, n_trials: int) -> int:
 
 def execute(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = None,
             address: str | None = None, num_cpus: int | None = None, storage_path: str | None = None,
-            resource_timeout: float = RESOURCE_TIMEOUT_S, quiet: bool = True) -> SweepReport:
+            resource_timeout: float = RESOURCE_TIMEOUT_S, quiet: bool = True,
+            encoders: ResolvedEncoders | None = None) -> SweepReport:
     """Run the sweep and count its cells in the store; Ray is started (or joined) only when some
     cell is not finished yet. SIGINT/SIGTERM end it early with ``report.interrupted`` set.
-    ``quiet``: Ray and the trials print only warnings and errors (``ray_session``)."""
+    ``quiet``: Ray and the trials print only warnings and errors (``ray_session``); ``encoders``:
+    the cells' encoders as the command resolved them (None: resolved here)."""
     uri = tracking.absolute_tracking_uri(tracking_uri)
     destination = {"tracking_uri": uri, "experiment": sweep.name, "session": uuid.uuid4().hex[:16],
                    "experiment_id": tracking.ensure_experiment(sweep.name, uri, sweep.description)}
@@ -299,7 +307,8 @@ def execute(sweep: SweepCfg, cells: list[CellCfg], tracking_uri: str | None = No
             if report.skipped < len(ids):
                 with ray_session(sweep.resources, address, num_cpus, uri, resource_timeout, quiet):
                     interrupt.arm()
-                    run_sweep(sweep, cells, report, destination, storage_path, interrupt)
+                    run_sweep(sweep, cells, report, destination, storage_path, interrupt,
+                              encoders or ResolvedEncoders(c.encoder for c in cells))
         finally:
             close_session_runs(sweep.name, destination["session"], "KILLED" if interrupt.signum else "FAILED", uri)
     report.interrupted = interrupt.signum

@@ -26,6 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tqdm import tqdm
 
 from ssl_robust.deacl_config import DeaclCfg
+from ssl_robust.encoders import ResolvedEncoders
 from ssl_robust.finetune import run_deacl
 from ssl_robust.pareto import plot_pareto
 from ssl_robust.search_config import ParamSpace, SearchCfg, check_search, normalized, trial_config
@@ -55,9 +56,10 @@ def trial(params: dict[str, Any], context: dict[str, Any]) -> None:
 
     Epochs are reported to Tune as they end, the last one only after the run has FINISHED (a
     scheduler's stop raises SystemExit inside ``tune.report``). A config fine-tuned before reports
-    its logged history.
+    its logged history. The encoder is the command's resolution unless ``params`` change it.
     """
     cfg, uri = trial_config(DeaclCfg.model_validate(context["deacl"]), params), context["tracking_uri"]
+    resolved = ResolvedEncoders.from_dict(context["encoders"]).of(cfg.encoder)
     last: dict[str, float] = {}
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -68,7 +70,7 @@ def trial(params: dict[str, Any], context: dict[str, Any]) -> None:
 
     tags = {"search": context["experiment"], tracked.PARENT_TAG: context["parent_run_id"],
             "tune_trial_id": tune.get_context().get_trial_id() or ""}
-    run_id, _ = run_deacl(cfg, uri, context["experiment"], tags, report)
+    run_id, _ = run_deacl(cfg, uri, context["experiment"], tags, report, resolved)
     history = {cfg.epochs: last} if last else tracked.epoch_history(run_id, uri, OBJECTIVES)
     for epoch, metrics in history.items():
         tune.report({**metrics, EPOCH: epoch})
@@ -235,9 +237,11 @@ def _report(search: SearchCfg, study: optuna.Study, parent: str, uri: str, ran: 
 
 
 def run_search(search: SearchCfg, tracking_uri: str | None = None, storage_path: str | None = None,
-               address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> SearchReport:
+               address: str | None = None, num_cpus: int | None = None, quiet: bool = True,
+               encoders: ResolvedEncoders | None = None) -> SearchReport:
     """Run the trials the study still lacks (Ray is joined or started only if some are missing),
-    then log the Pareto front to the search's MLflow parent run and finish it; ``quiet`` as for a sweep."""
+    then log the Pareto front to the search's MLflow parent run and finish it; ``quiet`` as for a
+    sweep; ``encoders``: the base encoder as the command resolved it (None: resolved here)."""
     check_search(search)
     optuna.logging.set_verbosity(optuna.logging.WARNING if quiet else optuna.logging.INFO)
     uri = absolute_tracking_uri(tracking_uri)
@@ -250,7 +254,8 @@ def run_search(search: SearchCfg, tracking_uri: str | None = None, storage_path:
     print(f"search {search.name}: {done} of {search.n_trials} trials done, {remaining} to run; "
           f"study: optuna-dashboard {redact(search.storage_url)}", file=sys.stderr)
     context = {"deacl": search.deacl.model_dump(mode="json"), "tracking_uri": uri,
-               "experiment": search.name, "parent_run_id": parent}
+               "experiment": search.name, "parent_run_id": parent,
+               "encoders": (encoders or ResolvedEncoders([search.deacl.encoder])).as_dict()}
     failed = 0
     try:
         if remaining:

@@ -15,8 +15,10 @@ from mlflow import MlflowClient
 
 from ssl_robust import tracking
 from ssl_robust.cli import main
+from ssl_robust.encoders import ResolvedEncoders
 from ssl_robust.sweep_config import load_sweep
-from tests.helpers import tiny_sweep, write_sweep
+from ssl_robust.tune import grid
+from tests.helpers import count_resolutions, tiny_sweep, write_sweep
 
 pytestmark = pytest.mark.services  # a local Ray, the stack's MLflow server and S3 endpoint
 
@@ -180,3 +182,17 @@ def test_local_path_reads_s3_from_the_configured_endpoint(stack: dict[str, str],
     got = tracking.local_path(uri, tmp_path / "b")
     assert got == tmp_path / "b" / "enc.safetensors" and got.read_bytes() == b"encoder"
     assert tracking.local_path(uri, tmp_path / "b") == got  # cached: no second download
+
+
+def test_a_trial_builds_its_encoder_as_the_command_resolved_it(make_cell_cfg, tracking_uri: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The searcher's trial config carries the resolution; the trial (here in this process, as Ray
+    runs it in a worker) resolves nothing again."""
+    monkeypatch.setenv("SSL_ROBUST_CLAIM_SETTLE_S", "0")
+    cell = make_cell_cfg()
+    destination = {"tracking_uri": tracking_uri, "experiment": "resolved", "session": "s",
+                   "experiment_id": tracking.ensure_experiment("resolved", tracking_uri)}
+    config = grid.TwoPhaseSearcher(destination, [cell], [cell], {}, ResolvedEncoders([cell.encoder])).suggest("t")
+    resolutions = count_resolutions(monkeypatch)
+    result = grid.trial(config)
+    assert config["phase"] == "head" and result["reused"] == 0 and resolutions == []
