@@ -26,7 +26,7 @@ from ssl_robust.report import write_report
 from ssl_robust.report.fetch import report_inputs
 from ssl_robust.search_config import describe_space
 from ssl_robust.deacl_config import deacl_data
-from ssl_robust.sweep_config import Grid, deacl_configs, deacl_sweep_data, expand, grid_data, resolve_encoders
+from ssl_robust.sweep_config import Grid, deacl_configs, deacl_sweep_data, expand, grid_data, with_students
 from ssl_robust.deacl_names import student_artifact
 from ssl_robust.tune import deacl_sweep, grid
 from ssl_robust.tune.search import run_search
@@ -79,7 +79,7 @@ def _other_experiments(experiment: str, tracking_uri: str | None) -> str:
 def cmd_sweep(args: argparse.Namespace, planned: Grid) -> int:
     sweep, cells = planned.sweep, planned.cells
     if planned.has_students:  # their checkpoints are found in the tracking store now
-        cells = expand(resolve_encoders(sweep, lambda source: tracking.deacl_students(
+        cells = expand(with_students(sweep, lambda source: tracking.deacl_students(
             source.runs, source.experiment, source.epochs, args.tracking_uri)))
     encoders = ResolvedEncoders(c.encoder for c in cells)
     print(f"sweep {sweep.name}: {len(cells)} cells, {len(grid.head_groups(cells))} heads", file=sys.stderr)

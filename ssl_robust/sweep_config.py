@@ -177,7 +177,7 @@ def _describe(raw: dict[str, Any]) -> str:
             f"attack={raw['attack'].get('name')} eps={raw['attack']['eps']:.5f}")
 
 
-def resolve_encoders(sweep: SweepCfg, students: Callable[[DeaclSource], list[dict[str, Any]]]) -> SweepCfg:
+def with_students(sweep: SweepCfg, students: Callable[[DeaclSource], list[dict[str, Any]]]) -> SweepCfg:
     """The sweep with every ``deacl:`` entry replaced by the encoder configs ``students`` finds."""
     entries: list[EncoderEntry] = []
     for i, entry in enumerate(sweep.encoders):
@@ -195,10 +195,10 @@ def expand(sweep: SweepCfg) -> list[CellCfg]:
     """Every cell of the grid, validated, in axis order, without duplicates (by cell_id).
 
     Attacks that do not apply to a data set's task are skipped; ``deacl:`` entries must have been
-    resolved (``resolve_encoders``).
+    replaced by their students (``with_students``).
     """
     if any(e.deacl is not None and e.enabled for e in sweep.encoders):
-        raise ConfigError("encoders: resolve the `deacl:` entries first (resolve_encoders)")
+        raise ConfigError("encoders: replace the `deacl:` entries by their students first (with_students)")
     cells: dict[str, CellCfg] = {}
     for raw in _raw_cells(sweep):
         cell = validate(CellCfg, raw, f"cell {_describe(raw)}")

@@ -10,7 +10,7 @@ import pytest
 from ssl_robust.cli import main
 from ssl_robust.config_file import ConfigError, load_config, read_config, validate
 from ssl_robust.sweep_config import (DeaclSweepCfg, SweepCfg, benchmark_sweep, deacl_configs, expand, head_groups,
-                                     load_sweep, parse_sweep, resolve_encoders)
+                                     load_sweep, parse_sweep, with_students)
 from tests.helpers import REPO_ROOT, tiny_sweep, write_sweep
 
 
@@ -149,7 +149,7 @@ def test_a_deacl_entry_stands_for_the_students_it_resolves_to() -> None:
     with pytest.raises(ConfigError, match="resolve"):
         expand(sweep)
     students = [{"name": "tiny_dinov2"}, {"name": "tiny_dinov2", "checkpoint": "runs:/abc/checkpoints/epoch_002.safetensors"}]
-    cells = expand(resolve_encoders(sweep, lambda source: students if source.epochs == [0, 2] else []))
+    cells = expand(with_students(sweep, lambda source: students if source.epochs == [0, 2] else []))
     assert {c.encoder.checkpoint for c in cells} == {None, students[1]["checkpoint"]}
 
 
@@ -171,7 +171,7 @@ def test_a_missing_deacl_run_fails_naming_the_entry() -> None:
         raise LookupError("no FINISHED DeACL run in experiment 'none'")
 
     with pytest.raises(ConfigError, match=r"encoders\.1\.deacl: no FINISHED"):
-        resolve_encoders(sweep, nothing)
+        with_students(sweep, nothing)
 
 
 def test_deacl_sweep_grid_gives_one_fine_tune_per_point_with_the_sweeps_name() -> None:

@@ -20,7 +20,7 @@ from ssl_robust.deacl_config import DeaclCfg
 from ssl_robust.encoders import ResolvedEncoders
 from ssl_robust.finetune import run_deacl
 from ssl_robust.sweep_config import (DeaclSweepCfg, SweepCfg, benchmark_sweep, deacl_configs, expand,
-                                     resolve_encoders)
+                                     with_students)
 from ssl_robust.tracking.cells import close_session_runs
 from ssl_robust.tune import grid
 from ssl_robust.tune.cluster import RESOURCE_TIMEOUT_S
@@ -91,7 +91,7 @@ def _fine_tune(sweep: DeaclSweepCfg, todo: list[DeaclCfg], uri: str, storage_pat
 
 def benchmark_of(sweep: DeaclSweepCfg, runs: list[str], uri: str) -> tuple[SweepCfg, list]:
     """The benchmark sweep of the fine-tunes' students, resolved and expanded into cells."""
-    bench = resolve_encoders(benchmark_sweep(sweep, runs), lambda source: tracking.deacl_students(
+    bench = with_students(benchmark_sweep(sweep, runs), lambda source: tracking.deacl_students(
         source.runs, source.experiment, source.epochs, uri))
     return bench, expand(bench)
 
