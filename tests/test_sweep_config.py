@@ -144,9 +144,9 @@ def test_dry_run_lists_the_grid(tmp_path: Path, capsys: pytest.CaptureFixture) -
 # ----------------------------------------------------------------------------- DeACL sources and sweeps
 
 
-def test_a_deacl_entry_stands_for_the_students_it_resolves_to() -> None:
+def test_a_deacl_entry_stands_for_the_students_it_finds() -> None:
     sweep = parse_sweep(tiny_sweep("t", encoders=[{"deacl": {"runs": ["abc"], "epochs": [0, 2]}}]))
-    with pytest.raises(ConfigError, match="resolve"):
+    with pytest.raises(ConfigError, match="by their students first"):
         expand(sweep)
     students = [{"name": "tiny_dinov2"}, {"name": "tiny_dinov2", "checkpoint": "runs:/abc/checkpoints/epoch_002.safetensors"}]
     cells = expand(with_students(sweep, lambda source: students if source.epochs == [0, 2] else []))
