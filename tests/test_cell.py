@@ -716,8 +716,8 @@ def limit_memory(monkeypatch: pytest.MonkeyPatch, images: int) -> None:
     from ssl_robust import cell as cell_module
     from ssl_robust.encoders import create_encoder
 
-    def limited(cfg):
-        encoder = create_encoder(cfg)
+    def limited(cfg, resolved=None):
+        encoder = create_encoder(cfg, resolved)
 
         def refuse(module, args) -> None:
             if args[0].shape[0] > images:
