@@ -11,6 +11,7 @@ writes a checkpoint's encoder once as plain timm safetensors.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,8 +103,9 @@ class ResolvedEncoders:
 
     @staticmethod
     def key(cfg: EncoderCfg) -> str:
-        return json.dumps(cfg.model_dump(mode="json", exclude={"checkpoint", "checkpoint_key", "layer"}),
-                          sort_keys=True)
+        """A short hash of what the resolution depends on (a plain key for Tune's flattened configs)."""
+        fields = cfg.model_dump(mode="json", exclude={"checkpoint", "checkpoint_key", "layer"})
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def of(self, cfg: EncoderCfg) -> ResolvedEncoder:
         """The resolution of ``cfg`` (resolved now if no config like it was)."""
