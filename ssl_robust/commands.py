@@ -86,10 +86,11 @@ def cmd_sweep(args: argparse.Namespace, planned: Grid) -> int:
     if args.dry_run:
         memory = None if args.gpu_memory is None else memory_plan.trial_memory(args.gpu_memory, sweep.resources.gpu)
         for cell in cells:
+            resolved = encoders.of(cell.encoder)
             print(cell.cell_id, cell.head_id, cell.encoder.name, cell.data.name, cell.data.resolved_task,
                   cell.attack.name, f"{cell.attack.eps * 255:.3g}/255", f"steps={cell.attack.steps}",
-                  plan_lines.attack_settings(cell), cost.describe(cost.cell_cost(cell, encoders.of(cell.encoder))),
-                  *([] if memory is None else [plan_lines.memory_settings(cell, encoders.of(cell.encoder), memory)]))
+                  plan_lines.attack_settings(cell), cost.describe(cost.cell_cost(cell, resolved)),
+                  *([] if memory is None else [plan_lines.memory_settings(cell, resolved, memory)]))
         print("\n".join(plan_lines.head_line(cell, encoders.of(cell.encoder))
                         for cell in grid.head_groups(cells).values()))
         print("\n".join(cost.summary(cells, _throughput(args.throughput), encoders)))
